@@ -1,0 +1,257 @@
+"""OpenAI-compatible upstreams: OpenAI, DeepSeek, vLLM, LM Studio, and the base for llama.cpp and MLX.
+
+The hot path forwards bytes: the client's body is rewritten one level deep (model name,
+``stream_options``), and upstream SSE events are passed through unchanged unless a subclass
+says a quirk needs fixing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, UpstreamRequest
+from gateway.config import Provider
+from gateway.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+
+_encode = msgspec.json.Encoder().encode
+_INCLUDE_USAGE = msgspec.Raw(b'{"include_usage":true}')
+
+# Rewrites one canonical SSE event (without its trailing blank line); None drops it.
+EventFix = Callable[[bytes], bytes | None]
+
+
+@contextmanager
+def mapped_client_errors() -> Iterator[None]:
+    """Translate aiohttp's exceptions into the gateway's error tree, once, at this boundary."""
+    try:
+        yield
+    except TimeoutError:
+        raise UpstreamTimeout("upstream timed out") from None
+    except aiohttp.ClientConnectorError as exc:
+        reason = exc.os_error.strerror or str(exc.os_error)
+        raise UpstreamConnectError(f"cannot connect to {exc.host}:{exc.port}: {reason}") from None
+    except aiohttp.ServerDisconnectedError:
+        raise UpstreamProtocolError("upstream closed the connection") from None
+    except aiohttp.ClientPayloadError:
+        raise UpstreamProtocolError("upstream response was cut off") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamConnectError(f"{exc.__class__.__name__}: {exc}") from None
+
+
+class SSEStream:
+    """Frames an upstream SSE body into complete events and applies the adapter's fixes.
+
+    Timeouts are per read: the first event may take ``first_byte`` seconds (prompt
+    processing on a local engine can be slow), later gaps at most ``idle`` seconds.
+    """
+
+    __slots__ = ("_first_byte", "_fix", "_idle", "_response")
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        fix: EventFix | None,
+        first_byte: float,
+        idle: float,
+    ) -> None:
+        self._response = response
+        self._fix = fix
+        self._first_byte = first_byte
+        self._idle = idle
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        pending = b""
+        limit = self._first_byte
+        fix = self._fix
+        with mapped_client_errors():
+            while True:
+                async with asyncio.timeout(limit):
+                    chunk = await content.readany()
+                if not chunk:
+                    break
+                if pending:
+                    chunk = pending + chunk
+                if b"\r" in chunk:
+                    chunk = chunk.replace(b"\r\n", b"\n")
+                *events, pending = chunk.split(b"\n\n")
+                for event in events:
+                    # Upstream comments (MLX's keep-alives) are dropped: the gateway sends its own.
+                    if not event or event[0] == 0x3A:
+                        continue
+                    if fix is not None:
+                        fixed = fix(event)
+                        if fixed is None:
+                            continue
+                        event = fixed
+                    limit = self._idle
+                    yield event + b"\n\n"
+
+    async def aclose(self) -> None:
+        # release() would drain the rest of a possibly endless body; close() drops the connection.
+        if not self._response.closed:
+            self._response.close()
+
+
+class OpenAICompatAdapter:
+    """Speaks OpenAI's ``/v1`` wire format to any server that implements it."""
+
+    def __init__(self, name: str, provider: Provider, session: aiohttp.ClientSession) -> None:
+        self.name = name
+        self.provider = provider
+        self._session = session
+        base = provider.base_url.rstrip("/")
+        self._urls = {op: f"{base}/{op.value}" for op in Operation}
+        self._models_url = f"{base}/models"
+        headers = {"Content-Type": "application/json", **provider.headers}
+        if provider.api_key:
+            headers["Authorization"] = f"Bearer {provider.api_key}"
+        self._headers = headers
+        t = provider.timeouts
+        self._send_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=t.connect, sock_read=t.first_byte
+        )
+        # Streaming reads are bounded per read inside SSEStream instead.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=t.connect, sock_read=None
+        )
+
+    # --- hooks for subclasses with quirks -----------------------------------------------------
+
+    def fix_reply(self, op: Operation, body: bytes) -> bytes:
+        """Normalise a non-streaming 200 body to OpenAI's shape."""
+        return body
+
+    def event_fix(self, op: Operation) -> EventFix | None:
+        """A per-event normaliser for streams, or None to relay events untouched (the fast path)."""
+        return None
+
+    # --- the protocol -------------------------------------------------------------------------
+
+    def encode_body(self, request: UpstreamRequest) -> bytes:
+        fields = dict(request.fields)
+        fields["model"] = msgspec.Raw(_encode(request.model))
+        if request.stream:
+            # Always ask for usage so no token goes uncounted; the gateway drops the usage
+            # chunk again for clients that did not ask for it.
+            fields["stream_options"] = _with_usage(fields.get("stream_options"))
+        return _encode(fields)
+
+    async def send(self, request: UpstreamRequest) -> UpstreamReply:
+        body = self.encode_body(request)
+        with mapped_client_errors():
+            async with self._session.post(
+                self._urls[request.op], data=body, headers=self._headers, timeout=self._send_timeout
+            ) as response:
+                data = await response.read()
+                if response.status >= 400:
+                    raise UpstreamStatus(response.status, data, retry_after=_retry_after(response))
+        return UpstreamReply(response.status, self.fix_reply(request.op, data))
+
+    async def open_stream(self, request: UpstreamRequest) -> SSEStream:
+        body = self.encode_body(request)
+        t = self.provider.timeouts
+        with mapped_client_errors():
+            async with asyncio.timeout(t.connect + t.first_byte):
+                response = await self._session.post(
+                    self._urls[request.op],
+                    data=body,
+                    headers=self._headers,
+                    timeout=self._stream_timeout,
+                )
+            if response.status >= 400:
+                try:
+                    async with asyncio.timeout(t.idle):
+                        data = await response.read()
+                finally:
+                    response.release()
+                raise UpstreamStatus(response.status, data, retry_after=_retry_after(response))
+        content_type = response.headers.get("Content-Type", "")
+        if not content_type.startswith("text/event-stream"):
+            response.close()
+            raise UpstreamProtocolError(
+                f"asked for a stream but got Content-Type {content_type or '(none)'}"
+            )
+        return SSEStream(response, self.event_fix(request.op), t.first_byte, t.idle)
+
+    async def probe(self) -> Probe:
+        if self.provider.missing_env:
+            return Probe(
+                False, f"environment variable {', '.join(self.provider.missing_env)} not set"
+            )
+        if not self.provider.is_local:
+            # Probing a cloud API costs the user a request; a configured key is the best we know.
+            return Probe(True, "cloud provider with API key configured")
+        return await self._probe_url(self._models_url)
+
+    async def _probe_url(self, url: str) -> Probe:
+        timeout = aiohttp.ClientTimeout(total=min(2.0, self.provider.timeouts.connect + 1))
+        try:
+            with mapped_client_errors():
+                async with self._session.get(
+                    url, headers=self._headers, timeout=timeout
+                ) as response:
+                    await response.read()
+                    if response.status == 200:
+                        return Probe(True, "ready")
+                    return Probe(False, f"{url} answered HTTP {response.status}")
+        except UpstreamError as exc:
+            return Probe(False, exc.message)
+
+    async def close(self) -> None:
+        # The session is shared and owned by the app state.
+        return None
+
+
+def _with_usage(client_value: msgspec.Raw | None) -> msgspec.Raw:
+    if client_value is None:
+        return _INCLUDE_USAGE
+    try:
+        options = msgspec.json.decode(client_value)
+    except msgspec.DecodeError:
+        return _INCLUDE_USAGE
+    if not isinstance(options, dict):
+        return _INCLUDE_USAGE
+    options["include_usage"] = True
+    return msgspec.Raw(_encode(options))
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def decode_json_object(data: bytes) -> dict[str, Any] | None:
+    """Decode a JSON object, or None when the bytes are not one (quirk fixers must not raise)."""
+    try:
+        value = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _factory(name: str, provider: Provider, session: aiohttp.ClientSession) -> OpenAICompatAdapter:
+    return OpenAICompatAdapter(name, provider, session)
+
+
+def register(registry: AdapterRegistry) -> None:
+    # Servers that speak OpenAI's format without quirks we know of.
+    for kind in ("openai", "openai-compatible", "deepseek", "vllm", "lmstudio"):
+        registry.register(kind, _factory)

@@ -1,0 +1,67 @@
+"""``create_app``: wiring only. Everything long-lived hangs off one ``GatewayState``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.handlers import ASGIRouteHandler, asgi
+
+from adapters.base import AdapterRegistry, default_registry
+from gateway.api.models import ModelsController
+from gateway.api.proxy import ProxyEndpoint, proxy_endpoints
+from gateway.api.system import SystemController
+from gateway.asgi import Receive, Scope, Send
+from gateway.config import Config
+from gateway.errors import ErrorBody, ErrorEnvelope
+from gateway.state import GatewayState
+
+
+def create_app(config: Config, registry: AdapterRegistry | None = None) -> Litestar:
+    state = GatewayState(config, registry or default_registry())
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    async def provide_state() -> GatewayState:
+        return state
+
+    handlers = [_mount(path, endpoint) for path, endpoint in proxy_endpoints(state).items()]
+    return Litestar(
+        route_handlers=[*handlers, ModelsController, SystemController],
+        dependencies={"gateway": Provide(provide_state, use_cache=True)},
+        lifespan=[lifespan],
+        exception_handlers={HTTPException: _http_error},
+        openapi_config=None,
+        debug=False,
+        # The CLI configures logging once; Litestar's own setup would format it differently.
+        logging_config=None,
+    )
+
+
+def _mount(path: str, endpoint: ProxyEndpoint) -> ASGIRouteHandler:
+    async def forward(scope: Scope, receive: Receive, send: Send) -> None:
+        await endpoint(scope, receive, send)
+
+    forward.__name__ = "forward_" + path.strip("/").replace("/", "_")
+    return asgi(path, copy_scope=False)(forward)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorEnvelope]:
+    """Litestar's own errors (unknown path, wrong method) in OpenAI's envelope."""
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return Response(
+        ErrorEnvelope(ErrorBody(str(exc.detail), kind, None, code)),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )

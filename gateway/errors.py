@@ -1,0 +1,159 @@
+"""The gateway's error tree and its OpenAI wire envelope.
+
+Adapters translate their client library's exceptions into these once, at their boundary; the
+HTTP layer renders them once, in the protocol's envelope. Nothing in between catches bare
+``Exception`` to guess what went wrong.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class GatewayError(Exception):
+    """An error with a client-facing status and OpenAI ``type``/``code``."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class NoTargetAvailable(GatewayError):
+    """Every target of a model is excluded (e.g. ``local_only`` with no local target)."""
+
+    status = 503
+    type = "server_error"
+    code = "no_target_available"
+
+
+class UpstreamError(GatewayError):
+    """Something went wrong talking to one upstream. ``retryable`` decides whether to try the next."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    retryable = True
+
+
+class UpstreamConnectError(UpstreamError):
+    code = "upstream_connect_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamStatus(UpstreamError):
+    """The upstream answered with an HTTP error status; ``body`` is what it said."""
+
+    def __init__(self, status: int, body: bytes, *, retry_after: float | None = None) -> None:
+        self.upstream_status = status
+        self.body = body
+        self.retry_after = retry_after
+        super().__init__(f"upstream returned HTTP {status}: {_upstream_message(body)}")
+        # 429 and 5xx may succeed elsewhere; other 4xx are the client's fault and would fail anywhere.
+        self.retryable = status == 429 or status >= 500
+        self.status = status if not self.retryable else 502
+        if status == 429:
+            self.status = 429
+            self.type = "rate_limit_error"
+            self.code = "rate_limit_exceeded"
+        elif not self.retryable:
+            self.type = "invalid_request_error"
+            self.code = "upstream_rejected"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered 200 with something that is not the protocol (bad JSON, cut stream)."""
+
+    code = "upstream_protocol_error"
+
+
+class AllTargetsFailed(UpstreamError):
+    """Every attempt failed: the client sees the last failure's class (502, 504 or 429)."""
+
+    def __init__(self, message: str, last: UpstreamError) -> None:
+        headers = {}
+        if isinstance(last, UpstreamStatus) and last.retry_after is not None:
+            headers["Retry-After"] = str(int(last.retry_after + 0.999))
+        super().__init__(message, headers=headers)
+        self.status = last.status if last.status in (429, 504) else 502
+        self.type = last.type
+        self.code = last.code
+        self.last = last
+
+
+class ErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def openai_envelope(error: GatewayError) -> bytes:
+    return _encoder.encode(
+        ErrorEnvelope(ErrorBody(error.message, error.type, error.param, error.code))
+    )
+
+
+def _upstream_message(body: bytes) -> str:
+    """Pull a human message out of whatever error shape the upstream used."""
+    text = body[:2000]
+    try:
+        decoded = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text.decode("utf-8", "replace").strip()[:300] or "(empty body)"
+    if isinstance(decoded, dict):
+        inner = decoded.get("error", decoded)
+        if isinstance(inner, dict):
+            message = inner.get("message") or inner.get("detail")
+            if isinstance(message, str):
+                return message[:300]
+        if isinstance(inner, str):
+            return inner[:300]
+    return str(decoded)[:300]

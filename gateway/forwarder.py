@@ -1,0 +1,198 @@
+"""Sends one client request to a model's targets in the router's order, falling back on failure.
+
+Fallback happens only before the client has received anything: for a non-streaming call
+that is the whole call; for a stream it is up to and including the first upstream event, so
+an upstream that accepts a stream and dies before saying anything is still replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from adapters.base import Adapter, UpstreamReply, UpstreamRequest, UpstreamStream
+from gateway.config import Model, Provider, Routing, Target
+from gateway.errors import (
+    AllTargetsFailed,
+    NoTargetAvailable,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatus,
+)
+from gateway.metrics import Metrics
+from gateway.router import backoff_delay, plan, should_fall_back, target_key
+from gateway.targets import TargetBook
+from gateway.wire import ClientRequest
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Trace:
+    """What one request's attempts did: for response headers, metrics and logs."""
+
+    attempts: int = 0
+    upstream_seconds: float = 0.0
+    target: Target | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """A stream that has produced its first event; the relay continues ``events``."""
+
+    stream: UpstreamStream
+    events: AsyncIterator[bytes]
+    first: bytes
+
+    async def aclose(self) -> None:
+        aclose = getattr(self.events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await self.stream.aclose()
+
+
+class Forwarder:
+    def __init__(
+        self,
+        routing: Routing,
+        providers: Mapping[str, Provider],
+        adapters: Mapping[str, Adapter],
+        book: TargetBook,
+        metrics: Metrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._routing = routing
+        self._providers = providers
+        self._adapters = adapters
+        self._book = book
+        self._metrics = metrics
+        self._rng = rng or random.Random()
+
+    async def send(
+        self, model: Model, request: ClientRequest, request_id: str, trace: Trace
+    ) -> UpstreamReply:
+        reply = await self._with_fallback(model, request, request_id, trace, _send)
+        self.release(trace)
+        return reply
+
+    async def open_stream(
+        self, model: Model, request: ClientRequest, request_id: str, trace: Trace
+    ) -> OpenStream:
+        """The caller owns the result: it must ``aclose()`` it and ``release(trace)``."""
+        return await self._with_fallback(model, request, request_id, trace, _open_with_first_event)
+
+    def release(self, trace: Trace) -> None:
+        if trace.target is not None:
+            self._book.finished(target_key(trace.target))
+
+    async def _with_fallback(
+        self,
+        model: Model,
+        request: ClientRequest,
+        request_id: str,
+        trace: Trace,
+        attempt: Callable[[Adapter, UpstreamRequest], Awaitable[T]],
+    ) -> T:
+        last: UpstreamError | None = None
+        for pass_number in range(self._routing.retries + 1):
+            if pass_number:
+                retry_after = last.retry_after if isinstance(last, UpstreamStatus) else None
+                await asyncio.sleep(
+                    backoff_delay(pass_number, self._routing, self._rng, retry_after)
+                )
+            targets = plan(model, self._providers, self._book, time.monotonic(), self._rng)
+            if not targets:
+                raise NoTargetAvailable(_no_target_message(model, self._providers))
+            for target in targets:
+                outcome = await self._try(target, request, request_id, trace, attempt)
+                if not isinstance(outcome, UpstreamError):
+                    if trace.attempts > 1:
+                        self._metrics.child(self._metrics.fallbacks, model.name).inc()
+                    return outcome
+                if not should_fall_back(outcome):
+                    raise outcome
+                last = outcome
+        assert last is not None
+        raise _all_failed(model, trace, last)
+
+    async def _try(
+        self,
+        target: Target,
+        request: ClientRequest,
+        request_id: str,
+        trace: Trace,
+        attempt: Callable[[Adapter, UpstreamRequest], Awaitable[T]],
+    ) -> T | UpstreamError:
+        """One attempt; returns the error instead of raising so the loop reads as policy."""
+        key = target_key(target)
+        adapter = self._adapters[target.provider]
+        upstream = UpstreamRequest(
+            request.op, request.fields, target.model, request.stream, request_id
+        )
+        trace.attempts += 1
+        self._book.started(key)
+        started = time.perf_counter()
+        m = self._metrics
+        try:
+            result = await attempt(adapter, upstream)
+        except UpstreamError as exc:
+            self._book.finished(key)
+            self._book.failed(key, time.monotonic(), exc.message)
+            trace.failures.append(f"{key}: {exc.message}")
+            m.child(m.upstream, target.provider, target.model, exc.code or "error").inc()
+            return exc
+        except BaseException:
+            self._book.finished(key)
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            trace.upstream_seconds += elapsed
+            m.child(m.upstream_duration, target.provider).observe(elapsed)
+        self._book.succeeded(key)
+        m.child(m.upstream, target.provider, target.model, "ok").inc()
+        trace.target = target
+        return result
+
+
+async def _send(adapter: Adapter, request: UpstreamRequest) -> UpstreamReply:
+    return await adapter.send(request)
+
+
+async def _open_with_first_event(adapter: Adapter, request: UpstreamRequest) -> OpenStream:
+    stream = await adapter.open_stream(request)
+    events = aiter(stream)
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        await stream.aclose()
+        raise UpstreamProtocolError("stream ended before its first event") from None
+    except BaseException:
+        await stream.aclose()
+        raise
+    return OpenStream(stream, events, first)
+
+
+def _no_target_message(model: Model, providers: Mapping[str, Provider]) -> str:
+    reasons = []
+    for target in model.targets:
+        provider = providers.get(target.provider)
+        if provider is None:
+            continue
+        if provider.missing_env:
+            reasons.append(f"{target.provider}: {', '.join(provider.missing_env)} not set")
+        elif model.local_only and not provider.is_local:
+            reasons.append(f"{target.provider}: not local and the model is local_only")
+    detail = "; ".join(reasons) or "no targets configured"
+    return f"model {model.name!r} has no usable target ({detail})"
+
+
+def _all_failed(model: Model, trace: Trace, last: UpstreamError) -> AllTargetsFailed:
+    message = (
+        f"all {trace.attempts} attempts for model {model.name!r} failed; last: {trace.failures[-1]}"
+    )
+    return AllTargetsFailed(message, last)

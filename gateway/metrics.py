@@ -1,0 +1,103 @@
+"""Prometheus metrics, counted by our own code on the request path.
+
+One registry per app (no process-global default registry), so two gateways in one test
+process never share counters. Labelled children are cached because ``labels()`` takes a lock
+and builds a tuple on every call; the hot path should pay for a dict lookup only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Latency buckets reach from sub-millisecond gateway overhead to minute-long generations.
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "turnout_requests",
+            "Requests answered, by route, logical model and status.",
+            ("route", "model", "status"),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "turnout_request_duration_seconds",
+            "Time from request to the last byte of the answer.",
+            ("route", "model"),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "turnout_gateway_overhead_seconds",
+            "Time spent in the gateway itself, not waiting on upstreams.",
+            ("route",),
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "turnout_time_to_first_token_seconds",
+            "Streaming: time from request to the first event sent.",
+            ("model",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream = Counter(
+            "turnout_upstream_requests",
+            "Calls to upstream targets, by provider, upstream model and outcome.",
+            ("provider", "upstream_model", "outcome"),
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "turnout_upstream_duration_seconds",
+            "Time spent waiting on one upstream call.",
+            ("provider",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "turnout_fallbacks",
+            "Requests that moved on to another target after a failure.",
+            ("model",),
+            registry=r,
+        )
+        self.tokens = Counter(
+            "turnout_tokens",
+            "Tokens reported by upstreams, by logical model and type.",
+            ("model", "type"),
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "turnout_requests_in_flight", "Requests being answered now.", registry=r
+        )
+        self.disconnects = Counter(
+            "turnout_client_disconnects",
+            "Clients that left before their answer was complete.",
+            ("route",),
+            registry=r,
+        )
+        self.provider_up = Gauge(
+            "turnout_provider_available",
+            "1 when the last probe of a provider succeeded.",
+            ("provider",),
+            registry=r,
+        )
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Counter | Histogram | Gauge, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

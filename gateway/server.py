@@ -1,0 +1,36 @@
+"""Running the app under uvicorn with the settings the hot path was measured with."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.config import Config
+
+
+def run(
+    config: Config, host: str | None = None, port: int | None = None, log_level: str | None = None
+) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.config import warnings
+
+    level = (log_level or config.server.log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("turnout")
+    for note in warnings(config):
+        log.warning("%s", note)
+    uvicorn.run(
+        create_app(config),
+        host=host or config.server.host,
+        port=port if port is not None else config.server.port,
+        # uvloop + httptools: the fastest pair measured here; access logs cost ~10% at load,
+        # and the gateway keeps its own per-request metrics.
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=level.lower(),
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    return 0

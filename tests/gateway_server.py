@@ -1,0 +1,61 @@
+"""Run a real turnout on a free loopback port inside the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from litestar import Litestar
+
+from gateway.app import create_app
+from gateway.config import Config, from_mapping
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningGateway:
+    url: str  # http://127.0.0.1:PORT
+    app: Litestar
+    config: Config
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+
+def config_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> Config:
+    return from_mapping(raw, "test", env or {})
+
+
+@asynccontextmanager
+async def running_gateway(config: Config) -> AsyncIterator[RunningGateway]:
+    app = create_app(config)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", lifespan="on",
+                       log_level="warning", access_log=False)
+    )
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if not server.started:
+        task.cancel()
+        raise RuntimeError("turnout did not start")
+    try:
+        yield RunningGateway(f"http://127.0.0.1:{port}", app, config)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)

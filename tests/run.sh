@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: a venv with the project and its test tools, a real
+# llama-server (built from source once, then cached under ~/.cache/turnout), lint, types, pytest.
+#   bash tests/run.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-python3}
+
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+PYTHON=.venv/bin/python bash tests/engines/build_llama_server.sh
+
+.venv/bin/ruff check gateway adapters tests bench
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"
