@@ -13,7 +13,9 @@ from tests.engines.engines import LlamaServer, ensure_models, llama_server_binar
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, Path]:
     if llama_server_binary() is None:
-        pytest.skip("llama-server not built: run tests/engines/build_llama_server.sh (tests/run.sh does)")
+        pytest.skip(
+            "llama-server not built: run tests/engines/build_llama_server.sh (tests/run.sh does)"
+        )
     return ensure_models()
 
 

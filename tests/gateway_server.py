@@ -6,11 +6,12 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from litestar import Litestar
+from openai import AsyncOpenAI
 
 from gateway.app import create_app
 from gateway.config import Config, from_mapping
@@ -28,10 +29,22 @@ class RunningGateway:
     url: str  # http://127.0.0.1:PORT
     app: Litestar
     config: Config
+    clients: list[AsyncOpenAI] = field(default_factory=list)
 
     @property
     def v1(self) -> str:
         return self.url + "/v1"
+
+    def openai(self, **options: Any) -> AsyncOpenAI:
+        """An official SDK client pointed at this gateway, closed when the gateway stops."""
+        client = AsyncOpenAI(
+            base_url=self.v1,
+            api_key=options.pop("api_key", "unused"),
+            max_retries=options.pop("max_retries", 0),
+            **options,
+        )
+        self.clients.append(client)
+        return client
 
 
 def config_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> Config:
@@ -43,8 +56,15 @@ async def running_gateway(config: Config) -> AsyncIterator[RunningGateway]:
     app = create_app(config)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", lifespan="on",
-                       log_level="warning", access_log=False)
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            loop="none",
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+        )
     )
     task = asyncio.create_task(server.serve())
     for _ in range(500):
@@ -54,8 +74,11 @@ async def running_gateway(config: Config) -> AsyncIterator[RunningGateway]:
     if not server.started:
         task.cancel()
         raise RuntimeError("turnout did not start")
+    running = RunningGateway(f"http://127.0.0.1:{port}", app, config)
     try:
-        yield RunningGateway(f"http://127.0.0.1:{port}", app, config)
+        yield running
     finally:
+        for client in running.clients:
+            await client.close()
         server.should_exit = True
         await asyncio.wait_for(task, 15)

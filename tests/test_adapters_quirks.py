@@ -36,7 +36,10 @@ async def test_llamacpp_tool_call_reply_gets_null_content() -> None:
     fixed = json.loads(adapter.fix_reply(Operation.CHAT, raw))
     message = fixed["choices"][0]["message"]
     assert message["content"] is None
-    assert message["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Paris"}'}
+    assert message["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": '{"city":"Paris"}',
+    }
     # llama.cpp's extras survive; plain replies are passed through untouched (same bytes).
     assert "timings" in fixed
     plain = b'{"choices":[{"message":{"role":"assistant","content":""}}]}'
@@ -55,12 +58,22 @@ async def test_mlx_stream_sends_role_once_and_fixes_the_usage_object() -> None:
     roles = [c["choices"][0]["delta"].get("role") for c in chunks if c["choices"]]
     assert roles[0] == "assistant" and all(r is None for r in roles[1:])
     usage = [c for c in chunks if not c["choices"]]
-    assert len(usage) == 1 and usage[0]["object"] == "chat.completion.chunk" and usage[0]["usage"]["total_tokens"] > 0
+    assert (
+        len(usage) == 1
+        and usage[0]["object"] == "chat.completion.chunk"
+        and usage[0]["usage"]["total_tokens"] > 0
+    )
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     # The text is unchanged by the fix.
-    original = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content") or ""
-                       for e in events if e != b"data: [DONE]" and json.loads(e[6:])["choices"])
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == original
+    original = "".join(
+        json.loads(e[6:])["choices"][0]["delta"].get("content") or ""
+        for e in events
+        if e != b"data: [DONE]" and json.loads(e[6:])["choices"]
+    )
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        == original
+    )
     assert fixed[-1] == b"data: [DONE]"
     await session.close()
 
@@ -68,13 +81,20 @@ async def test_mlx_stream_sends_role_once_and_fixes_the_usage_object() -> None:
 async def test_mlx_tool_call_stream_keeps_the_whole_call() -> None:
     adapter, session = await adapter_of("mlx")
     fix = adapter.event_fix(Operation.CHAT)  # type: ignore[attr-defined]
-    events = [fix(e) for e in sse_events("mlx-chat-scripted-toolcall-stream.sse") if not e.startswith(b":")]
+    events = [
+        fix(e)
+        for e in sse_events("mlx-chat-scripted-toolcall-stream.sse")
+        if not e.startswith(b":")
+    ]
     first = json.loads(events[0][6:])
     call = first["choices"][0]["delta"]["tool_calls"][0]
     assert call["function"]["name"] == "get_weather"
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
     final = json.loads(events[1][6:])
-    assert final["choices"][0]["finish_reason"] == "tool_calls" and "role" not in final["choices"][0]["delta"]
+    assert (
+        final["choices"][0]["finish_reason"] == "tool_calls"
+        and "role" not in final["choices"][0]["delta"]
+    )
     await session.close()
 
 
@@ -84,18 +104,22 @@ async def test_body_rewrite_sets_upstream_model_and_always_asks_for_usage() -> N
         b'{"model":"logical","messages":[],"stream":true,"stream_options":{"include_usage":false,"x":1},"seed":4}',
         type=dict[str, msgspec.Raw],
     )
-    body = json.loads(adapter.encode_body(UpstreamRequest(Operation.CHAT, fields, "upstream-name", True, "rid")))  # type: ignore[attr-defined]
+    body = json.loads(
+        adapter.encode_body(UpstreamRequest(Operation.CHAT, fields, "upstream-name", True, "rid"))
+    )  # type: ignore[attr-defined]
     assert body["model"] == "upstream-name"
     assert body["stream_options"] == {"include_usage": True, "x": 1}
     assert body["seed"] == 4
     fields.pop("stream_options")
-    body = json.loads(adapter.encode_body(UpstreamRequest(Operation.CHAT, fields, "u", False, "rid")))  # type: ignore[attr-defined]
+    body = json.loads(
+        adapter.encode_body(UpstreamRequest(Operation.CHAT, fields, "u", False, "rid"))
+    )  # type: ignore[attr-defined]
     assert "stream_options" not in body
     await session.close()
 
 
 def test_unknown_adapter_kind_names_the_known_ones() -> None:
     registry = default_registry()
-    with pytest.raises(KeyError, match="unknown adapter kind 'nope'.*llamacpp"):
+    with pytest.raises(KeyError, match=r"unknown adapter kind 'nope'.*llamacpp"):
         registry.create("x", Provider(kind="nope", base_url="http://a/v1"), None)  # type: ignore[arg-type]
     assert {"openai", "llamacpp", "mlx", "deepseek", "vllm", "lmstudio"} <= set(registry.kinds())

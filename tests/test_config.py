@@ -57,16 +57,22 @@ def test_unknown_key_is_an_error_with_its_path() -> None:
 
 def test_unknown_provider_reference_lists_known_ones() -> None:
     text = MINIMAL.replace("provider: local", "provider: nope")
-    with pytest.raises(ConfigError, match=r"models\[0\]\.targets\[0\]\.provider: unknown provider 'nope' \(providers: local\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"models\[0\]\.targets\[0\]\.provider: unknown provider 'nope' \(providers: local\)",
+    ):
         parse(text)
 
 
 def test_duplicate_alias_is_rejected() -> None:
-    text = MINIMAL + """
+    text = (
+        MINIMAL
+        + """
   - name: other
     aliases: [m]
     targets: [{provider: local, model: tiny}]
 """
+    )
     with pytest.raises(ConfigError, match="alias 'm' already used"):
         parse(text)
 

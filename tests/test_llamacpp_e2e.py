@@ -17,26 +17,38 @@ WEATHER_TOOL = {
     "function": {
         "name": "get_weather",
         "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
 }
 
 
 def gateway_config(hello: LlamaServer, toolcall: LlamaServer):  # type: ignore[no-untyped-def]
-    return config_of({
-        "providers": {
-            "hello": {"kind": "llamacpp", "base_url": hello.url + "/v1"},
-            "toolcall": {"kind": "llamacpp", "base_url": toolcall.url + "/v1"},
-        },
-        "models": [
-            {"name": "local", "aliases": ["gpt-4o-mini"], "local_only": True,
-             "targets": [{"provider": "hello", "model": "tiny-hello"}]},
-            {"name": "agent", "targets": [{"provider": "toolcall", "model": "tiny-toolcall"}]},
-        ],
-    })
+    return config_of(
+        {
+            "providers": {
+                "hello": {"kind": "llamacpp", "base_url": hello.url + "/v1"},
+                "toolcall": {"kind": "llamacpp", "base_url": toolcall.url + "/v1"},
+            },
+            "models": [
+                {
+                    "name": "local",
+                    "aliases": ["gpt-4o-mini"],
+                    "local_only": True,
+                    "targets": [{"provider": "hello", "model": "tiny-hello"}],
+                },
+                {"name": "agent", "targets": [{"provider": "toolcall", "model": "tiny-toolcall"}]},
+            ],
+        }
+    )
 
 
-async def test_non_streaming_reply_and_usage(llama_hello: LlamaServer, llama_toolcall: LlamaServer) -> None:
+async def test_non_streaming_reply_and_usage(
+    llama_hello: LlamaServer, llama_toolcall: LlamaServer
+) -> None:
     async with running_gateway(gateway_config(llama_hello, llama_toolcall)) as gw:
         client = AsyncOpenAI(base_url=gw.v1, api_key="unused")
         reply = await client.chat.completions.with_raw_response.create(
@@ -51,7 +63,9 @@ async def test_non_streaming_reply_and_usage(llama_hello: LlamaServer, llama_too
         assert reply.headers["x-request-id"]
 
 
-async def test_streaming_reply_drops_usage_unless_asked(llama_hello: LlamaServer, llama_toolcall: LlamaServer) -> None:
+async def test_streaming_reply_drops_usage_unless_asked(
+    llama_hello: LlamaServer, llama_toolcall: LlamaServer
+) -> None:
     async with running_gateway(gateway_config(llama_hello, llama_toolcall)) as gw:
         client = AsyncOpenAI(base_url=gw.v1, api_key="unused")
         stream = await client.chat.completions.create(
@@ -64,23 +78,30 @@ async def test_streaming_reply_drops_usage_unless_asked(llama_hello: LlamaServer
         assert chunks[-1].choices[0].finish_reason == "stop"
 
         stream = await client.chat.completions.create(
-            model="local", messages=[{"role": "user", "content": "hi"}], max_tokens=32, stream=True,
+            model="local",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=32,
+            stream=True,
             stream_options={"include_usage": True},
         )
         chunks = [chunk async for chunk in stream]
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
 
         # The gateway counted the tokens of both streams, asked-for usage or not.
-        metrics = (await client.with_options(base_url=gw.url).get("/metrics", cast_to=str))  # type: ignore[call-arg]
+        metrics = await client.with_options(base_url=gw.url).get("/metrics", cast_to=str)  # type: ignore[call-arg]
         assert 'turnout_tokens_total{model="local",type="completion"} 20.0' in metrics
 
 
-async def test_tool_call_arrives_intact(llama_hello: LlamaServer, llama_toolcall: LlamaServer) -> None:
+async def test_tool_call_arrives_intact(
+    llama_hello: LlamaServer, llama_toolcall: LlamaServer
+) -> None:
     async with running_gateway(gateway_config(llama_hello, llama_toolcall)) as gw:
         client = AsyncOpenAI(base_url=gw.v1, api_key="unused")
         completion = await client.chat.completions.create(
-            model="agent", messages=[{"role": "user", "content": "weather in Paris?"}],
-            tools=[WEATHER_TOOL], max_tokens=64,  # type: ignore[list-item]
+            model="agent",
+            messages=[{"role": "user", "content": "weather in Paris?"}],
+            tools=[WEATHER_TOOL],
+            max_tokens=64,  # type: ignore[list-item]
         )
         message = completion.choices[0].message
         assert completion.choices[0].finish_reason == "tool_calls"
@@ -90,8 +111,11 @@ async def test_tool_call_arrives_intact(llama_hello: LlamaServer, llama_toolcall
         assert json.loads(message.tool_calls[0].function.arguments) == {"city": "Paris"}
 
         stream = await client.chat.completions.create(
-            model="agent", messages=[{"role": "user", "content": "weather in Paris?"}],
-            tools=[WEATHER_TOOL], max_tokens=64, stream=True,  # type: ignore[list-item]
+            model="agent",
+            messages=[{"role": "user", "content": "weather in Paris?"}],
+            tools=[WEATHER_TOOL],
+            max_tokens=64,
+            stream=True,  # type: ignore[list-item]
         )
         name, arguments, finish = "", "", None
         async for chunk in stream:
@@ -100,4 +124,8 @@ async def test_tool_call_arrives_intact(llama_hello: LlamaServer, llama_toolcall
                     name += call.function.name or "" if call.function else ""
                     arguments += call.function.arguments or "" if call.function else ""
                 finish = choice.finish_reason or finish
-        assert name == "get_weather" and json.loads(arguments) == {"city": "Paris"} and finish == "tool_calls"
+        assert (
+            name == "get_weather"
+            and json.loads(arguments) == {"city": "Paris"}
+            and finish == "tool_calls"
+        )

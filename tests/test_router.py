@@ -7,7 +7,14 @@ from collections import Counter
 
 from gateway.config import Routing
 from gateway.errors import BadRequest, UpstreamConnectError, UpstreamStatus, UpstreamTimeout
-from gateway.router import ModelTable, TargetView, backoff_delay, plan, should_fall_back, weighted_order
+from gateway.router import (
+    ModelTable,
+    TargetView,
+    backoff_delay,
+    plan,
+    should_fall_back,
+    weighted_order,
+)
 from tests.gateway_server import config_of
 
 PROVIDERS = {
@@ -56,7 +63,9 @@ def test_targets_cooling_down_go_last_but_stay() -> None:
 
 
 def test_least_inflight_prefers_the_idle_target_and_keeps_order_on_ties() -> None:
-    m, providers = model(balance="least_inflight", targets=[{"provider": p, "model": "x"} for p in "abc"])
+    m, providers = model(
+        balance="least_inflight", targets=[{"provider": p, "model": "x"} for p in "abc"]
+    )
     views = {"a/x": TargetView(inflight=3), "b/x": TargetView(inflight=1)}
     assert names(plan(m, providers, views, 0.0, random.Random())) == ["c", "b", "a"]
     assert names(plan(m, providers, {}, 0.0, random.Random())) == ["a", "b", "c"]
@@ -65,7 +74,10 @@ def test_least_inflight_prefers_the_idle_target_and_keeps_order_on_ties() -> Non
 def test_weighted_order_follows_weights() -> None:
     m, providers = model(
         balance="weighted",
-        targets=[{"provider": "a", "model": "x", "weight": 3}, {"provider": "b", "model": "x", "weight": 1}],
+        targets=[
+            {"provider": "a", "model": "x", "weight": 3},
+            {"provider": "b", "model": "x", "weight": 1},
+        ],
     )
     rng = random.Random(7)
     firsts = Counter(plan(m, providers, {}, 0.0, rng)[0].provider for _ in range(4000))
@@ -75,19 +87,30 @@ def test_weighted_order_follows_weights() -> None:
 
 
 def test_local_only_never_plans_a_cloud_target() -> None:
-    m, providers = model(local_only=True, targets=[{"provider": "cloud", "model": "x"}, {"provider": "a", "model": "x"}])
+    m, providers = model(
+        local_only=True,
+        targets=[{"provider": "cloud", "model": "x"}, {"provider": "a", "model": "x"}],
+    )
     for seed in range(10):
         assert names(plan(m, providers, {}, 0.0, random.Random(seed))) == ["a"]
 
 
 def test_provider_without_its_secret_is_skipped() -> None:
-    m, providers = model(targets=[{"provider": "nokey", "model": "x"}, {"provider": "a", "model": "x"}])
+    m, providers = model(
+        targets=[{"provider": "nokey", "model": "x"}, {"provider": "a", "model": "x"}]
+    )
     assert names(plan(m, providers, {}, 0.0, random.Random())) == ["a"]
 
 
 def test_aliases_resolve_to_the_model() -> None:
-    config = config_of({"providers": PROVIDERS, "models": [
-        {"name": "m", "aliases": ["gpt-4o"], "targets": [{"provider": "a", "model": "x"}]}]})
+    config = config_of(
+        {
+            "providers": PROVIDERS,
+            "models": [
+                {"name": "m", "aliases": ["gpt-4o"], "targets": [{"provider": "a", "model": "x"}]}
+            ],
+        }
+    )
     table = ModelTable(config)
     assert table.resolve("gpt-4o") is table.resolve("m") is config.models[0]
     assert table.resolve("nope") is None
