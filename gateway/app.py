@@ -13,9 +13,9 @@ from litestar.handlers import ASGIRouteHandler, asgi
 
 from adapters.base import AdapterRegistry, default_registry
 from gateway.api.models import ModelsController
-from gateway.api.proxy import ProxyEndpoint, proxy_endpoints
+from gateway.api.proxy import ProxyEndpoint, new_request_id, proxy_endpoints
 from gateway.api.system import SystemController
-from gateway.asgi import Receive, Scope, Send
+from gateway.asgi import Message, Receive, Scope, Send, header
 from gateway.config import Config
 from gateway.errors import ErrorBody, ErrorEnvelope
 from gateway.state import GatewayState
@@ -41,6 +41,7 @@ def create_app(config: Config, registry: AdapterRegistry | None = None) -> Lites
         dependencies={"gateway": Provide(provide_state, use_cache=True)},
         lifespan=[lifespan],
         exception_handlers={HTTPException: _http_error},
+        before_send=[_add_request_id],
         openapi_config=None,
         debug=False,
         # The CLI configures logging once; Litestar's own setup would format it differently.
@@ -54,6 +55,13 @@ def _mount(path: str, endpoint: ProxyEndpoint) -> ASGIRouteHandler:
 
     forward.__name__ = "forward_" + path.strip("/").replace("/", "_")
     return asgi(path, copy_scope=False)(forward)
+
+
+async def _add_request_id(message: Message, scope: Scope) -> None:
+    """Every answer names its request, as the proxy endpoints do on their own."""
+    if message["type"] == "http.response.start":
+        request_id = header(scope, b"x-request-id") or new_request_id().encode()
+        message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id[:128])]
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorEnvelope]:

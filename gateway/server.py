@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
+from collections.abc import Callable
+from types import FrameType
 
 from gateway.config import Config
 
@@ -20,6 +23,11 @@ def run(
     log = logging.getLogger("turnout")
     for note in warnings(config):
         log.warning("%s", note)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
+    # that was installed before it; these make that final step a clean exit instead of a kill
+    # (exit status 0 for SIGTERM, so service managers see a normal stop) or a traceback.
+    signal.signal(signal.SIGTERM, _exit_with(0))
+    signal.signal(signal.SIGINT, _exit_with(130))
     uvicorn.run(
         create_app(config),
         host=host or config.server.host,
@@ -34,3 +42,10 @@ def run(
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _exit_with(status: int) -> Callable[[int, FrameType | None], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(status)
+
+    return handler

@@ -581,3 +581,30 @@ async def test_metrics_expose_requests_latency_overhead_and_upstreams(fake: Fake
         "turnout_requests_in_flight 0.0",
     ):
         assert line in text, line
+
+
+async def test_retry_pass_with_backoff_recovers_a_single_target(fake: FakeOpenAI) -> None:
+    raw = {
+        "providers": {"a": provider(fake)},
+        "models": [{"name": "m", "targets": [{"provider": "a", "model": "ok"}]}],
+        "routing": {"retries": 2, "backoff_seconds": 0.05, "cooldown_seconds": 30},
+    }
+    async with running_gateway(config_of(raw)) as gw:
+        fake.fail_next(2, 503)
+        reply = await client(gw).chat.completions.with_raw_response.create(model="m", messages=USER)
+    assert reply.parse().choices[0].message.content == "echo: ping"
+    assert reply.headers["x-turnout-attempts"] == "3"
+    gaps = [
+        b.received_at - a.received_at for a, b in zip(posts(fake), posts(fake)[1:], strict=False)
+    ]
+    assert all(gap >= 0.02 for gap in gaps), gaps
+
+
+async def test_litestar_routes_carry_a_request_id(fake: FakeOpenAI) -> None:
+    async with gateway(
+        {"a": provider(fake)}, [{"name": "m", "targets": [{"provider": "a", "model": "ok"}]}]
+    ) as gw:
+        async with aiohttp.ClientSession() as session:
+            for path in ("/v1/models", "/health", "/metrics", "/nope"):
+                async with session.get(gw.url + path, headers={"X-Request-Id": "r-1"}) as response:
+                    assert response.headers["x-request-id"] == "r-1", path

@@ -1,0 +1,64 @@
+"""The `turnout` command as a user runs it: a real process, the shipped routing.yaml."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.gateway_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=0.5) as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            time.sleep(0.02)
+    raise AssertionError("turnout did not become ready")
+
+
+def test_serve_with_the_default_routing_yaml_and_stop_cleanly_on_sigterm() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as response:
+            assert b'"available":false' in response.read()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=20)[0].decode()
+    assert process.returncode == 0, output
+    assert "OPENAI_API_KEY is not set" in output
+    assert "Traceback" not in output
+
+
+def test_check_command_from_the_console_script(tmp_path: Path) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "gateway", "check"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and "routing.yaml: ok" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [{name: m, targets: [{provider: ghost, model: x}]}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "models[0].targets[0].provider: unknown provider 'ghost'" in result.stderr
