@@ -419,7 +419,7 @@ class LlamaCppFlavor(OpenAIFlavor):
     sse_content_type = "text/event-stream"
     serves_unversioned_paths = True
     requires_model = False  # single-model mode accepts any model string, or none
-    role_delta = {"role": "assistant", "content": None}
+    role_delta: ClassVar[dict[str, Any] | None] = {"role": "assistant", "content": None}
 
     def chat_id(self) -> str:
         return "chatcmpl-" + _random_id(32)
@@ -573,8 +573,8 @@ class MlxFlavor(OpenAIFlavor):
     preamble = (b": keepalive 0/1\n\n", b": keepalive 1/1\n\n")
     serves_unversioned_paths = True
     requires_model = False  # omitted model means the server's --model
-    role_delta = None  # no role-only chunk: every content delta repeats the role
-    finish_delta = {"role": "assistant"}
+    role_delta: ClassVar[dict[str, Any] | None] = None  # no role-only chunk: deltas repeat the role
+    finish_delta: ClassVar[dict[str, Any]] = {"role": "assistant"}
 
     def encode(self, obj: Any) -> bytes:
         return json.dumps(obj).encode()  # ", " / ": " separators and \uXXXX escapes, as mlx
@@ -710,8 +710,9 @@ def _first_tool_name(body: dict[str, Any]) -> str | None:
     tools = body.get("tools")
     if isinstance(tools, list) and tools and isinstance(tools[0], dict):
         function = tools[0].get("function")
-        if isinstance(function, dict) and isinstance(function.get("name"), str):
-            return function["name"]
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str):
+            return name
     return None
 
 
