@@ -57,13 +57,17 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class Target(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One place a logical model can be served: a provider and the model name it knows."""
+    """One place a logical model can be served: a provider and the model name it knows.
 
-    provider: str
-    model: str
+    ``role: coder`` is shorthand for the provider turnout creates for that local role.
+    """
+
+    provider: str = ""
+    model: str = ""
     weight: float = 1.0
     # Lower is tried first; targets sharing a priority are load-balanced.
     priority: int = 0
+    role: str = ""
 
 
 class Model(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -72,6 +76,9 @@ class Model(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str
     targets: tuple[Target, ...]
     aliases: tuple[str, ...] = ()
+    # Glob patterns (``claude-*``) for names clients send that no name or alias matches;
+    # tried after every exact name, in file order.
+    patterns: tuple[str, ...] = ()
     balance: Balance = "ordered"
     # Never send this model's traffic to a provider that is not local, even as a fallback.
     local_only: bool = False
@@ -87,6 +94,91 @@ class Routing(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     backoff_max_seconds: float = 4.0
     # A target that failed is tried last for this long.
     cooldown_seconds: float = 30.0
+
+
+EngineKind = Literal["llamacpp", "mlx", "ollama", "external"]
+
+# Placeholders filled per engine start, never from the environment.
+TEMPLATE_VARIABLES = frozenset({"PORT", "MODEL", "HOST", "CTX", "ROLE"})
+
+# Default command lines per engine kind; a role's ``command`` replaces them.
+DEFAULT_COMMANDS: dict[str, tuple[str, ...]] = {
+    "llamacpp": (
+        "llama-server",
+        "-m",
+        "${MODEL}",
+        "--host",
+        "${HOST}",
+        "--port",
+        "${PORT}",
+        "-c",
+        "${CTX}",
+        "--jinja",
+        "--no-webui",
+        "-a",
+        "${ROLE}",
+    ),
+    "mlx": ("mlx_lm.server", "--model", "${MODEL}", "--host", "${HOST}", "--port", "${PORT}"),
+}
+
+
+class Role(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A local model turnout loads on demand: one engine process (or one Ollama model)."""
+
+    engine: EngineKind
+    # A path (llama.cpp, MLX) or a model name (Ollama).
+    model: str
+    # Argument list with ${PORT} ${MODEL} ${HOST} ${CTX} ${ROLE}; default: by engine kind.
+    command: tuple[str, ...] = ()
+    # For engines turnout does not start (ollama, external): where they listen.
+    base_url: str = ""
+    # 0: pick a free loopback port when the gateway starts.
+    port: int = 0
+    # Path polled until 200 while starting (llama.cpp answers 503 while it loads).
+    health: str = "/health"
+    context: int = 4096
+    # Estimated memory the loaded model needs, to decide whether it fits.
+    memory_mb: int = 0
+    # Unload after this long without requests (0: never).
+    ttl_seconds: float = 0.0
+    start_timeout_seconds: float = 120.0
+    stop_timeout_seconds: float = 10.0
+    aliases: tuple[str, ...] = ()
+    # Smaller roles to use, in order, when this one does not fit in memory or the
+    # conversation does not fit in its context window.
+    fallback: tuple[str, ...] = ()
+    # Name the engine expects in a request's ``model``; default: the role name.
+    upstream_model: str = ""
+    env: dict[str, str] = {}
+    description: str = ""
+
+
+class Group(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Roles that share a resource (a GPU): at most ``max_loaded`` of them at once."""
+
+    members: tuple[str, ...]
+    max_loaded: int = 1
+    # Loaded when the gateway starts and never evicted.
+    persistent: tuple[str, ...] = ()
+
+
+class Engines(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How requests wait for local engines."""
+
+    # A request waits this long for its role to become ready, then gets 503.
+    wait_timeout_seconds: float = 300.0
+    # Requests for the loaded role are served first; a request for another role waits at most
+    # this long before the gateway stops admitting new work for the loaded role and swaps.
+    max_wait_seconds: float = 30.0
+    # A role that failed to start is retried after this long, doubling up to restart_backoff_max.
+    restart_backoff_seconds: float = 1.0
+    restart_backoff_max_seconds: float = 60.0
+    # Roles outside every group form one implicit group with max_loaded 1 (one model at a time).
+    groups: dict[str, Group] = {}
+    # Loaded at start-up (e.g. the fast default role).
+    preload: tuple[str, ...] = ()
+    # Where engine logs go; default: a temporary directory.
+    log_dir: str = ""
 
 
 class Server(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -105,8 +197,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     routing: Routing = Routing()
     providers: dict[str, Provider] = {}
     models: tuple[Model, ...] = ()
-    # Issue 3 (local engine roles) extends this file; until then the key is accepted as-is.
-    roles: dict[str, Any] = {}
+    roles: dict[str, Role] = {}
+    engines: Engines = Engines()
 
 
 def load(path: str | Path) -> Config:
@@ -142,10 +234,113 @@ def from_mapping(
         config = msgspec.convert(raw, type=Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_readable(str(exc))}") from None
+    problems = validate_roles(config)
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    config = expand_roles(config)
     problems = validate(config)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     return config
+
+
+ROLE_PREFIX = "role:"
+
+
+def role_provider_name(role: str) -> str:
+    return ROLE_PREFIX + role
+
+
+def expand_roles(config: Config) -> Config:
+    """Make roles routable: ``role:`` targets become providers, and every role is a model too.
+
+    A role named ``coder`` answers ``model: coder`` (and its aliases) unless a model of that
+    name exists; such implicit models are ``local_only``: they are the local engine, by definition.
+    """
+
+    def resolve(target: Target) -> Target:
+        if not target.role:
+            return target
+        role = config.roles[target.role]
+        return msgspec.structs.replace(
+            target,
+            provider=role_provider_name(target.role),
+            model=target.model or role.upstream_model or target.role,
+        )
+
+    models = [
+        msgspec.structs.replace(m, targets=tuple(resolve(t) for t in m.targets))
+        for m in config.models
+    ]
+    taken = {n for m in models for n in (m.name, *m.aliases)}
+    for name, role in config.roles.items():
+        if name in taken:
+            continue
+        target = Target(provider=role_provider_name(name), model=role.upstream_model or name)
+        aliases = tuple(a for a in role.aliases if a not in taken)
+        models.append(
+            Model(
+                name=name,
+                targets=(target,),
+                aliases=aliases,
+                local_only=True,
+                description=role.description or f"local {role.engine} role",
+            )
+        )
+    return msgspec.structs.replace(config, models=tuple(models))
+
+
+def validate_roles(config: Config) -> list[str]:
+    problems: list[str] = []
+    roles = config.roles
+    for name, role in roles.items():
+        where = f"roles.{name}"
+        if role.engine in ("ollama", "external") and not role.base_url:
+            problems.append(f"{where}.base_url: expected the URL of the {role.engine} server")
+        if role.engine in ("llamacpp", "mlx") and role.base_url:
+            problems.append(
+                f"{where}.base_url: turnout starts {role.engine} engines itself; use port instead"
+            )
+        for other in role.fallback:
+            if other not in roles:
+                problems.append(
+                    f"{where}.fallback: unknown role {other!r} (roles: {', '.join(sorted(roles))})"
+                )
+            elif other == name:
+                problems.append(f"{where}.fallback: a role cannot fall back to itself")
+    seen: dict[str, str] = {}
+    for group_name, group in config.engines.groups.items():
+        where = f"engines.groups.{group_name}"
+        if group.max_loaded < 1:
+            problems.append(f"{where}.max_loaded: expected a number >= 1")
+        for member in group.members:
+            if member not in roles:
+                problems.append(f"{where}.members: unknown role {member!r}")
+            elif member in seen:
+                problems.append(
+                    f"{where}.members: role {member!r} is already in group {seen[member]}"
+                )
+            seen[member] = group_name
+        for member in group.persistent:
+            if member not in group.members:
+                problems.append(f"{where}.persistent: {member!r} is not a member of this group")
+        if len(group.persistent) > group.max_loaded:
+            problems.append(f"{where}.persistent: more persistent roles than max_loaded allows")
+    for name in config.engines.preload:
+        if name not in roles:
+            problems.append(f"engines.preload: unknown role {name!r}")
+    for i, model in enumerate(config.models):
+        for j, target in enumerate(model.targets):
+            where = f"models[{i}].targets[{j}]"
+            if bool(target.role) == bool(target.provider):
+                problems.append(f"{where}: expected either provider (with model) or role")
+            elif target.role and target.role not in roles:
+                problems.append(
+                    f"{where}.role: unknown role {target.role!r} (roles: {', '.join(sorted(roles)) or 'none'})"
+                )
+            elif target.provider and not target.model:
+                problems.append(f"{where}.model: expected the upstream model name")
+    return problems
 
 
 def validate(config: Config) -> list[str]:
@@ -160,7 +355,12 @@ def validate(config: Config) -> list[str]:
             if name in seen:
                 problems.append(f"{where}: name or alias {name!r} already used by {seen[name]}")
             seen[name] = where
+        for k, pattern in enumerate(model.patterns):
+            if not pattern:
+                problems.append(f"{where}.patterns[{k}]: expected a glob such as 'claude-*'")
         for j, target in enumerate(model.targets):
+            if target.provider.startswith(ROLE_PREFIX):
+                continue
             if target.provider not in config.providers:
                 known = ", ".join(sorted(config.providers)) or "none defined"
                 problems.append(
@@ -208,6 +408,8 @@ def _interpolate(
 
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            if name in TEMPLATE_VARIABLES:
+                return match.group(0)
             value = env.get(name)
             if value is None or value == "":
                 if default is not None:

@@ -108,14 +108,14 @@ class UpstreamProtocolError(UpstreamError):
 
 
 class AllTargetsFailed(UpstreamError):
-    """Every attempt failed: the client sees the last failure's class (502, 504 or 429)."""
+    """Every attempt failed: the client sees the last failure's class (502, 503, 504 or 429)."""
 
     def __init__(self, message: str, last: UpstreamError) -> None:
         headers = {}
         if isinstance(last, UpstreamStatus) and last.retry_after is not None:
             headers["Retry-After"] = str(int(last.retry_after + 0.999))
         super().__init__(message, headers=headers)
-        self.status = last.status if last.status in (429, 504) else 502
+        self.status = last.status if last.status in (429, 503, 504) else 502
         self.type = last.type
         self.code = last.code
         self.last = last

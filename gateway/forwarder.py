@@ -12,10 +12,11 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from adapters.base import Adapter, UpstreamReply, UpstreamRequest, UpstreamStream
 from gateway.config import Model, Provider, Routing, Target
+from gateway.engines.supervisor import Lease
 from gateway.errors import (
     AllTargetsFailed,
     NoTargetAvailable,
@@ -39,6 +40,19 @@ class Trace:
     upstream_seconds: float = 0.0
     target: Target | None = None
     failures: list[str] = field(default_factory=list)
+    # Held while a local engine serves this request; released with the answer.
+    lease: Lease | None = None
+    released: bool = False
+
+
+class Gate(Protocol):
+    """Holds requests for targets that need preparing first (local engine roles)."""
+
+    def handles(self, target: Target) -> bool: ...
+
+    async def enter(self, target: Target, request: ClientRequest) -> tuple[Lease, Target]: ...
+
+    def release(self, lease: Lease) -> None: ...
 
 
 @dataclass(slots=True)
@@ -65,7 +79,9 @@ class Forwarder:
         book: TargetBook,
         metrics: Metrics,
         rng: random.Random | None = None,
+        gate: Gate | None = None,
     ) -> None:
+        self._gate = gate
         self._routing = routing
         self._providers = providers
         self._adapters = adapters
@@ -87,8 +103,14 @@ class Forwarder:
         return await self._with_fallback(model, request, request_id, trace, _open_with_first_event)
 
     def release(self, trace: Trace) -> None:
+        """Once per request: the target's in-flight count and the engine lease go back."""
+        if trace.released:
+            return
+        trace.released = True
         if trace.target is not None:
             self._book.finished(target_key(trace.target))
+        if trace.lease is not None and self._gate is not None:
+            self._gate.release(trace.lease)
 
     async def _with_fallback(
         self,
@@ -129,6 +151,35 @@ class Forwarder:
         attempt: Callable[[Adapter, UpstreamRequest], Awaitable[T]],
     ) -> T | UpstreamError:
         """One attempt; returns the error instead of raising so the loop reads as policy."""
+        lease: Lease | None = None
+        if self._gate is not None and self._gate.handles(target):
+            try:
+                lease, target = await self._gate.enter(target, request)
+            except UpstreamError as exc:
+                trace.attempts += 1
+                trace.failures.append(f"{target_key(target)}: {exc.message}")
+                return exc
+        try:
+            outcome = await self._call(target, request, request_id, trace, attempt)
+        except BaseException:
+            if lease is not None and self._gate is not None:
+                self._gate.release(lease)
+            raise
+        if isinstance(outcome, UpstreamError):
+            if lease is not None and self._gate is not None:
+                self._gate.release(lease)
+        else:
+            trace.lease = lease
+        return outcome
+
+    async def _call(
+        self,
+        target: Target,
+        request: ClientRequest,
+        request_id: str,
+        trace: Trace,
+        attempt: Callable[[Adapter, UpstreamRequest], Awaitable[T]],
+    ) -> T | UpstreamError:
         key = target_key(target)
         adapter = self._adapters[target.provider]
         upstream = UpstreamRequest(

@@ -90,6 +90,44 @@ class Metrics:
             ("provider",),
             registry=r,
         )
+        self.engine_state = Gauge(
+            "turnout_engine_state",
+            "1 for the state each local role's engine is in, 0 for the others.",
+            ("role", "state"),
+            registry=r,
+        )
+        self.swaps = Counter(
+            "turnout_engine_swaps",
+            "Engines brought up (loads and swaps), by role.",
+            ("role",),
+            registry=r,
+        )
+        self.swap_duration = Histogram(
+            "turnout_engine_swap_duration_seconds",
+            "From the decision to load a role (switch or first queued request) to its engine being ready.",
+            ("role",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.engine_failures = Counter(
+            "turnout_engine_failures",
+            "Engine start failures and crashes, by role.",
+            ("role",),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "turnout_engine_queue_depth",
+            "Requests waiting for a role's engine.",
+            ("role",),
+            registry=r,
+        )
+        self.engine_wait = Histogram(
+            "turnout_engine_wait_seconds",
+            "Time requests waited for their role's engine (swaps, loads).",
+            ("role",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Counter | Histogram | Gauge, *labels: str) -> Any:

@@ -5,18 +5,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
 
 import aiohttp
+import psutil
 
 from adapters.base import Adapter, AdapterRegistry, Probe
-from gateway.config import Config
+from gateway.config import ROLE_PREFIX, Config, Provider, Role, role_provider_name
+from gateway.engines.gate import EngineGate
+from gateway.engines.process import (
+    EngineDriver,
+    ExternalDriver,
+    HostedModelDriver,
+    ModelHost,
+    ProcessDriver,
+)
+from gateway.engines.resources import Resources
+from gateway.engines.states import EngineState
+from gateway.engines.supervisor import Supervisor
 from gateway.forwarder import Forwarder
 from gateway.metrics import Metrics
 from gateway.router import ModelTable
 from gateway.targets import TargetBook
 
 log = logging.getLogger("turnout")
+
+# The adapter that speaks to each engine kind once it runs.
+_ENGINE_ADAPTERS = {
+    "llamacpp": "llamacpp",
+    "mlx": "mlx",
+    "ollama": "ollama",
+    "external": "openai-compatible",
+}
 
 
 @dataclass
@@ -26,22 +50,43 @@ class GatewayState:
     metrics: Metrics = field(default_factory=Metrics)
     models: ModelTable = field(init=False)
     book: TargetBook = field(init=False)
+    # Configured providers plus one per local role (``role:<name>``).
+    providers: dict[str, Provider] = field(init=False)
+    role_ports: dict[str, int] = field(default_factory=dict)
     adapters: dict[str, Adapter] = field(default_factory=dict)
     probes: dict[str, Probe] = field(default_factory=dict)
     forwarder: Forwarder = field(init=False)
+    supervisor: Supervisor | None = None
     session: aiohttp.ClientSession | None = None
     _prober: asyncio.Task[None] | None = None
+    _vram: Resources | None = None
 
     def __post_init__(self) -> None:
         self.models = ModelTable(self.config)
         self.book = TargetBook(self.config.routing.cooldown_seconds)
-        self.forwarder = Forwarder(
+        self.providers = dict(self.config.providers)
+        for name, role in self.config.roles.items():
+            if role.engine in ("llamacpp", "mlx"):
+                self.role_ports[name] = role.port or _free_port()
+            self.providers[role_provider_name(name)] = self._role_provider(name, role)
+        self.forwarder = self._forwarder(None)
+
+    def _role_provider(self, name: str, role: Role) -> Provider:
+        if name in self.role_ports:
+            base_url = f"http://127.0.0.1:{self.role_ports[name]}/v1"
+        else:
+            base_url = role.base_url
+        return Provider(kind=_ENGINE_ADAPTERS[role.engine], base_url=base_url, local=True)
+
+    def _forwarder(self, gate: EngineGate | None) -> Forwarder:
+        return Forwarder(
             self.config.routing,
-            self.config.providers,
+            self.providers,
             self.adapters,
             self.book,
             self.metrics,
             random.Random(),
+            gate,
         )
 
     async def start(self) -> None:
@@ -51,42 +96,76 @@ class GatewayState:
             limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
         )
         self.session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-            # Upstream bodies are forwarded as bytes; never let aiohttp guess encodings.
-            raise_for_status=False,
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )
-        for name, provider in self.config.providers.items():
+        for name, provider in self.providers.items():
             self.adapters[name] = self.registry.create(name, provider, self.session)
+        if self.config.roles:
+            self.supervisor = Supervisor(
+                self.config.roles,
+                self.config.engines,
+                self._drivers(self.session),
+                self.metrics,
+                self.resources,
+            )
+            self.forwarder = self._forwarder(EngineGate(self.supervisor, self.config.roles))
+            await self.supervisor.start()
         await self.probe_all()
         self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
+
+    def _drivers(self, session: aiohttp.ClientSession) -> dict[str, EngineDriver]:
+        log_dir = Path(self.config.engines.log_dir or tempfile.mkdtemp(prefix="turnout-engines-"))
+        drivers: dict[str, EngineDriver] = {}
+        for name, role in self.config.roles.items():
+            if role.engine in ("llamacpp", "mlx"):
+                drivers[name] = ProcessDriver(
+                    name, role, self.role_ports[name], log_dir / f"{name}.log", session
+                )
+            elif role.engine == "ollama":
+                # The Ollama adapter doubles as the model host: load and unload are API calls.
+                host = cast(ModelHost, self.adapters[role_provider_name(name)])
+                drivers[name] = HostedModelDriver(role, host)
+            else:
+                drivers[name] = ExternalDriver(role, session)
+        return drivers
 
     async def stop(self) -> None:
         if self._prober is not None:
             self._prober.cancel()
             await asyncio.gather(self._prober, return_exceptions=True)
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         for adapter in self.adapters.values():
             await adapter.close()
         if self.session is not None:
             await self.session.close()
 
+    def resources(self) -> Resources:
+        """Free memory now: RAM is cheap to read on every decision; VRAM comes from the prober."""
+        memory = psutil.virtual_memory()
+        vram = self._vram
+        return Resources(
+            ram_free_mb=memory.available // 2**20,
+            ram_total_mb=memory.total // 2**20,
+            vram_free_mb=vram.vram_free_mb if vram else None,
+            vram_total_mb=vram.vram_total_mb if vram else None,
+        )
+
     async def probe_all(self) -> None:
-        names = list(self.adapters)
+        names = [n for n in self.adapters if not n.startswith(ROLE_PREFIX)]
         results = await asyncio.gather(*(self.adapters[n].probe() for n in names))
         for name, probe in zip(names, results, strict=True):
             previous = self.probes.get(name)
             if previous is None or previous.available != probe.available:
                 level = logging.INFO if probe.available else logging.WARNING
-                log.log(
-                    level,
-                    "provider %s %s: %s",
-                    name,
-                    "available" if probe.available else "unavailable",
-                    probe.detail,
-                )
+                state = "available" if probe.available else "unavailable"
+                log.log(level, "provider %s %s: %s", name, state, probe.detail)
             self.probes[name] = probe
             self.metrics.child(self.metrics.provider_up, name).set(1 if probe.available else 0)
+        if self.config.roles:
+            from gateway.engines.resources import read_resources
+
+            self._vram = await read_resources()
 
     async def _probe_forever(self) -> None:
         while True:
@@ -96,8 +175,19 @@ class GatewayState:
             except Exception:
                 log.exception("provider probe failed")
 
-    def model_available(self, name: str) -> bool:
-        model = self.models.resolve(name)
-        if model is None:
-            return False
-        return any(self.probes.get(t.provider, Probe(False, "")).available for t in model.targets)
+    def availability(self, provider: str) -> Probe:
+        """Whether a provider can take requests now, and why not."""
+        if provider.startswith(ROLE_PREFIX) and self.supervisor is not None:
+            role = provider[len(ROLE_PREFIX) :]
+            status = self.supervisor.status(role)
+            if status.state is EngineState.FAILED:
+                return Probe(False, f"local role {role} failed: {status.last_error}")
+            return Probe(True, f"local role {role}: {status.state}; loads on demand")
+        return self.probes.get(provider) or Probe(False, "not probed yet")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

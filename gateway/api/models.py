@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Controller, get
 from litestar.di import NamedDependency
 
+from gateway.config import Model, Target
 from gateway.router import eligible
 from gateway.state import GatewayState
 
@@ -18,33 +19,20 @@ class ModelsController(Controller):
     async def list_models(self, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:
         data: list[dict[str, Any]] = []
         for model in gateway.models.models:
-            usable = eligible(model, gateway.config.providers)
-            available = any(
-                gateway.probes.get(t.provider) and gateway.probes[t.provider].available
-                for t in usable
+            targets = [_target(gateway, model, t) for t in model.targets]
+            available = any(t["available"] for t in targets)
+            data.append(
+                {
+                    "id": model.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "turnout",
+                    "aliases": list(model.aliases),
+                    "available": available,
+                    "local_only": model.local_only,
+                    "targets": targets,
+                }
             )
-            entry = {
-                "id": model.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "turnout",
-                "aliases": list(model.aliases),
-                "available": available,
-                "local_only": model.local_only,
-                "targets": [
-                    {
-                        "provider": t.provider,
-                        "model": t.model,
-                        "available": bool(
-                            gateway.probes.get(t.provider) and gateway.probes[t.provider].available
-                        )
-                        and t in usable,
-                        "detail": _detail(gateway, model.local_only, t.provider, t in usable),
-                    }
-                    for t in model.targets
-                ],
-            }
-            data.append(entry)
             for alias in model.aliases:
                 data.append(
                     {
@@ -59,8 +47,16 @@ class ModelsController(Controller):
         return {"object": "list", "data": data}
 
 
-def _detail(gateway: GatewayState, local_only: bool, provider: str, usable: bool) -> str:
-    if not usable and local_only and not gateway.config.providers[provider].is_local:
-        return "excluded: model is local_only and this provider is not local"
-    probe = gateway.probes.get(provider)
-    return probe.detail if probe is not None else "not probed yet"
+def _target(gateway: GatewayState, model: Model, target: Target) -> dict[str, Any]:
+    usable = target in eligible(model, gateway.providers)
+    probe = gateway.availability(target.provider)
+    if not usable and model.local_only and not gateway.providers[target.provider].is_local:
+        detail = "excluded: model is local_only and this provider is not local"
+    else:
+        detail = probe.detail
+    return {
+        "provider": target.provider,
+        "model": target.model,
+        "available": usable and probe.available,
+        "detail": detail,
+    }

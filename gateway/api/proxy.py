@@ -113,7 +113,7 @@ class ProxyEndpoint:
     def _headers(request_id: str) -> Headers:
         return [(b"x-request-id", request_id.encode())]
 
-    def _finish_headers(self, headers: Headers, started: float, trace: Trace) -> None:
+    def _finish_headers(self, headers: Headers, started: float, trace: Trace, request_id: str) -> None:
         overhead_ms = (time.perf_counter() - started - trace.upstream_seconds) * 1000
         headers.append((b"x-turnout-overhead-ms", f"{overhead_ms:.3f}".encode()))
         if trace.target is not None:
@@ -122,6 +122,13 @@ class ProxyEndpoint:
             )
         if trace.attempts > 1:
             headers.append((b"x-turnout-attempts", str(trace.attempts).encode()))
+        lease = trace.lease
+        if lease is not None:
+            headers.append((b"x-turnout-role", lease.role.encode()))
+            if lease.note:
+                # Header values must be latin-1; notes are ASCII by construction.
+                headers.append((b"x-turnout-fallback", lease.note.encode("ascii", "replace")))
+                log.info("request %s: %s", request_id, lease.note)
 
     async def _complete(
         self,
@@ -139,7 +146,7 @@ class ProxyEndpoint:
         if usage is not None:
             self._count_tokens(model.name, usage.prompt_tokens, usage.completion_tokens)
         headers = self._headers(request_id)
-        self._finish_headers(headers, started, trace)
+        self._finish_headers(headers, started, trace, request_id)
         await send_bytes(send, reply.status, reply.body, reply.content_type.encode(), headers)
         return reply.status
 
@@ -167,7 +174,7 @@ class ProxyEndpoint:
         result = StreamResult()
         try:
             if not response.started:
-                self._finish_headers(response.headers, started, trace)
+                self._finish_headers(response.headers, started, trace, request_id)
             await relay(opened, response, request.include_usage, result)
             watch.stop()
             await response.end()
@@ -205,7 +212,7 @@ class ProxyEndpoint:
             await response.end()
             return error.status
         headers = self._headers(request_id)
-        self._finish_headers(headers, started, trace)
+        self._finish_headers(headers, started, trace, request_id)
         headers.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
         await send_bytes(send, error.status, openai_envelope(error), JSON, headers)
         return error.status

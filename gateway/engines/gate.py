@@ -1,0 +1,76 @@
+"""Where routing meets the supervisor: a request for a local role waits here for its engine.
+
+The forwarder calls ``enter`` before it talks to a role's engine and releases the lease when the
+answer is complete (for streams: when the stream ends), so the supervisor knows exactly which
+requests are in flight and never swaps an engine out from under one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from gateway.config import ROLE_PREFIX, Role, Target, role_provider_name
+from gateway.engines.policy import estimate_tokens, pick_fallback
+from gateway.engines.supervisor import Lease, Supervisor
+from gateway.wire import ClientRequest
+
+_int = msgspec.json.Decoder(int | None)
+
+
+class EngineGate:
+    def __init__(self, supervisor: Supervisor, roles: Mapping[str, Role]) -> None:
+        self._supervisor = supervisor
+        self._roles = roles
+
+    @staticmethod
+    def handles(target: Target) -> bool:
+        return target.provider.startswith(ROLE_PREFIX)
+
+    async def enter(self, target: Target, request: ClientRequest) -> tuple[Lease, Target]:
+        role = target.provider[len(ROLE_PREFIX) :]
+        chosen, note = self._by_context(role, request)
+        lease = await self._supervisor.acquire(chosen, requested=role, note=note)
+        if lease.role == role:
+            return lease, target
+        other = self._roles[lease.role]
+        return lease, Target(
+            provider=role_provider_name(lease.role), model=other.upstream_model or lease.role
+        )
+
+    def release(self, lease: Lease) -> None:
+        self._supervisor.release(lease)
+
+    def _by_context(self, role: str, request: ClientRequest) -> tuple[str, str]:
+        """A conversation longer than the role's context goes to a fallback role that can hold it."""
+        need = estimate_tokens(_prompt_bytes(request), _max_tokens(request))
+        context = self._roles[role].context
+        if need <= context:
+            return role, ""
+        fallback = pick_fallback(role, self._roles, lambda r: self._roles[r].context >= need)
+        if fallback is None:
+            # Nothing larger: let the engine judge the real token count.
+            return role, ""
+        return (
+            fallback,
+            f"request needs ~{need} tokens, more than role {role}'s context of {context}; served by {fallback}",
+        )
+
+
+def _prompt_bytes(request: ClientRequest) -> int:
+    fields = request.fields
+    raw = fields.get("messages") or fields.get("prompt") or fields.get("input")
+    return len(raw) if raw is not None else 0
+
+
+def _max_tokens(request: ClientRequest) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        raw = request.fields.get(name)
+        if raw is not None:
+            try:
+                value = _int.decode(raw)
+            except msgspec.DecodeError:
+                return 0
+            return value or 0
+    return 0

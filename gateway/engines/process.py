@@ -1,0 +1,273 @@
+"""Engine drivers: how one role's engine is started, health-checked and stopped.
+
+A driver knows mechanics only (spawn, poll, signal); when to call it is the supervisor's
+business. Every driver's ``start`` may be cancelled at any await: a cancelled start leaves
+nothing running (this is how "stop during start aborts the start" works).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+
+from gateway.config import DEFAULT_COMMANDS, Role
+
+
+class EngineStartError(Exception):
+    """The engine could not be brought up; the message says why (and quotes its log)."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class EngineDriver(Protocol):
+    async def start(self) -> int | None:
+        """Bring the engine up and return once it is healthy; the pid if turnout owns a process."""
+        ...
+
+    async def wait_exit(self) -> int:
+        """Return the exit code once the engine dies (never, for engines turnout does not own)."""
+        ...
+
+    async def stop(self) -> None:
+        """Idempotent; safe whether the engine runs, is starting, or never started."""
+        ...
+
+
+def render_command(role_name: str, role: Role, host: str, port: int) -> list[str]:
+    template = role.command or DEFAULT_COMMANDS[role.engine]
+    values = {
+        "PORT": str(port),
+        "MODEL": role.model,
+        "HOST": host,
+        "CTX": str(role.context),
+        "ROLE": role_name,
+    }
+    rendered = []
+    for part in template:
+        for key, value in values.items():
+            part = part.replace("${" + key + "}", value)
+        rendered.append(part)
+    return rendered
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL if the gateway dies, however it dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class ProcessDriver:
+    """An engine process turnout spawns: llama.cpp ``llama-server`` or ``mlx_lm.server``."""
+
+    def __init__(
+        self,
+        role_name: str,
+        role: Role,
+        port: int,
+        log_path: Path,
+        session: aiohttp.ClientSession,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self._role = role
+        self._command = render_command(role_name, role, host, port)
+        self._health_url = f"http://{host}:{port}{role.health}"
+        self._log_path = log_path
+        self._session = session
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def command(self) -> Sequence[str]:
+        return self._command
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
+
+    async def start(self) -> int | None:
+        await self.stop()
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._log_path.open("ab") as log:
+            log.write(
+                f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self._command)}\n".encode()
+            )
+            log.flush()
+            try:
+                # Own session = own process group: stop() signals the engine and its children.
+                self._process = await asyncio.create_subprocess_exec(
+                    *self._command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                    env={**os.environ, **self._role.env},
+                )
+            except OSError as exc:
+                raise EngineStartError(f"cannot run {self._command[0]!r}: {exc.strerror}") from None
+        try:
+            await self._wait_healthy()
+        except BaseException:
+            await self.stop()
+            raise
+        return self._process.pid
+
+    async def _wait_healthy(self) -> None:
+        process = self._process
+        assert process is not None
+        deadline = time.monotonic() + self._role.start_timeout_seconds
+        timeout = aiohttp.ClientTimeout(total=2)
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if process.returncode is not None:
+                raise EngineStartError(
+                    f"exited with code {process.returncode} while starting; log: {self.log_tail()}",
+                    process.returncode,
+                )
+            try:
+                async with self._session.get(self._health_url, timeout=timeout) as response:
+                    await response.read()
+                    if response.status == 200:
+                        return
+                    last = f"health answered HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = exc.__class__.__name__
+            # Short waits: a tiny model is healthy within ~100 ms and swap latency is the product.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await process.wait()
+        raise EngineStartError(
+            f"not healthy after {self._role.start_timeout_seconds:g} s ({last}); log: {self.log_tail()}"
+        )
+
+    async def wait_exit(self) -> int:
+        process = self._process
+        if process is None:
+            raise RuntimeError("engine was not started")
+        return await process.wait()
+
+    async def stop(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        if process.returncode is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                async with asyncio.timeout(self._role.stop_timeout_seconds):
+                    await process.wait()
+            except TimeoutError:
+                _signal_group(process.pid, signal.SIGKILL)
+                await process.wait()
+        # Children that outlived the leader (same process group) go too.
+        _signal_group(process.pid, signal.SIGKILL)
+        self._process = None
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self._log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        tail = [line for line in text.splitlines() if line.strip()][-lines:]
+        return " | ".join(tail) or "(empty log)"
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+class ExternalDriver:
+    """A server turnout does not start (any OpenAI-compatible engine): only its health is ours."""
+
+    def __init__(self, role: Role, session: aiohttp.ClientSession) -> None:
+        self._role = role
+        self._session = session
+        self._stopped = asyncio.Event()
+        base = role.base_url.rstrip("/")
+        origin = base[: -len("/v1")] if base.endswith("/v1") else base
+        self._health_url = origin + role.health
+
+    async def start(self) -> int | None:
+        self._stopped.clear()
+        deadline = time.monotonic() + self._role.start_timeout_seconds
+        timeout = aiohttp.ClientTimeout(total=2)
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                async with self._session.get(self._health_url, timeout=timeout) as response:
+                    await response.read()
+                    if response.status == 200:
+                        return None
+                    last = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = exc.__class__.__name__
+            await asyncio.sleep(0.1)
+        raise EngineStartError(
+            f"{self._health_url} not healthy after {self._role.start_timeout_seconds:g} s ({last})"
+        )
+
+    async def wait_exit(self) -> int:
+        await self._stopped.wait()
+        return 0
+
+    async def stop(self) -> None:
+        self._stopped.set()
+
+
+class ModelHost(Protocol):
+    """An engine server that loads and unloads models on request (Ollama's adapter)."""
+
+    async def load(self, model: str, keep_alive: str | int | None = None) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+
+class HostedModelDriver:
+    """A model inside a server turnout does not start: loading is a request, unloading another.
+
+    ``keep_alive: -1`` keeps the model loaded until turnout unloads it; the supervisor, not
+    the server's own timer, decides when a role's memory is given back.
+    """
+
+    def __init__(self, role: Role, host: ModelHost) -> None:
+        self._role = role
+        self._host = host
+        self._stopped = asyncio.Event()
+        self._loaded = False
+
+    async def start(self) -> int | None:
+        self._stopped.clear()
+        try:
+            async with asyncio.timeout(self._role.start_timeout_seconds):
+                await self._host.load(self._role.model, keep_alive=-1)
+        except TimeoutError:
+            raise EngineStartError(
+                f"loading {self._role.model} took over {self._role.start_timeout_seconds:g} s"
+            ) from None
+        except Exception as exc:
+            raise EngineStartError(f"loading {self._role.model} failed: {exc}") from None
+        self._loaded = True
+        return None
+
+    async def wait_exit(self) -> int:
+        await self._stopped.wait()
+        return 0
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        if self._loaded:
+            self._loaded = False
+            with contextlib.suppress(Exception):
+                await self._host.unload(self._role.model)
