@@ -45,9 +45,17 @@ def _check(path: Path) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    from gateway.engines.process import missing_parts
+
     for note in warnings(config):
         print(f"warning: {note}", file=sys.stderr)
-    print(f"{path}: ok ({len(config.providers)} providers, {len(config.models)} models)")
+    for name, role in config.roles.items():
+        problem = missing_parts(role)
+        if problem:
+            print(f"warning: roles.{name}: cannot start until fixed: {problem}", file=sys.stderr)
+    print(
+        f"{path}: ok ({len(config.providers)} providers, {len(config.roles)} roles, {len(config.models)} models)"
+    )
     return 0
 
 

@@ -251,6 +251,18 @@ def role_provider_name(role: str) -> str:
     return ROLE_PREFIX + role
 
 
+def role_upstream_model(name: str, role: Role) -> str:
+    """The ``model`` a request to this role's engine carries.
+
+    llama-server (one model per process) ignores it, so the role name shows in its replies;
+    mlx_lm.server would look any other name up on the Hugging Face hub, so it gets its own
+    alias for the loaded model; Ollama and external servers need the real model name.
+    """
+    if role.upstream_model:
+        return role.upstream_model
+    return {"llamacpp": name, "mlx": "default_model"}.get(role.engine, role.model)
+
+
 def expand_roles(config: Config) -> Config:
     """Make roles routable: ``role:`` targets become providers, and every role is a model too.
 
@@ -265,7 +277,7 @@ def expand_roles(config: Config) -> Config:
         return msgspec.structs.replace(
             target,
             provider=role_provider_name(target.role),
-            model=target.model or role.upstream_model or target.role,
+            model=target.model or role_upstream_model(target.role, role),
         )
 
     models = [
@@ -276,7 +288,7 @@ def expand_roles(config: Config) -> Config:
     for name, role in config.roles.items():
         if name in taken:
             continue
-        target = Target(provider=role_provider_name(name), model=role.upstream_model or name)
+        target = Target(provider=role_provider_name(name), model=role_upstream_model(name, role))
         aliases = tuple(a for a in role.aliases if a not in taken)
         models.append(
             Model(

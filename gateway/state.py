@@ -23,6 +23,7 @@ from gateway.engines.process import (
     HostedModelDriver,
     ModelHost,
     ProcessDriver,
+    missing_parts,
 )
 from gateway.engines.resources import Resources
 from gateway.engines.states import EngineState
@@ -100,6 +101,10 @@ class GatewayState:
         )
         for name, provider in self.providers.items():
             self.adapters[name] = self.registry.create(name, provider, self.session)
+        for name, role in self.config.roles.items():
+            problem = missing_parts(role)
+            if problem:
+                log.warning("role %s cannot start until fixed: %s", name, problem)
         if self.config.roles:
             self.supervisor = Supervisor(
                 self.config.roles,
@@ -182,6 +187,9 @@ class GatewayState:
             status = self.supervisor.status(role)
             if status.state is EngineState.FAILED:
                 return Probe(False, f"local role {role} failed: {status.last_error}")
+            problem = missing_parts(self.config.roles[role])
+            if problem and status.state is not EngineState.READY:
+                return Probe(False, f"local role {role} cannot start: {problem}")
             return Probe(True, f"local role {role}: {status.state}; loads on demand")
         return self.probes.get(provider) or Probe(False, "not probed yet")
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from gateway.config import ROLE_PREFIX, Role, Target, role_provider_name
+from gateway.config import ROLE_PREFIX, Role, Target, role_provider_name, role_upstream_model
 from gateway.engines.policy import estimate_tokens, pick_fallback
 from gateway.engines.supervisor import Lease, Supervisor
 from gateway.wire import ClientRequest
@@ -36,7 +36,7 @@ class EngineGate:
             return lease, target
         other = self._roles[lease.role]
         return lease, Target(
-            provider=role_provider_name(lease.role), model=other.upstream_model or lease.role
+            provider=role_provider_name(lease.role), model=role_upstream_model(lease.role, other)
         )
 
     def release(self, lease: Lease) -> None:

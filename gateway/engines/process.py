@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import sys
 import time
@@ -60,6 +61,21 @@ def render_command(role_name: str, role: Role, host: str, port: int) -> list[str
             part = part.replace("${" + key + "}", value)
         rendered.append(part)
     return rendered
+
+
+def missing_parts(role: Role) -> str:
+    """Why a role's engine cannot possibly start here (no binary, no model file), or ''."""
+    if role.engine not in ("llamacpp", "mlx"):
+        return ""
+    executable = (role.command or DEFAULT_COMMANDS[role.engine])[0]
+    if shutil.which(executable) is None:
+        return f"executable {executable!r} not found"
+    if (
+        "${MODEL}" in " ".join(role.command or DEFAULT_COMMANDS[role.engine])
+        and not Path(role.model).exists()
+    ):
+        return f"model {role.model!r} not found"
+    return ""
 
 
 def _die_with_parent() -> None:
