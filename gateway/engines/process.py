@@ -160,9 +160,9 @@ class ProcessDriver:
                     last = f"health answered HTTP {response.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
                 last = exc.__class__.__name__
-            # Short waits: a tiny model is healthy within ~100 ms and swap latency is the product.
+            # Short waits: swap latency is the product, and an exit must be noticed at once.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.05):
+                async with asyncio.timeout(0.01):
                     await process.wait()
         raise EngineStartError(
             f"not healthy after {self._role.start_timeout_seconds:g} s ({last}); log: {self.log_tail()}"
