@@ -8,7 +8,7 @@ says a quirk needs fixing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -53,51 +53,67 @@ def mapped_client_errors() -> Iterator[None]:
 class SSEStream:
     """Frames an upstream SSE body into complete events and applies the adapter's fixes.
 
-    Timeouts are per read: the first event may take ``first_byte`` seconds (prompt
-    processing on a local engine can be slow), later gaps at most ``idle`` seconds.
+    A plain async iterator rather than an async generator: the relay may be cancelled while
+    it waits for the next event (a client disconnect), and closing a generator suspended in
+    an await is exactly what Python refuses ("asynchronous generator is already running").
+    Timeouts are per read: the first event may take ``first_byte`` seconds (prompt processing
+    on a local engine can be slow), later gaps at most ``idle`` seconds.
     """
 
-    __slots__ = ("_first_byte", "_fix", "_idle", "_response")
+    __slots__ = ("_done", "_events", "_fix", "_idle", "_index", "_limit", "_pending", "_response")
 
     def __init__(
-        self,
-        response: aiohttp.ClientResponse,
-        fix: EventFix | None,
-        first_byte: float,
-        idle: float,
+        self, response: aiohttp.ClientResponse, fix: EventFix | None, first_byte: float, idle: float
     ) -> None:
         self._response = response
         self._fix = fix
-        self._first_byte = first_byte
+        self._limit = first_byte
         self._idle = idle
+        self._pending = b""
+        self._events: list[bytes] = []
+        self._index = 0
+        self._done = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        pending = b""
-        limit = self._first_byte
-        fix = self._fix
+    def __aiter__(self) -> SSEStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while self._index >= len(self._events):
+            if self._done:
+                raise StopAsyncIteration
+            await self._read()
+        event = self._events[self._index]
+        self._index += 1
+        return event
+
+    async def _read(self) -> None:
         with mapped_client_errors():
-            while True:
-                async with asyncio.timeout(limit):
-                    chunk = await content.readany()
-                if not chunk:
-                    break
-                if pending:
-                    chunk = pending + chunk
-                if b"\r" in chunk:
-                    chunk = chunk.replace(b"\r\n", b"\n")
-                *events, pending = chunk.split(b"\n\n")
-                for event in events:
-                    # Upstream comments (MLX's keep-alives) are dropped: the gateway sends its own.
-                    if not event or event[0] == 0x3A:
-                        continue
-                    if fix is not None:
-                        fixed = fix(event)
-                        if fixed is None:
-                            continue
-                        event = fixed
-                    limit = self._idle
-                    yield event + b"\n\n"
+            async with asyncio.timeout(self._limit):
+                chunk = await self._response.content.readany()
+        if not chunk:
+            self._done = True
+            return
+        if self._pending:
+            chunk = self._pending + chunk
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        *events, self._pending = chunk.split(b"\n\n")
+        fix = self._fix
+        ready: list[bytes] = []
+        for event in events:
+            # Upstream comments (MLX's keep-alives) are dropped: the gateway sends its own.
+            if not event or event[0] == 0x3A:
+                continue
+            if fix is not None:
+                fixed = fix(event)
+                if fixed is None:
+                    continue
+                event = fixed
+            ready.append(event + b"\n\n")
+        if ready:
+            self._limit = self._idle
+        self._events = ready
+        self._index = 0
 
     async def aclose(self) -> None:
         # release() would drain the rest of a possibly endless body; close() drops the connection.

@@ -8,6 +8,7 @@ an upstream that accepts a stream and dies before saying anything is still repla
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -64,9 +65,12 @@ class OpenStream:
     first: bytes
 
     async def aclose(self) -> None:
+        # Adapters written as async generators get closed too; one interrupted mid-await
+        # (a cancelled relay) refuses, and closing the stream below releases it anyway.
         aclose = getattr(self.events, "aclose", None)
         if aclose is not None:
-            await aclose()
+            with contextlib.suppress(RuntimeError):
+                await aclose()
         await self.stream.aclose()
 
 

@@ -9,6 +9,7 @@ PY=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 PYTHON=.venv/bin/python bash tests/engines/build_llama_server.sh
+PYTHON="$PY" bash tests/engines/setup_mlx.sh  # optional: never fails, MLX tests skip
 
 .venv/bin/ruff check gateway adapters tests bench
 .venv/bin/mypy

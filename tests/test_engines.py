@@ -435,3 +435,20 @@ async def test_engine_metrics_are_exported(two_roles: RunningGateway) -> None:
         'turnout_engine_queue_depth{role="fast"} 0.0',
     ):
         assert needle in text, needle
+
+
+async def test_two_starving_roles_take_turns_instead_of_livelocking(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    # max_wait 0: every queued request counts as starving at once. A supervisor that let a
+    # starving peer evict a role before it served the requests it was loaded for would swap
+    # back and forth for ever here.
+    roles = {"fast": role(tiny_models["tiny-hello"]), "coder": role(tiny_models["tiny-toolcall"])}
+    async with engines_config(roles, log_dir=str(tmp_path), max_wait_seconds=0, wait_timeout_seconds=30) as gw:
+        client = gw.openai()
+        order = ["fast", "coder"] * 4
+        replies = await asyncio.gather(
+            *(client.chat.completions.create(model=m, messages=USER, max_tokens=32) for m in order)
+        )
+        assert len(replies) == 8
+        assert swaps((await get_text(gw, "/metrics"))[1]) <= 4

@@ -113,7 +113,9 @@ class ProxyEndpoint:
     def _headers(request_id: str) -> Headers:
         return [(b"x-request-id", request_id.encode())]
 
-    def _finish_headers(self, headers: Headers, started: float, trace: Trace, request_id: str) -> None:
+    def _finish_headers(
+        self, headers: Headers, started: float, trace: Trace, request_id: str
+    ) -> None:
         overhead_ms = (time.perf_counter() - started - trace.upstream_seconds) * 1000
         headers.append((b"x-turnout-overhead-ms", f"{overhead_ms:.3f}".encode()))
         if trace.target is not None:

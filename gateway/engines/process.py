@@ -45,6 +45,10 @@ class EngineDriver(Protocol):
         """Idempotent; safe whether the engine runs, is starting, or never started."""
         ...
 
+    def exit_detail(self) -> str:
+        """What the engine said before it died (the tail of its log), for status and logs."""
+        ...
+
 
 def render_command(role_name: str, role: Role, host: str, port: int) -> list[str]:
     template = role.command or DEFAULT_COMMANDS[role.engine]
@@ -190,6 +194,9 @@ class ProcessDriver:
         _signal_group(process.pid, signal.SIGKILL)
         self._process = None
 
+    def exit_detail(self) -> str:
+        return self.log_tail()
+
     def log_tail(self, lines: int = 5) -> str:
         try:
             text = self._log_path.read_text(errors="replace")
@@ -241,6 +248,9 @@ class ExternalDriver:
     async def stop(self) -> None:
         self._stopped.set()
 
+    def exit_detail(self) -> str:
+        return ""
+
 
 class ModelHost(Protocol):
     """An engine server that loads and unloads models on request (Ollama's adapter)."""
@@ -287,3 +297,6 @@ class HostedModelDriver:
             self._loaded = False
             with contextlib.suppress(Exception):
                 await self._host.unload(self._role.model)
+
+    def exit_detail(self) -> str:
+        return ""

@@ -109,6 +109,7 @@ class _Exited:
     role: str
     code: int
     generation: int
+    detail: str = ""
 
 
 @dataclass(slots=True)
@@ -151,6 +152,8 @@ class Supervisor:
         self._switches: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
         self._unloads: list[tuple[set[str], asyncio.Future[None]]] = []
         self._unloading: set[str] = set()
+        # Roles that take no new requests because a swap will evict them once theirs finish.
+        self._draining: set[str] = set()
         self._pinned: str | None = None
         self._switch_started: dict[str, float] = {}
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
@@ -366,7 +369,9 @@ class Supervisor:
         status.enter(EngineState.FAILED)
         status.pid = None
         status.exit_code = exited.code
-        status.last_error = f"engine exited unexpectedly with code {exited.code}"
+        status.last_error = f"engine exited unexpectedly with code {exited.code}" + (
+            f"; log: {exited.detail}" if exited.detail else ""
+        )
         status.failures += 1
         status.retry_at = time.monotonic() + backoff(
             status.failures,
@@ -442,6 +447,10 @@ class Supervisor:
     def _reconcile(self) -> None:
         now = time.monotonic()
         self._waiters = [w for w in self._waiters if not w.future.done()]
+        # Admit before planning: a role that just became ready serves the requests it was
+        # loaded for before any eviction is considered. Planning first would let a starving
+        # peer evict it at once, and two starving roles would then swap forever (livelock).
+        self._admit(self._draining | self._unloading, now)
         views = self._views(now)
         plan = _Plan(draining=set(self._unloading))
         self._plan_loads(views, plan, now)
@@ -452,7 +461,10 @@ class Supervisor:
             elif status.loaded and status.inflight == 0 and role not in self._ops:
                 plan.stops.append(role)
         self._plan_idle_unloads(views, plan, now)
-        self._admit(plan.draining, now)
+        # A decided swap keeps its victims draining across passes (see _plan_loads); roles no
+        # longer wanted out take requests again right away.
+        self._draining = plan.draining - self._unloading
+        self._admit(self._draining | self._unloading, now)
         for role in dict.fromkeys(plan.stops):
             self._launch_stop(role)
         for role in plan.starts:
@@ -487,8 +499,12 @@ class Supervisor:
                 continue
             if not self._fits_or_redirect(target, victims):
                 continue
-            if not may_evict_now(
-                target, victims, views, self._cfg.max_wait_seconds, target == self._pinned
+            # Once decided, a swap stays decided: the victims keep draining even though their
+            # queue refills, or a steady stream for them would starve the target for ever.
+            decided = bool(victims) and all(v in self._draining for v in victims)
+            urgent = target == self._pinned
+            if not decided and not may_evict_now(
+                target, victims, views, self._cfg.max_wait_seconds, urgent
             ):
                 continue
             # From here the swap is decided: no new requests for the victims until it is done.
@@ -640,7 +656,7 @@ class Supervisor:
 
         async def watch() -> None:
             code = await driver.wait_exit()
-            self._inbox.put_nowait(_Exited(role, code, generation))
+            self._inbox.put_nowait(_Exited(role, code, generation, driver.exit_detail()))
 
         self._watchers[role] = asyncio.get_running_loop().create_task(watch(), name=f"watch-{role}")
 

