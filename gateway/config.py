@@ -147,8 +147,11 @@ class Role(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Smaller roles to use, in order, when this one does not fit in memory or the
     # conversation does not fit in its context window.
     fallback: tuple[str, ...] = ()
-    # Name the engine expects in a request's ``model``; default: the role name.
+    # Name the engine expects in a request's ``model``; default: by engine kind.
     upstream_model: str = ""
+    # Send one 1-token request before declaring the role ready. Default: on for mlx, whose
+    # server answers /health before it has loaded the model (it loads on the first request).
+    warmup: bool | None = None
     env: dict[str, str] = {}
     description: str = ""
 

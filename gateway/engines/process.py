@@ -21,7 +21,7 @@ from typing import Protocol
 
 import aiohttp
 
-from gateway.config import DEFAULT_COMMANDS, Role
+from gateway.config import DEFAULT_COMMANDS, Role, role_upstream_model
 
 
 class EngineStartError(Exception):
@@ -104,6 +104,8 @@ class ProcessDriver:
         self._role = role
         self._command = render_command(role_name, role, host, port)
         self._health_url = f"http://{host}:{port}{role.health}"
+        self._warmup_url = f"http://{host}:{port}/v1/chat/completions"
+        self._warmup_model = role_upstream_model(role_name, role)
         self._log_path = log_path
         self._session = session
         self._process: asyncio.subprocess.Process | None = None
@@ -139,10 +141,32 @@ class ProcessDriver:
                 raise EngineStartError(f"cannot run {self._command[0]!r}: {exc.strerror}") from None
         try:
             await self._wait_healthy()
+            if self._role.warmup if self._role.warmup is not None else self._role.engine == "mlx":
+                await self._warm_up()
         except BaseException:
             await self.stop()
             raise
         return self._process.pid
+
+    async def _warm_up(self) -> None:
+        """Make the engine load its model now, so "ready" means a request will be served."""
+        body = {
+            "model": self._warmup_model,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1,
+        }
+        timeout = aiohttp.ClientTimeout(total=self._role.start_timeout_seconds)
+        try:
+            async with self._session.post(self._warmup_url, json=body, timeout=timeout) as response:
+                text = await response.text()
+                if response.status != 200:
+                    raise EngineStartError(
+                        f"warm-up request answered HTTP {response.status}: {text[:300]}"
+                    )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise EngineStartError(
+                f"warm-up request failed: {exc.__class__.__name__}: {exc}"
+            ) from None
 
     async def _wait_healthy(self) -> None:
         process = self._process
