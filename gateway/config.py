@@ -184,10 +184,64 @@ class Engines(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     log_dir: str = ""
 
 
+class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Rate limits; 0 means unlimited."""
+
+    rpm: int = 0  # requests per minute
+    tpm: int = 0  # tokens per minute (prompt + completion; estimated up front, reconciled after)
+    concurrent: int = 0  # requests in flight at once
+
+
+class RateLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where limit counters live and the limits that are not set per key."""
+
+    # "memory" (this process) or a redis:// URL shared by every replica behind a load balancer.
+    backend: str = "memory"
+    # For keys created without limits of their own.
+    default_key: Limits = Limits()
+    # Per agent id, across all its keys; "*" applies to every agent without an entry.
+    agents: dict[str, Limits] = {}
+    # Per logical model, across all callers (protects a small local engine).
+    models: dict[str, Limits] = {}
+
+
+class Auth(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Who may call. With no admin key and no virtual keys, only loopback callers get in."""
+
+    # Admin key for /engine/* and admin endpoints; set it from the environment.
+    admin_key: str = ""
+    # Bind a non-loopback address with no keys configured (everyone on the network gets in).
+    allow_open_network: bool = False
+    # Accept X-Agent-Id and metadata.agent_id from callers without a key of their own
+    # (loopback callers in embedded mode) and from keys marked trusted.
+    trust_agent_headers: bool = True
+
+
+class Price(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """USD per million tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cached_input: float | None = None
+
+
+class Usage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The usage log: one row per request, written off the request path."""
+
+    enabled: bool = True
+    flush_interval_seconds: float = 0.5
+    batch_size: int = 2000
+    # Rows held in memory while the database is unavailable; past this the oldest are counted
+    # as dropped (a metric and a log line), never silently.
+    max_pending: int = 1_000_000
+
+
 class Server(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 16 * 1024 * 1024
+    # SQLite database for virtual keys and the usage log (WAL mode).
+    database: str = "turnout.db"
     # While a streaming client waits for the first token, send an SSE comment this often.
     keepalive_seconds: float = 5.0
     # How often local providers are probed for /v1/models availability.
@@ -202,6 +256,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     models: tuple[Model, ...] = ()
     roles: dict[str, Role] = {}
     engines: Engines = Engines()
+    auth: Auth = Auth()
+    limits: RateLimits = RateLimits()
+    usage: Usage = Usage()
+    # Price table for cost estimates: logical model names, upstream model names or globs.
+    prices: dict[str, Price] = {}
 
 
 def load(path: str | Path) -> Config:
