@@ -110,9 +110,9 @@ class AdapterRegistry:
 
 def default_registry() -> AdapterRegistry:
     """A registry holding every adapter that ships with turnout."""
-    from adapters import llamacpp, mlx, openai_compat
+    from adapters import anthropic, llamacpp, mlx, ollama, openai_compat
 
     registry = AdapterRegistry()
-    for module in (openai_compat, llamacpp, mlx):
+    for module in (openai_compat, llamacpp, mlx, ollama, anthropic):
         module.register(registry)
     return registry

@@ -6,7 +6,9 @@ passed in), so the whole policy is unit-tested without sockets.
 
 from __future__ import annotations
 
+import fnmatch
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,18 +32,28 @@ def target_key(target: Target) -> str:
 
 
 class ModelTable:
-    """Logical model names and aliases → models. Built once from the config."""
+    """Logical model names, aliases and name globs → models. Built once from the config."""
 
     def __init__(self, config: Config) -> None:
         self._by_name: dict[str, Model] = {}
+        self._patterns: list[tuple[re.Pattern[str], Model]] = []
         for model in config.models:
             self._by_name[model.name] = model
             for alias in model.aliases:
                 self._by_name[alias] = model
+            # translate() is case-sensitive (fnmatchcase), whatever the platform.
+            self._patterns.extend((re.compile(fnmatch.translate(p)), model) for p in model.patterns)
         self.models: tuple[Model, ...] = config.models
 
     def resolve(self, name: str) -> Model | None:
-        return self._by_name.get(name)
+        """Exact names and aliases first, then patterns in file order."""
+        found = self._by_name.get(name)
+        if found is not None or not self._patterns:
+            return found
+        for pattern, model in self._patterns:
+            if pattern.match(name):
+                return model
+        return None
 
     def names(self) -> list[str]:
         return sorted(self._by_name)

@@ -67,9 +67,12 @@ class SSEResponse:
 
 
 async def wait_with_keepalive(
-    opening: asyncio.Task[OpenStream], response: SSEResponse, interval: float
+    opening: asyncio.Task[OpenStream],
+    response: SSEResponse,
+    interval: float,
+    keepalive: bytes = KEEPALIVE,
 ) -> OpenStream:
-    """Wait for the first upstream event; every ``interval`` s, send an SSE comment instead.
+    """Wait for the first upstream event; every ``interval`` s, send ``keepalive`` instead.
 
     A local engine may spend a minute on a long prompt (or on loading a model) before the
     first token; without traffic, clients and proxies in between time the stream out.
@@ -81,7 +84,7 @@ async def wait_with_keepalive(
         if done:
             return opening.result()
         await response.start()
-        await response.write(KEEPALIVE)
+        await response.write(keepalive)
 
 
 async def relay(

@@ -145,3 +145,29 @@ def test_upstream_status_classifies_and_keeps_the_message() -> None:
     assert UpstreamStatus(500, b"boom").status == 502
     assert UpstreamStatus(429, b"{}").status == 429
     assert "plain string" in UpstreamStatus(404, b'{"error": "plain string"}').message
+
+
+def test_name_patterns_come_after_every_exact_name_in_file_order() -> None:
+    raw = {
+        "providers": PROVIDERS,
+        "models": [
+            {"name": "claude-exact", "targets": [{"provider": "a", "model": "x"}]},
+            {
+                "name": "opus",
+                "patterns": ["claude-opus-*"],
+                "targets": [{"provider": "a", "model": "x"}],
+            },
+            {
+                "name": "coder",
+                "patterns": ["claude-*", "gpt-5*"],
+                "targets": [{"provider": "b", "model": "x"}],
+            },
+        ],
+    }
+    table = ModelTable(config_of(raw))
+    assert table.resolve("claude-exact").name == "claude-exact"  # type: ignore[union-attr]
+    assert table.resolve("claude-opus-4-1").name == "opus"  # type: ignore[union-attr]
+    assert table.resolve("claude-sonnet-4-5-20250929").name == "coder"  # type: ignore[union-attr]
+    assert table.resolve("gpt-5-codex").name == "coder"  # type: ignore[union-attr]
+    assert table.resolve("Claude-sonnet") is None, "patterns are case-sensitive"
+    assert table.resolve("gpt-4o") is None

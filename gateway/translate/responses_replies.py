@@ -1,0 +1,487 @@
+"""OpenAI chat answers in the Responses API's shape: a Response object, its event stream.
+
+Tool calls go back under the names the client gave its tools (namespace members and custom
+tools were flattened into chat functions on the way in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from gateway.errors import GatewayError, UpstreamError, UpstreamProtocolError
+from gateway.translate import (
+    ChatMessage,
+    ChatUsage,
+    IdFactory,
+    ToolCall,
+    chunk_data,
+    decode_chat,
+    encode,
+    error_message,
+    new_id,
+    plain_text,
+    sse,
+    sse_fields,
+)
+from gateway.wire import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class ToolName:
+    """What the client calls a tool that reaches the upstream under a flat chat name."""
+
+    name: str
+    namespace: str | None = None
+    custom: bool = False
+
+
+@dataclass(slots=True)
+class ResponseTemplate:
+    """What every Response object of one request repeats, and the names of the client's tools."""
+
+    model: str
+    created_at: int
+    # Request fields a Response repeats back, verbatim.
+    echo: dict[str, msgspec.Raw]
+    tools: dict[str, ToolName]
+    ids: IdFactory = new_id
+
+    def response(
+        self,
+        response_id: str,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: ChatUsage | None = None,
+        error: dict[str, Any] | None = None,
+        incomplete: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        echo = self.echo
+        return {
+            "id": response_id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "background": False,
+            "error": error,
+            "incomplete_details": incomplete,
+            "instructions": echo.get("instructions"),
+            "max_output_tokens": echo.get("max_output_tokens"),
+            "metadata": echo.get("metadata") or {},
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": echo.get("parallel_tool_calls") or True,
+            "previous_response_id": None,
+            "reasoning": echo.get("reasoning") or {"effort": None, "summary": None},
+            "store": False,
+            "temperature": echo.get("temperature"),
+            "text": echo.get("text") or {"format": {"type": "text"}},
+            "tool_choice": echo.get("tool_choice") or "auto",
+            "tools": echo.get("tools") or [],
+            "top_p": echo.get("top_p"),
+            "truncation": "disabled",
+            "usage": responses_usage(usage),
+            "user": echo.get("user"),
+        }
+
+    def call_item(
+        self, flat: str, call_id: str, arguments: str, item_id: str, status: str
+    ) -> dict[str, Any]:
+        """The output item for one chat tool call: a function call or a custom tool call."""
+        tool = self.tools.get(flat) or ToolName(flat)
+        if tool.custom:
+            text = _custom_input(arguments) if status == "completed" else ""
+            return {
+                "id": item_id,
+                "type": "custom_tool_call",
+                "status": status,
+                "call_id": call_id,
+                "name": tool.name,
+                "input": text,
+            }
+        item = {
+            "id": item_id,
+            "type": "function_call",
+            "status": status,
+            "arguments": arguments,
+            "call_id": call_id,
+            "name": tool.name,
+        }
+        if tool.namespace:
+            item["namespace"] = tool.namespace
+        return item
+
+
+def _custom_input(arguments: str) -> str:
+    try:
+        value = msgspec.json.decode(arguments)
+    except msgspec.DecodeError:
+        return arguments
+    text = value.get("input") if isinstance(value, dict) else None
+    return text if isinstance(text, str) else arguments
+
+
+# --- replies -----------------------------------------------------------------------------------
+
+
+def responses_usage(usage: ChatUsage | None) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    return {
+        "input_tokens": usage.prompt,
+        "input_tokens_details": {"cached_tokens": usage.cached},
+        "output_tokens": usage.completion,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning},
+        "total_tokens": usage.prompt + usage.completion,
+    }
+
+
+def _outcome(finish: str | None) -> tuple[str, dict[str, Any] | None]:
+    if finish == "length":
+        return "incomplete", {"reason": "max_output_tokens"}
+    if finish == "content_filter":
+        return "incomplete", {"reason": "content_filter"}
+    return "completed", None
+
+
+def render_response(body: bytes, template: ResponseTemplate) -> tuple[bytes, Usage | None]:
+    """An OpenAI chat completion as a Response object."""
+    chat = decode_chat(body)
+    choice = chat.first()
+    message = (choice.message if choice else None) or ChatMessage()
+    ids = template.ids
+    response_id = ids("resp_")
+    output: list[dict[str, Any]] = []
+    if message.thought:
+        output.append(_reasoning_item(ids("rs_"), message.thought))
+    text = message.content or message.refusal
+    if text:
+        output.append(_message_item(ids("msg_"), "completed", text))
+    for call in message.tool_calls or ():
+        function = call.function
+        name = (function.name if function else None) or ""
+        arguments = (function.arguments if function else None) or ""
+        call_id = call.id or ids("call_")
+        output.append(template.call_item(name, call_id, arguments, ids("fc_"), "completed"))
+    status, incomplete = _outcome(choice.finish_reason if choice else None)
+    response = template.response(response_id, status, output, chat.usage, incomplete=incomplete)
+    return encode(response), chat.usage.wire() if chat.usage else None
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message_item(item_id: str, status: str, text: str | None) -> dict[str, Any]:
+    content = [] if text is None else [_text_part(text)]
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+def _reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
+    content = [] if text is None else [{"type": "reasoning_text", "text": text}]
+    return {"id": item_id, "type": "reasoning", "summary": [], "content": content}
+
+
+_ARGUMENTS_DELTA = b"response.function_call_arguments.delta"
+_TEXT_HEAD = (
+    b"event: response.output_text.delta\n"
+    b'data: {"type":"response.output_text.delta","sequence_number":'
+)
+
+
+@dataclass(slots=True)
+class _Open:
+    """An output item being streamed: where it sits and what it has said so far."""
+
+    index: int
+    id: str
+    parts: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Call:
+    item: _Open | None = None
+    call_id: str | None = None
+    name: str = ""
+    # Fragments that arrived before the name (the item cannot be announced without it).
+    pending: list[str] = field(default_factory=list)
+
+
+class ResponseStream:
+    """OpenAI chat chunks in, the Responses event stream out, for one streamed answer.
+
+    Function-call items stay open until the answer ends (each event names its item, so
+    interleaved calls are fine); a text or reasoning item closes when something else starts.
+    """
+
+    def __init__(self, template: ResponseTemplate) -> None:
+        self._template = template
+        self._ids = template.ids
+        self._id = template.ids("resp_")
+        self._seq = 0
+        self._started = False
+        self._items: list[dict[str, Any]] = []
+        self._message: _Open | None = None
+        self._reasoning: _Open | None = None
+        self._calls: dict[int, _Call] = {}
+        self._finish: str | None = None
+        self._chat_usage: ChatUsage | None = None
+        # What follows the sequence number in the open message's text deltas.
+        self._text_mid = b""
+        self.usage: Usage | None = None
+        self.done = False
+        self.failed = False
+
+    def feed(self, event: bytes) -> bytes:
+        """Responses events for one upstream event; raises ``UpstreamError`` on in-band errors."""
+        if self.done:
+            return b""  # nothing may follow response.completed
+        data = chunk_data(event)
+        if data is None:
+            name, data = sse_fields(event)
+            if name == b"error":
+                raise UpstreamError(
+                    f"upstream error mid-stream: {data.decode('utf-8', 'replace')[:300]}"
+                )
+        if data == b"[DONE]":
+            return self._close()
+        if not data:
+            return b""
+        chunk = decode_chat(data)
+        if chunk.error is not None:
+            raise UpstreamError(f"upstream error mid-stream: {error_message(chunk.error)}")
+        message = self._message
+        text = plain_text(chunk) if message is not None else None
+        if text is not None and message is not None:
+            # Most chunks: one more piece of the open message's text.
+            message.parts.append(text)
+            seq = self._seq
+            self._seq += 1
+            return _TEXT_HEAD + b"%d" % seq + self._text_mid + encode(text) + b',"logprobs":[]}\n\n'
+        out: list[bytes] = []
+        if not self._started:
+            self._start(out)
+        if chunk.usage is not None:
+            self._chat_usage = chunk.usage
+        choice = chunk.first()
+        if choice is not None:
+            delta = choice.delta or choice.message
+            if delta is not None:
+                self._delta(delta, out)
+            if choice.finish_reason:
+                self._finish = choice.finish_reason
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        if self.done or self.failed:
+            return b""
+        if self._finish is None:
+            raise UpstreamProtocolError("upstream stream ended before the answer was complete")
+        return self._close()
+
+    def fail(self, error: GatewayError) -> bytes:
+        """``response.failed``: the client learns what failed and keeps what was said so far."""
+        self.failed = True
+        out: list[bytes] = []
+        if not self._started:
+            self._start(out)
+        body = {
+            "code": "server_error" if error.status >= 500 else "invalid_prompt",
+            "message": error.message,
+        }
+        response = self._template.response(
+            self._id, "failed", self._items, self._chat_usage, error=body
+        )
+        self._emit(out, "response.failed", {"response": response})
+        return b"".join(out)
+
+    # --- events ---
+
+    def _emit(self, out: list[bytes], kind: str, payload: dict[str, Any]) -> None:
+        event = {"type": kind, "sequence_number": self._seq, **payload}
+        self._seq += 1
+        out.append(sse(kind.encode(), encode(event)))
+
+    def _start(self, out: list[bytes]) -> None:
+        self._started = True
+        # Codex's instructions and tools run to tens of KB; repeating them in both opening
+        # events would cost more than the whole translation. response.completed has them.
+        response = self._template.response(self._id, "in_progress", [])
+        response["instructions"] = None
+        response["tools"] = []
+        body = encode(response)  # once, for both events
+        for kind in (b"response.created", b"response.in_progress"):
+            head = b'{"type":"%s","sequence_number":%d,"response":' % (kind, self._seq)
+            self._seq += 1
+            out.append(sse(kind, head + body + b"}"))
+
+    def _add_item(self, out: list[bytes], item: dict[str, Any]) -> _Open:
+        opened = _Open(len(self._items), item["id"])
+        self._items.append(item)
+        self._emit(out, "response.output_item.added", {"output_index": opened.index, "item": item})
+        return opened
+
+    def _done_item(self, out: list[bytes], index: int, item: dict[str, Any]) -> None:
+        self._items[index] = item
+        self._emit(out, "response.output_item.done", {"output_index": index, "item": item})
+
+    def _delta(self, delta: ChatMessage, out: list[bytes]) -> None:
+        thought = delta.reasoning_content or delta.reasoning
+        if thought:
+            self._close_message(out)
+            if self._reasoning is None:
+                self._reasoning = self._add_item(out, _reasoning_item(self._ids("rs_"), None))
+            self._text_delta(out, "response.reasoning_text.delta", self._reasoning, thought)
+        text = delta.content or delta.refusal
+        if text:
+            self._close_reasoning(out)
+            if self._message is None:
+                self._open_message(out)
+            assert self._message is not None
+            self._text_delta(out, "response.output_text.delta", self._message, text)
+        for call in delta.tool_calls or ():
+            self._call(call, out)
+
+    def _text_delta(self, out: list[bytes], kind: str, item: _Open, text: str) -> None:
+        # The per-token path: bytes assembled directly (ids are ours, plain ASCII).
+        item.parts.append(text)
+        name = kind.encode()
+        tail = b',"logprobs":[]}' if kind == "response.output_text.delta" else b"}"
+        data = b'{"type":"%s","sequence_number":%d,"item_id":"%s","output_index":%d,' % (
+            name,
+            self._seq,
+            item.id.encode(),
+            item.index,
+        )
+        self._seq += 1
+        out.append(sse(name, data + b'"content_index":0,"delta":' + encode(text) + tail))
+
+    def _open_message(self, out: list[bytes]) -> None:
+        self._message = self._add_item(out, _message_item(self._ids("msg_"), "in_progress", None))
+        self._text_mid = b',"item_id":"%s","output_index":%d,"content_index":0,"delta":' % (
+            self._message.id.encode(),
+            self._message.index,
+        )
+        part = {
+            "item_id": self._message.id,
+            "output_index": self._message.index,
+            "content_index": 0,
+        }
+        self._emit(out, "response.content_part.added", {**part, "part": _text_part("")})
+
+    def _close_message(self, out: list[bytes]) -> None:
+        item, self._message = self._message, None
+        if item is None:
+            return
+        text = "".join(item.parts)
+        where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
+        self._emit(out, "response.output_text.done", {**where, "text": text, "logprobs": []})
+        self._emit(out, "response.content_part.done", {**where, "part": _text_part(text)})
+        self._done_item(out, item.index, _message_item(item.id, "completed", text))
+
+    def _close_reasoning(self, out: list[bytes]) -> None:
+        item, self._reasoning = self._reasoning, None
+        if item is None:
+            return
+        text = "".join(item.parts)
+        where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
+        self._emit(out, "response.reasoning_text.done", {**where, "text": text})
+        self._done_item(out, item.index, _reasoning_item(item.id, text))
+
+    def _call(self, delta: ToolCall, out: list[bytes]) -> None:
+        key = delta.index if delta.index is not None else self._implicit_index(delta)
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = _Call()
+        if delta.id and not call.call_id:
+            call.call_id = delta.id
+        function = delta.function
+        if function is not None:
+            if function.name and call.item is None:
+                call.name = function.name
+            if function.arguments:
+                if call.item is None:
+                    call.pending.append(function.arguments)
+                else:
+                    self._arguments_delta(out, call, function.arguments)
+        if call.item is None and call.name:
+            self._close_message(out)
+            self._close_reasoning(out)
+            call.call_id = call.call_id or self._ids("call_")
+            item = self._template.call_item(
+                call.name, call.call_id, "", self._ids("fc_"), "in_progress"
+            )
+            call.item = self._add_item(out, item)
+            if call.pending:
+                self._arguments_delta(out, call, "".join(call.pending))
+                call.pending.clear()
+
+    def _arguments_delta(self, out: list[bytes], call: _Call, fragment: str) -> None:
+        assert call.item is not None
+        call.item.parts.append(fragment)
+        if self._template.tools.get(call.name, ToolName("")).custom:
+            return  # a custom tool's input is the JSON's "input" string, known only at the end
+        data = b'{"type":"%s","sequence_number":%d,"item_id":"%s","output_index":%d,"delta":' % (
+            _ARGUMENTS_DELTA,
+            self._seq,
+            call.item.id.encode(),
+            call.item.index,
+        )
+        self._seq += 1
+        out.append(sse(_ARGUMENTS_DELTA, data + encode(fragment) + b"}"))
+
+    def _implicit_index(self, delta: ToolCall) -> int:
+        if delta.id:
+            for key, call in self._calls.items():
+                if call.call_id == delta.id:
+                    return key
+            return len(self._calls)
+        return max(self._calls, default=0)
+
+    def _close_call(self, out: list[bytes], call: _Call) -> None:
+        item = call.item
+        assert item is not None and call.call_id is not None
+        arguments = "".join(item.parts)
+        final = self._template.call_item(call.name, call.call_id, arguments, item.id, "completed")
+        where = {"item_id": item.id, "output_index": item.index}
+        if final["type"] == "custom_tool_call":
+            self._emit(
+                out, "response.custom_tool_call_input.delta", {**where, "delta": final["input"]}
+            )
+            self._emit(
+                out, "response.custom_tool_call_input.done", {**where, "input": final["input"]}
+            )
+        else:
+            self._emit(
+                out, "response.function_call_arguments.done", {**where, "arguments": arguments}
+            )
+        self._done_item(out, item.index, final)
+
+    def _close(self) -> bytes:
+        if self.done:
+            return b""
+        out: list[bytes] = []
+        if not self._started:
+            self._start(out)
+        self._close_reasoning(out)
+        self._close_message(out)
+        for call in sorted(self._calls.values(), key=lambda c: c.item.index if c.item else 0):
+            if call.item is not None:
+                self._close_call(out, call)
+        status, incomplete = _outcome(self._finish)
+        response = self._template.response(
+            self._id, status, self._items, self._chat_usage, incomplete=incomplete
+        )
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        self._emit(out, kind, {"response": response})
+        self.done = True
+        self.usage = self._chat_usage.wire() if self._chat_usage else None
+        return b"".join(out)
