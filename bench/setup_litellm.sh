@@ -22,8 +22,10 @@ installed_version() {
   "$PY" -c 'import importlib.metadata as m; print(m.version("litellm"))' 2>/dev/null || true
 }
 
-if [[ -x "$PY" && "$(installed_version)" == "$LITELLM_VERSION" ]] \
-   && "$PY" -c 'import litellm.proxy.proxy_server' >/dev/null 2>&1; then
+# Written only after the proxy imported cleanly: a half-finished install is redone.
+STAMP="$VENV/.turnout-bench-litellm-$LITELLM_VERSION"
+
+if [[ -x "$PY" && -f "$STAMP" && "$(installed_version)" == "$LITELLM_VERSION" ]]; then
   echo "litellm $LITELLM_VERSION already installed in $VENV" >&2
   echo "$PY"
   exit 0
@@ -61,5 +63,6 @@ PYEOF
 "$PY" -m pip install -q -r "$work/requirements.txt" >&2
 "$PY" -m pip install -q --no-deps "$wheel" >&2
 "$PY" -c 'import litellm.proxy.proxy_server' >&2
+touch "$STAMP"
 echo "litellm $(installed_version) ready in $VENV" >&2
 echo "$PY"

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.handlers import ASGIRouteHandler, asgi
 
 from adapters.base import AdapterRegistry, default_registry
+from gateway.api.anthropic import anthropic_endpoints
+from gateway.api.engine import EngineController
+from gateway.api.ingress import new_request_id
 from gateway.api.models import ModelsController
-from gateway.api.proxy import ProxyEndpoint, new_request_id, proxy_endpoints
+from gateway.api.proxy import proxy_endpoints
+from gateway.api.responses import responses_endpoints
 from gateway.api.system import SystemController
-from gateway.asgi import Message, Receive, Scope, Send, header
+from gateway.api.usage import UsageController
+from gateway.asgi import Receive, Scope, Send, header
 from gateway.config import Config
-from gateway.errors import ErrorBody, ErrorEnvelope
+from gateway.errors import ErrorBody, ErrorEnvelope, GatewayError
 from gateway.state import GatewayState
+
+# The raw-ASGI endpoints mounted on the hot path (see gateway/asgi.py).
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def create_app(config: Config, registry: AdapterRegistry | None = None) -> Litestar:
@@ -35,12 +44,25 @@ def create_app(config: Config, registry: AdapterRegistry | None = None) -> Lites
     async def provide_state() -> GatewayState:
         return state
 
-    handlers = [_mount(path, endpoint) for path, endpoint in proxy_endpoints(state).items()]
+    endpoints: dict[str, ASGIApp] = {
+        **proxy_endpoints(state),
+        **anthropic_endpoints(state),
+        **responses_endpoints(state),
+    }
+    handlers = [_mount(path, endpoint) for path, endpoint in endpoints.items()]
     return Litestar(
-        route_handlers=[*handlers, ModelsController, SystemController],
+        route_handlers=[
+            *handlers,
+            ModelsController,
+            SystemController,
+            EngineController,
+            UsageController,
+        ],
         dependencies={"gateway": Provide(provide_state, use_cache=True)},
         lifespan=[lifespan],
-        exception_handlers={HTTPException: _http_error},
+        # For tests and embedders: the running app's GatewayState (app.state.gateway).
+        state=State({"gateway": state}),
+        exception_handlers={HTTPException: _http_error, GatewayError: _gateway_error},
         before_send=[_add_request_id],
         openapi_config=None,
         debug=False,
@@ -49,7 +71,7 @@ def create_app(config: Config, registry: AdapterRegistry | None = None) -> Lites
     )
 
 
-def _mount(path: str, endpoint: ProxyEndpoint) -> ASGIRouteHandler:
+def _mount(path: str, endpoint: ASGIApp) -> ASGIRouteHandler:
     async def forward(scope: Scope, receive: Receive, send: Send) -> None:
         await endpoint(scope, receive, send)
 
@@ -57,11 +79,19 @@ def _mount(path: str, endpoint: ProxyEndpoint) -> ASGIRouteHandler:
     return asgi(path, copy_scope=False)(forward)
 
 
-async def _add_request_id(message: Message, scope: Scope) -> None:
+async def _add_request_id(message: Any, scope: Any) -> None:
     """Every answer names its request, as the proxy endpoints do on their own."""
     if message["type"] == "http.response.start":
         request_id = header(scope, b"x-request-id") or new_request_id().encode()
         message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id[:128])]
+
+
+def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[ErrorEnvelope]:
+    return Response(
+        ErrorEnvelope(ErrorBody(exc.message, exc.type, exc.param, exc.code)),
+        status_code=exc.status,
+        headers=exc.headers,
+    )
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorEnvelope]:

@@ -189,15 +189,22 @@ class KeyCache:
         self._database = database
         self._refresh = refresh_seconds
         self._by_hash: dict[str, KeyRecord] = {}
+        self._by_id: dict[str, KeyRecord] = {}
+        self._ever = False
         self._seen_until = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def lookup(self, secret: str) -> KeyRecord | None:
         return self._by_hash.get(hash_key(secret))
 
+    def by_id(self, key_id: str) -> KeyRecord | None:
+        return self._by_id.get(key_id)
+
     @property
     def any_keys(self) -> bool:
-        return bool(self._by_hash)
+        """Has this gateway ever had keys? Revoking the last one must not reopen it to everyone."""
+        return self._ever
+
 
     async def start(self) -> None:
         self._apply(await asyncio.to_thread(self._fetch, self._seen_until))
@@ -230,9 +237,28 @@ class KeyCache:
     def _apply(self, rows: list[tuple[Any, ...]]) -> None:
         """On the event loop thread, so the request path never sees a half-applied refresh."""
         for row in rows:
+            self._ever = True
             key_hash, record = _record(row)
             if record.active:
                 self._by_hash[key_hash] = record
+                self._by_id[record.id] = record
             else:
                 self._by_hash.pop(key_hash, None)
+                self._by_id.pop(record.id, None)
             self._seen_until = max(self._seen_until, float(row[-1]))
+
+
+def spent_by_key(database: str) -> dict[str, float]:
+    """USD each key has spent so far, from the usage log (budgets survive restarts)."""
+    if database == ":memory:" or not Path(database).exists():
+        return {}
+    connection = sqlite3.connect(database, timeout=10)
+    try:
+        rows = connection.execute(
+            "SELECT key_id, SUM(cost_usd) FROM usage WHERE key_id IS NOT NULL AND cost_usd IS NOT NULL GROUP BY key_id"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return {}  # no usage table yet
+    finally:
+        connection.close()
+    return {str(k): float(v) for k, v in rows}

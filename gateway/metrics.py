@@ -128,6 +128,60 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # The usage writer's two gauges are read from the writer when scraped
+        # (Gauge.set_function), so submitting a row costs the request path no metric update.
+        self.usage_queue_depth = Gauge(
+            "turnout_usage_queue_depth",
+            "Usage rows waiting to be written to the database.",
+            registry=r,
+        )
+        self.usage_lag = Gauge(
+            "turnout_usage_lag_seconds",
+            "Age of the oldest usage row not yet written (0 when none waits).",
+            registry=r,
+        )
+        self.usage_written = Counter(
+            "turnout_usage_rows_written",
+            "Usage rows committed to the database.",
+            registry=r,
+        )
+        self.usage_write_errors = Counter(
+            "turnout_usage_write_errors",
+            "Failed attempts to write a batch of usage rows, by cause (locked, full, readonly, io, other).",
+            ("reason",),
+            registry=r,
+        )
+        self.usage_dropped = Counter(
+            "turnout_usage_rows_dropped",
+            "Usage rows never written: overflow (past usage.max_pending), shutdown (database still "
+            "failing when the gateway stopped), invalid (the database refused the row), closed.",
+            ("reason",),
+            registry=r,
+        )
+        self.usage_healthy = Gauge(
+            "turnout_usage_writer_healthy",
+            "1 while usage rows are being written; 0 during a database outage.",
+            registry=r,
+        )
+        self.ratelimit_rejections = Counter(
+            "turnout_ratelimit_rejections",
+            "Requests refused with 429, by the scope that refused (key, agent, model) and the "
+            "limit that was reached (requests, tokens, concurrent).",
+            ("scope", "limit"),
+            registry=r,
+        )
+        self.ratelimit_backend_errors = Counter(
+            "turnout_ratelimit_backend_errors",
+            "Failed calls to the shared rate-limit store (redis), by operation (admit, release, "
+            "renew, start); while it fails, limits are enforced by each replica on its own.",
+            ("op",),
+            registry=r,
+        )
+        self.ratelimit_backend_up = Gauge(
+            "turnout_ratelimit_backend_up",
+            "1 while the shared rate-limit store answers; 0 while limits are enforced per process.",
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Counter | Histogram | Gauge, *labels: str) -> Any:

@@ -15,6 +15,7 @@ import aiohttp
 import psutil
 
 from adapters.base import Adapter, AdapterRegistry, Probe
+from gateway.auth import Authenticator
 from gateway.config import ROLE_PREFIX, Config, Provider, Role, role_provider_name
 from gateway.engines.gate import EngineGate
 from gateway.engines.process import (
@@ -29,9 +30,13 @@ from gateway.engines.resources import Resources
 from gateway.engines.states import EngineState
 from gateway.engines.supervisor import Supervisor
 from gateway.forwarder import Forwarder
+from gateway.keys import KeyCache, spent_by_key
 from gateway.metrics import Metrics
+from gateway.pricing import cost
+from gateway.ratelimit import Limiter
 from gateway.router import ModelTable
 from gateway.targets import TargetBook
+from gateway.usage import UsageRecord, UsageWriter
 
 log = logging.getLogger("turnout")
 
@@ -59,6 +64,13 @@ class GatewayState:
     forwarder: Forwarder = field(init=False)
     supervisor: Supervisor | None = None
     session: aiohttp.ClientSession | None = None
+    # The usage log; None when ``usage.enabled`` is false.
+    usage: UsageWriter | None = None
+    keys: KeyCache = field(init=False)
+    auth: Authenticator = field(init=False)
+    limiter: Limiter = field(init=False)
+    # USD spent per key with a budget (loaded from the usage log, then counted as requests end).
+    spent: dict[str, float] = field(default_factory=dict)
     _prober: asyncio.Task[None] | None = None
     _vram: Resources | None = None
 
@@ -71,6 +83,9 @@ class GatewayState:
                 self.role_ports[name] = role.port or _free_port()
             self.providers[role_provider_name(name)] = self._role_provider(name, role)
         self.forwarder = self._forwarder(None)
+        self.keys = KeyCache(self.config.server.database)
+        self.auth = Authenticator(self.config.auth, self.keys)
+        self.limiter = Limiter.from_config(self.config.limits, self.metrics)
 
     def _role_provider(self, name: str, role: Role) -> Provider:
         if name in self.role_ports:
@@ -101,6 +116,9 @@ class GatewayState:
         )
         for name, provider in self.providers.items():
             self.adapters[name] = self.registry.create(name, provider, self.session)
+        await self.keys.start()
+        await self.limiter.start()
+        self.spent = await asyncio.to_thread(spent_by_key, self.config.server.database)
         for name, role in self.config.roles.items():
             problem = missing_parts(role)
             if problem:
@@ -116,6 +134,10 @@ class GatewayState:
             self.forwarder = self._forwarder(EngineGate(self.supervisor, self.config.roles))
             await self.supervisor.start()
         await self.probe_all()
+        # Opened last: its connection's thread would keep the process alive if a later step
+        # failed and stop() never ran.
+        if self.config.usage.enabled:
+            self.usage = await UsageWriter.open(self.config, self.metrics)
         self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
 
     def _drivers(self, session: aiohttp.ClientSession) -> dict[str, EngineDriver]:
@@ -144,6 +166,33 @@ class GatewayState:
             await adapter.close()
         if self.session is not None:
             await self.session.close()
+        await self.keys.stop()
+        await self.limiter.close()
+        # Last, so rows from requests that finished while everything else stopped are written.
+        if self.usage is not None:
+            await self.usage.stop()
+
+    def budget_left(self, key_id: str) -> float | None:
+        record = self.keys.by_id(key_id)
+        if record is None or record.budget_usd is None:
+            return None
+        return record.budget_usd - self.spent.get(key_id, 0.0)
+
+    def record_usage(self, record: UsageRecord) -> None:
+        """Count what a keyed request cost (budgets), then hand the row to the writer."""
+        if record.key_id is not None and self.config.prices:
+            record.cost_usd = cost(
+                self.config.prices,
+                record.model,
+                record.upstream_model,
+                record.prompt_tokens,
+                record.completion_tokens,
+                record.cached_tokens,
+            )
+            if record.cost_usd:
+                self.spent[record.key_id] = self.spent.get(record.key_id, 0.0) + record.cost_usd
+        if self.usage is not None:
+            self.usage.submit(record)
 
     def resources(self) -> Resources:
         """Free memory now: RAM is cheap to read on every decision; VRAM comes from the prober."""

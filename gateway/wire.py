@@ -85,10 +85,20 @@ class EmbeddingRequest(msgspec.Struct):
     user: str | None = None
 
 
+class PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = 0
+
+
 class Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptDetails | None = None
+
+    @property
+    def cached_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        return (details.cached_tokens or 0) if details is not None else 0
 
 
 class HasUsage(msgspec.Struct):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -48,7 +50,11 @@ class RunningGateway:
 
 
 def config_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> Config:
-    return from_mapping(raw, "test", env or {})
+    """A config for tests; its database is a fresh temporary file unless the test names one."""
+    server = dict(raw.get("server") or {})
+    if "database" not in server:
+        server["database"] = str(Path(tempfile.mkdtemp(prefix="turnout-test-")) / "turnout.db")
+    return from_mapping({**raw, "server": server}, "test", env or {})
 
 
 @asynccontextmanager

@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from gateway.api.ingress import Dialect, Exchange, TranslatingEndpoint
-from gateway.api.proxy import new_request_id
+from gateway.api.ingress import Dialect, Exchange, IngressEndpoint, new_request_id
 from gateway.asgi import JSON, ClientGone, Receive, Scope, Send, header, read_body, send_bytes
 from gateway.errors import GatewayError, MethodNotAllowed
 from gateway.state import GatewayState
@@ -71,9 +70,9 @@ class CountTokensEndpoint:
 
 def anthropic_endpoints(
     state: GatewayState,
-) -> dict[str, TranslatingEndpoint | CountTokensEndpoint]:
+) -> dict[str, IngressEndpoint | CountTokensEndpoint]:
     """Path → endpoint for Anthropic's Messages API."""
     return {
-        "/v1/messages": TranslatingEndpoint(state, MESSAGES),
+        "/v1/messages": IngressEndpoint(state, MESSAGES),
         "/v1/messages/count_tokens": CountTokensEndpoint(state),
     }

@@ -12,11 +12,13 @@ from litestar.params import FromPath, FromQuery
 from gateway.engines.states import EngineState
 from gateway.engines.supervisor import Supervisor
 from gateway.errors import NotFound
+from gateway.guards import administrator
 from gateway.state import GatewayState
 
 
 class EngineController(Controller):
     path = "/engine"
+    guards = (administrator,)
 
     @post("/switch/{role:str}", status_code=202)
     async def switch(

@@ -1,21 +1,26 @@
-"""Endpoints that speak another protocol to clients and OpenAI chat to upstreams.
+"""The one request pipeline every client protocol goes through (OpenAI, Anthropic, Responses).
 
-The shape is ``gateway/api/proxy.py``'s (raw ASGI, the forwarder's fallback, keep-alive while
-waiting, cancellation on disconnect, the same metrics); what differs per protocol is a
-``Dialect``: how a body becomes an ``Exchange`` (the chat request plus how to answer), how an
-error looks before the stream starts, and what keeps an idle stream alive.
+Raw ASGI on purpose (see ``gateway/asgi.py``): this is the only code every request runs.
+What differs per protocol is a ``Dialect``: how a body becomes an ``Exchange`` (the OpenAI chat
+request plus how to answer in the client's protocol), what an error looks like before the
+stream starts, and what keeps an idle stream alive. OpenAI's own endpoints are the dialect
+whose exchange passes bytes through (``gateway/api/proxy.py``).
+
+Per request, in order: who is calling (key, agent), what they asked for (model), may they
+(permissions, budget, rate limits), forward with fallback, answer, then record one usage row
+and release the rate-limit slot, whatever happened in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.api.proxy import new_request_id
 from gateway.asgi import (
     JSON,
     ClientGone,
@@ -28,16 +33,36 @@ from gateway.asgi import (
     read_body,
     send_bytes,
 )
+from gateway.auth import Forbidden, may_use, speaking_for
 from gateway.config import Model
 from gateway.errors import GatewayError, MethodNotAllowed, ModelNotFound
 from gateway.forwarder import Trace
+from gateway.identity import ANONYMOUS, Identity
+from gateway.ratelimit import Admission, estimate_tokens
 from gateway.state import GatewayState
 from gateway.streaming import SSEResponse, wait_with_keepalive
+from gateway.usage import UsageRecord
 from gateway.wire import ClientRequest, Usage
 
 log = logging.getLogger("turnout.ingress")
 
 _INTERNAL = GatewayError("internal gateway error; see the gateway log for the request id")
+
+
+def new_request_id() -> str:
+    return os.urandom(12).hex()
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(GatewayError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class StreamTranslator(Protocol):
@@ -64,7 +89,7 @@ class Exchange(Protocol):
 class Dialect:
     """One client protocol, as the shared endpoint needs it."""
 
-    # Label for metrics ("messages", "responses").
+    # Label for metrics and the usage log ("chat", "messages", "responses", ...).
     route: str
     # Decodes and translates a request body; raises BadRequest.
     prepare: Callable[[bytes, Scope], Exchange]
@@ -76,7 +101,42 @@ class Dialect:
     id_header: bytes | None = None
 
 
-class TranslatingEndpoint:
+class Call:
+    """What one request learned on its way through, for headers, metrics and its usage row."""
+
+    __slots__ = (
+        "admission",
+        "body_bytes",
+        "identity",
+        "model",
+        "request_id",
+        "sent_bytes",
+        "started",
+        "status",
+        "stream",
+        "trace",
+        "ts",
+        "ttft",
+        "usage",
+    )
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.ts = time.time()
+        self.started = time.perf_counter()
+        self.identity: Identity = ANONYMOUS
+        self.model = "-"
+        self.status = 500
+        self.stream = False
+        self.trace = Trace()
+        self.usage: Usage | None = None
+        self.ttft: float | None = None
+        self.admission: Admission | None = None
+        self.body_bytes = 0
+        self.sent_bytes = 0
+
+
+class IngressEndpoint:
     """One request in a client protocol, forwarded as OpenAI chat with fallback."""
 
     def __init__(self, state: GatewayState, dialect: Dialect) -> None:
@@ -95,63 +155,82 @@ class TranslatingEndpoint:
                 send, error.status, dialect.error_body(error, request_id), JSON, headers
             )
             return
-        started = time.perf_counter()
         state = self._state
         metrics = state.metrics
         metrics.inflight.inc()
-        model_name = "-"
-        status = 500
-        trace = Trace()
+        call = Call(request_id)
         watch: DisconnectWatch | None = None
         response: SSEResponse | None = None
         translator: StreamTranslator | None = None
         try:
+            call.identity = state.auth.identify(scope)
             body = await read_body(scope, receive, state.config.server.max_body_bytes)
+            call.body_bytes = len(body)
             exchange = dialect.prepare(body, scope)
             request = exchange.request
-            model = state.models.resolve(request.model)
-            if model is None:
-                available = ", ".join(state.models.names()) or "(none)"
-                raise ModelNotFound(
-                    f"model {request.model!r} not found; available models: {available}",
-                    param="model",
-                )
-            model_name = model.name
+            call.stream = request.stream
+            model = self._resolve(request)
+            call.model = model.name
+            call.identity = speaking_for(call.identity, scope, request.fields)
+            await self._admit(call, model, request)
             watch = DisconnectWatch(receive)
             if request.stream:
                 response = SSEResponse(send, self._headers(request_id))
                 translator = exchange.stream()
-                status = await self._stream(
-                    model, exchange.request, translator, request_id, trace, response, started, watch
-                )
+                call.status = await self._stream(call, model, request, translator, response, watch)
             else:
-                status = await self._complete(
-                    model, exchange, request_id, trace, send, started, watch
-                )
+                call.status = await self._complete(call, model, exchange, send, watch)
         except GatewayError as exc:
-            status = await self._fail(exc, send, request_id, started, trace, response, translator)
+            call.status = await self._fail(call, exc, send, response, translator)
         except ClientGone:
-            status = 499
+            call.status = 499
         except asyncio.CancelledError:
             if watch is None or not watch.absorb():
                 raise
-            status = 499
+            call.status = 499
             metrics.child(metrics.disconnects, dialect.route).inc()
         except Exception:
             log.exception("request %s failed inside the gateway", request_id)
-            status = await self._fail(
-                _INTERNAL, send, request_id, started, trace, response, translator
-            )
+            call.status = await self._fail(call, _INTERNAL, send, response, translator)
         finally:
             if watch is not None:
                 watch.stop()
             metrics.inflight.dec()
-            elapsed = time.perf_counter() - started
-            metrics.child(metrics.requests, dialect.route, model_name, str(status)).inc()
-            metrics.child(metrics.duration, dialect.route, model_name).observe(elapsed)
-            metrics.child(metrics.overhead, dialect.route).observe(
-                max(0.0, elapsed - trace.upstream_seconds)
+            await self._finish(call)
+
+    # --- before forwarding -------------------------------------------------------------------
+
+    def _resolve(self, request: ClientRequest) -> Model:
+        model = self._state.models.resolve(request.model)
+        if model is None:
+            available = ", ".join(self._state.models.names()) or "(none)"
+            raise ModelNotFound(
+                f"model {request.model!r} not found; available models: {available}", param="model"
             )
+        return model
+
+    async def _admit(self, call: Call, model: Model, request: ClientRequest) -> None:
+        """Permissions, budget and rate limits: every refusal before any upstream is touched."""
+        state = self._state
+        identity = call.identity
+        if not may_use(identity, model.name):
+            raise Forbidden(f"this key may not use model {model.name!r}", param="model")
+        if identity.key_id is not None:
+            budget = state.budget_left(identity.key_id)
+            if budget is not None and budget <= 0:
+                raise BudgetExceeded(f"key {identity.key_id} has used up its budget")
+        limiter = state.limiter
+        scopes = limiter.scopes(identity, model.name)
+        if not scopes:
+            return
+        admission = await limiter.admit(
+            scopes, estimate_tokens(call.body_bytes, _max_tokens(request))
+        )
+        if not admission.allowed:
+            raise RateLimited(admission.message(), headers=dict(_decoded(admission.headers())))
+        call.admission = admission
+
+    # --- answering -----------------------------------------------------------------------------
 
     def _headers(self, request_id: str) -> Headers:
         value = request_id.encode()
@@ -161,9 +240,9 @@ class TranslatingEndpoint:
         return headers
 
     @staticmethod
-    def _finish_headers(headers: Headers, started: float, trace: Trace) -> None:
-        # The same headers as ProxyEndpoint._finish_headers: keep the two in step.
-        overhead_ms = (time.perf_counter() - started - trace.upstream_seconds) * 1000
+    def _finish_headers(headers: Headers, call: Call) -> None:
+        trace = call.trace
+        overhead_ms = (time.perf_counter() - call.started - trace.upstream_seconds) * 1000
         headers.append((b"x-turnout-overhead-ms", f"{overhead_ms:.3f}".encode()))
         if trace.target is not None:
             headers.append(
@@ -177,41 +256,36 @@ class TranslatingEndpoint:
             if lease.note:
                 # Header values must be latin-1; notes are ASCII by construction.
                 headers.append((b"x-turnout-fallback", lease.note.encode("ascii", "replace")))
+        if call.admission is not None:
+            headers.extend(call.admission.headers())
 
     async def _complete(
-        self,
-        model: Model,
-        exchange: Exchange,
-        request_id: str,
-        trace: Trace,
-        send: Send,
-        started: float,
-        watch: DisconnectWatch,
+        self, call: Call, model: Model, exchange: Exchange, send: Send, watch: DisconnectWatch
     ) -> int:
-        reply = await self._state.forwarder.send(model, exchange.request, request_id, trace)
+        reply = await self._state.forwarder.send(
+            model, exchange.request, call.request_id, call.trace
+        )
         watch.stop()
-        body, usage = exchange.reply(reply.body)
-        if usage is not None:
-            self._count_tokens(model.name, usage)
-        headers = self._headers(request_id)
-        self._finish_headers(headers, started, trace)
+        body, call.usage = exchange.reply(reply.body)
+        headers = self._headers(call.request_id)
+        self._finish_headers(headers, call)
+        call.sent_bytes = len(body)
         await send_bytes(send, reply.status, body, JSON, headers)
         return reply.status
 
     async def _stream(
         self,
+        call: Call,
         model: Model,
         request: ClientRequest,
         translator: StreamTranslator,
-        request_id: str,
-        trace: Trace,
         response: SSEResponse,
-        started: float,
         watch: DisconnectWatch,
     ) -> int:
         state = self._state
+        trace = call.trace
         opening = asyncio.get_running_loop().create_task(
-            state.forwarder.open_stream(model, request, request_id, trace)
+            state.forwarder.open_stream(model, request, call.request_id, trace)
         )
         try:
             opened = await wait_with_keepalive(
@@ -222,16 +296,17 @@ class TranslatingEndpoint:
                 opening.cancel()
         failed = False
         wait = 0.0
-        first_at = 0.0
+        sent = 0
         try:
             if not response.started:
-                self._finish_headers(response.headers, started, trace)
+                self._finish_headers(response.headers, call)
             await response.start()
             try:
                 out = translator.feed(opened.first)
                 if out:
+                    sent += len(out)
                     await response.write(out)
-                first_at = time.perf_counter()
+                call.ttft = time.perf_counter() - call.started
                 events = opened.events
                 while True:
                     before = time.perf_counter()
@@ -242,6 +317,7 @@ class TranslatingEndpoint:
                     wait += time.perf_counter() - before
                     out = translator.feed(event)
                     if out:
+                        sent += len(out)
                         await response.write(out)
                 out = translator.finish()
             except GatewayError as exc:
@@ -253,29 +329,20 @@ class TranslatingEndpoint:
             watch.stop()
             await response.end()
         finally:
+            # Runs on disconnects too: the tokens streamed so far still get counted.
+            call.sent_bytes = sent
+            call.usage = translator.usage
             await opened.aclose()
             state.forwarder.release(trace)
             # Time blocked on upstream reads is the upstream's, not the gateway's.
             trace.upstream_seconds += wait
-            m = state.metrics
-            if first_at:
-                m.child(m.ttft, model.name).observe(first_at - started)
-            if translator.usage is not None:
-                self._count_tokens(model.name, translator.usage)
         return 502 if failed else 200
-
-    def _count_tokens(self, model: str, usage: Usage) -> None:
-        m = self._state.metrics
-        m.child(m.tokens, model, "prompt").inc(usage.prompt_tokens)
-        m.child(m.tokens, model, "completion").inc(usage.completion_tokens)
 
     async def _fail(
         self,
+        call: Call,
         error: GatewayError,
         send: Send,
-        request_id: str,
-        started: float,
-        trace: Trace,
         response: SSEResponse | None,
         translator: StreamTranslator | None,
     ) -> int:
@@ -284,10 +351,88 @@ class TranslatingEndpoint:
             await response.write(translator.fail(error))
             await response.end()
             return error.status
-        headers = self._headers(request_id)
-        self._finish_headers(headers, started, trace)
+        headers = self._headers(call.request_id)
+        self._finish_headers(headers, call)
         headers.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
         await send_bytes(
-            send, error.status, self._dialect.error_body(error, request_id), JSON, headers
+            send, error.status, self._dialect.error_body(error, call.request_id), JSON, headers
         )
         return error.status
+
+    # --- after answering ---------------------------------------------------------------------
+
+    async def _finish(self, call: Call) -> None:
+        """Metrics, the usage row and the rate-limit slot: for every request, however it ended."""
+        state = self._state
+        metrics = state.metrics
+        route = self._dialect.route
+        trace = call.trace
+        elapsed = time.perf_counter() - call.started
+        overhead = max(0.0, elapsed - trace.upstream_seconds)
+        metrics.child(metrics.requests, route, call.model, str(call.status)).inc()
+        metrics.child(metrics.duration, route, call.model).observe(elapsed)
+        metrics.child(metrics.overhead, route).observe(overhead)
+        if call.ttft is not None:
+            metrics.child(metrics.ttft, call.model).observe(call.ttft)
+        usage = call.usage
+        estimated = usage is None and trace.target is not None
+        prompt = completion = cached = 0
+        if usage is not None:
+            prompt, completion, cached = (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+            )
+        elif estimated:
+            # No usage from the upstream (or the client left before it came): a guess, marked.
+            prompt, completion = call.body_bytes // 4, call.sent_bytes // 6
+        if prompt or completion:
+            metrics.child(metrics.tokens, call.model, "prompt").inc(prompt)
+            metrics.child(metrics.tokens, call.model, "completion").inc(completion)
+        if call.admission is not None:
+            await call.admission.release(prompt + completion if (prompt or completion) else None)
+        if state.usage is None:
+            return
+        target = trace.target
+        lease = trace.lease
+        notes = [n for n in (lease.note if lease else "", *trace.failures) if n]
+        if call.status == 499:
+            notes.append("client disconnected")
+        identity = call.identity
+        record = UsageRecord(
+            ts=call.ts,
+            request_id=call.request_id,
+            agent_id=identity.agent_id,
+            ingress=route,  # type: ignore[arg-type]
+            model=call.model,
+            status=call.status,
+            duration_ms=elapsed * 1000,
+            key_id=identity.key_id,
+            project=identity.project,
+            channel=identity.channel,
+            role=lease.role if lease else None,
+            provider=target.provider if target else None,
+            upstream_model=target.model if target else None,
+            stream=call.stream,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            estimated=estimated,
+            ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
+            overhead_ms=overhead * 1000,
+            notes="; ".join(notes)[:1000],
+        )
+        state.record_usage(record)
+
+
+def _max_tokens(request: ClientRequest) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        raw = request.fields.get(name)
+        if raw is not None:
+            text = bytes(raw)
+            return int(text) if text.isdigit() else None
+    return None
+
+
+def _decoded(headers: Headers) -> list[tuple[str, str]]:
+    return [(k.decode(), v.decode()) for k, v in headers]

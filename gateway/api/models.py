@@ -8,12 +8,14 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 
 from gateway.config import Model, Target
+from gateway.guards import api_caller
 from gateway.router import eligible
 from gateway.state import GatewayState
 
 
 class ModelsController(Controller):
     path = "/v1/models"
+    guards = (api_caller,)
 
     @get("/")
     async def list_models(self, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:

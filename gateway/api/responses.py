@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.api.ingress import Dialect, Exchange, TranslatingEndpoint
+from gateway.api.ingress import Dialect, Exchange, IngressEndpoint
 from gateway.asgi import Scope
 from gateway.errors import GatewayError, openai_envelope
 from gateway.state import GatewayState
@@ -29,6 +29,6 @@ RESPONSES = Dialect(
 )
 
 
-def responses_endpoints(state: GatewayState) -> dict[str, TranslatingEndpoint]:
+def responses_endpoints(state: GatewayState) -> dict[str, IngressEndpoint]:
     """Path → endpoint for OpenAI's Responses API."""
-    return {"/v1/responses": TranslatingEndpoint(state, RESPONSES)}
+    return {"/v1/responses": IngressEndpoint(state, RESPONSES)}

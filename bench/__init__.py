@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: turnout vs the upstream directly vs LiteLLM. See bench/README.md."""

@@ -1,0 +1,158 @@
+"""The schema: append-only numbered migrations, each applied once, on a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from gateway import db
+from gateway.migrations import MIGRATIONS, MigrationError, migrate
+from gateway.usage import COLUMNS
+
+USAGE_SCHEMA = [
+    # (name, type, not null)
+    ("id", "INTEGER", False),
+    ("ts", "REAL", True),
+    ("request_id", "TEXT", True),
+    ("key_id", "TEXT", False),
+    ("agent_id", "TEXT", True),
+    ("project", "TEXT", False),
+    ("channel", "TEXT", False),
+    ("ingress", "TEXT", True),
+    ("model", "TEXT", True),
+    ("role", "TEXT", False),
+    ("provider", "TEXT", False),
+    ("upstream_model", "TEXT", False),
+    ("status", "INTEGER", True),
+    ("stream", "INTEGER", True),
+    ("prompt_tokens", "INTEGER", True),
+    ("completion_tokens", "INTEGER", True),
+    ("cached_tokens", "INTEGER", True),
+    ("estimated", "INTEGER", True),
+    ("ttft_ms", "REAL", False),
+    ("duration_ms", "REAL", True),
+    ("overhead_ms", "REAL", True),
+    ("cost_usd", "REAL", False),
+    ("notes", "TEXT", True),
+]
+
+
+def schema(path: Path) -> dict[str, object]:
+    with sqlite3.connect(path) as conn:
+        columns = [(r[1], r[2], bool(r[3])) for r in conn.execute("PRAGMA table_info(usage)")]
+        indexes = {
+            r[1]: [c[2] for c in conn.execute(f"PRAGMA index_info({r[1]})")]
+            for r in conn.execute("PRAGMA index_list(usage)")
+        }
+        migrations = [r[:2] for r in conn.execute("SELECT number, name FROM _migrations")]
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    return {"columns": columns, "indexes": indexes, "migrations": migrations, "mode": mode}
+
+
+async def migrated(path: Path) -> list[str]:
+    connection = await db.connect(str(path))
+    try:
+        return await migrate(connection)
+    finally:
+        await connection.close()
+
+
+async def test_a_new_database_gets_the_usage_table_its_indexes_and_wal(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.db"
+    assert await migrated(path) == ["m001_usage"]
+    found = schema(path)
+    assert found["columns"] == USAGE_SCHEMA
+    assert found["indexes"] == {
+        "usage_model_ts": ["model", "ts"],
+        "usage_agent_ts": ["agent_id", "ts"],
+        "usage_ts": ["ts"],
+    }
+    assert found["migrations"] == [(1, "m001_usage")]
+    assert found["mode"] == "wal"
+
+
+async def test_running_the_migrations_again_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.db"
+    await migrated(path)
+    before = schema(path)
+    assert await migrated(path) == []
+    assert schema(path) == before
+
+
+async def test_every_usage_record_field_has_a_column() -> None:
+    assert set(COLUMNS) <= {name for name, _, _ in USAGE_SCHEMA}
+
+
+def test_migrations_are_numbered_by_their_position() -> None:
+    # The next engineer appends m002_keys; a gap or a reorder is caught here first.
+    for number, migration in enumerate(MIGRATIONS, 1):
+        assert migration.__name__.startswith(f"m{number:03d}_"), migration.__name__
+
+
+async def test_a_new_migration_runs_once_on_a_database_that_has_the_old_ones(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "turnout.db"
+    await migrated(path)
+    runs: list[int] = []
+
+    async def m002_notes(connection: aiosqlite.Connection) -> None:
+        runs.append(1)
+        await connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+
+    connection = await db.connect(str(path))
+    try:
+        assert await migrate(connection, [*MIGRATIONS, m002_notes]) == ["m002_notes"]
+        assert await migrate(connection, [*MIGRATIONS, m002_notes]) == []
+    finally:
+        await connection.close()
+    assert runs == [1]
+    assert schema(path)["migrations"] == [(1, "m001_usage"), (2, "m002_notes")]
+
+
+async def test_a_failing_migration_leaves_the_database_at_the_previous_number(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "turnout.db"
+
+    async def m002_broken(connection: aiosqlite.Connection) -> None:
+        await connection.execute("CREATE TABLE half (id INTEGER)")
+        await connection.execute("THIS IS NOT SQL")
+
+    connection = await db.connect(str(path))
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            await migrate(connection, [*MIGRATIONS, m002_broken])
+    finally:
+        await connection.close()
+    with sqlite3.connect(path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "half" not in tables
+    assert schema(path)["migrations"] == [(1, "m001_usage")]
+
+
+async def test_an_edited_history_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.db"
+    await migrated(path)
+
+    async def m001_something_else(connection: aiosqlite.Connection) -> None:
+        raise AssertionError("must not run")
+
+    connection = await db.connect(str(path))
+    try:
+        with pytest.raises(MigrationError, match="append-only"):
+            await migrate(connection, [m001_something_else])
+    finally:
+        await connection.close()
+
+
+async def test_a_database_from_a_newer_turnout_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.db"
+    await migrated(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO _migrations VALUES (2, 'm002_future', 0)")
+    with pytest.raises(MigrationError, match="newer version"):
+        await migrated(path)
