@@ -1,4 +1,4 @@
-"""The SQLite database: the usage log now, virtual keys later. One file, WAL mode.
+"""The SQLite database: the usage log and virtual keys. One file, WAL mode.
 
 WAL lets readers (``GET /v1/usage``, ``sqlite3`` in a terminal) run while the usage writer
 commits, and ``synchronous=NORMAL`` makes a commit an append to the WAL with no fsync: a
@@ -8,6 +8,8 @@ a usage log that commits a batch every half second.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from pathlib import Path
 
 import aiosqlite
@@ -42,3 +44,27 @@ async def connect(
 
 async def set_busy_timeout(connection: aiosqlite.Connection, seconds: float) -> None:
     await connection.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+
+async def prepare(path: str) -> None:
+    """Create the database if needed and bring its schema up to date."""
+    from gateway.migrations import migrate
+
+    connection = await connect(path)
+    try:
+        await migrate(connection)
+    finally:
+        await connection.close()
+
+
+def prepare_sync(path: str) -> None:
+    """``prepare`` for command-line tools, which run before (or without) an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(prepare(path))
+        return
+    # Called from inside a running loop (an embedding program, a test): a private loop in a
+    # worker thread, since this caller cannot await.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, prepare(path)).result()

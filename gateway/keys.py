@@ -1,6 +1,6 @@
 """Virtual API keys: stored hashed in SQLite, looked up from memory on the request path.
 
-The database is the source of truth (``turnout keys`` writes it directly, with or without a
+The ``keys`` table (migration 2) is the source of truth (``turnout keys`` writes it directly, with or without a
 running gateway); each gateway keeps every active key in a dict by hash and refreshes it from
 the rows changed since its last look, so a revocation takes effect within ``refresh_seconds``.
 Only SHA-256 hashes are stored: a leaked database leaks no usable key.
@@ -25,26 +25,6 @@ from gateway.config import Limits
 log = logging.getLogger("turnout.keys")
 
 KEY_PREFIX = "sk-turnout-"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS keys (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    hash TEXT NOT NULL UNIQUE,
-    agent_id TEXT NOT NULL,
-    allowed_models TEXT NOT NULL DEFAULT '[]',
-    rpm INTEGER,
-    tpm INTEGER,
-    concurrent INTEGER,
-    budget_usd REAL,
-    trusted INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    revoked_at REAL
-);
-CREATE INDEX IF NOT EXISTS keys_updated ON keys (updated_at);
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
@@ -72,14 +52,17 @@ def new_secret() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(24)
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """A short-lived connection for the CLI and the refresher (not on the request path)."""
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=10)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.executescript(SCHEMA)
-    return connection
+def connect(path: str, prepare: bool = True) -> sqlite3.Connection:
+    """A short-lived connection for the CLI and the refresher (never on the request path).
+
+    ``prepare`` brings the schema up to date first (the migrations in gateway/migrations.py);
+    the refresher skips it, the gateway having done it at start.
+    """
+    if prepare:
+        from gateway.db import prepare_sync
+
+        prepare_sync(path)
+    return sqlite3.connect(path, timeout=10)
 
 
 def create_key(
@@ -226,11 +209,15 @@ class KeyCache:
 
     def _fetch(self, since: float) -> list[tuple[Any, ...]]:
         """Rows changed since ``since`` (runs in a worker thread: sqlite3 blocks)."""
-        connection = connect(self._database)
+        connection = connect(self._database, prepare=False)
         try:
             return connection.execute(
                 f"SELECT {_COLUMNS} FROM keys WHERE updated_at >= ? ORDER BY updated_at", (since,)
             ).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []  # a database no gateway has prepared yet: no keys
+            raise
         finally:
             connection.close()
 

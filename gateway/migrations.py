@@ -60,8 +60,33 @@ async def m001_usage(db: aiosqlite.Connection) -> None:
     await db.execute("CREATE INDEX usage_model_ts ON usage (model, ts)")
 
 
+async def m002_keys(db: aiosqlite.Connection) -> None:
+    # Virtual keys: only the SHA-256 of a secret is stored. updated_at moves on every change
+    # (creation, revocation) so running gateways pick up just the changed rows.
+    await db.execute(
+        """
+        CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE,
+            agent_id TEXT NOT NULL,
+            allowed_models TEXT NOT NULL DEFAULT '[]',
+            rpm INTEGER,
+            tpm INTEGER,
+            concurrent INTEGER,
+            budget_usd REAL,
+            trusted INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            revoked_at REAL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX keys_updated ON keys (updated_at)")
+
+
 # Append only. Position n (from 1) is migration number n.
-MIGRATIONS: tuple[Migration, ...] = (m001_usage,)
+MIGRATIONS: tuple[Migration, ...] = (m001_usage, m002_keys)
 
 
 async def migrate(

@@ -17,6 +17,7 @@ import psutil
 from adapters.base import Adapter, AdapterRegistry, Probe
 from gateway.auth import Authenticator
 from gateway.config import ROLE_PREFIX, Config, Provider, Role, role_provider_name
+from gateway.db import prepare as prepare_database
 from gateway.engines.gate import EngineGate
 from gateway.engines.process import (
     EngineDriver,
@@ -116,6 +117,7 @@ class GatewayState:
         )
         for name, provider in self.providers.items():
             self.adapters[name] = self.registry.create(name, provider, self.session)
+        await prepare_database(self.config.server.database)
         await self.keys.start()
         await self.limiter.start()
         self.spent = await asyncio.to_thread(spent_by_key, self.config.server.database)

@@ -60,9 +60,26 @@ async def migrated(path: Path) -> list[str]:
         await connection.close()
 
 
+KEYS_SCHEMA = [
+    ("id", "TEXT", False),
+    ("name", "TEXT", True),
+    ("hash", "TEXT", True),
+    ("agent_id", "TEXT", True),
+    ("allowed_models", "TEXT", True),
+    ("rpm", "INTEGER", False),
+    ("tpm", "INTEGER", False),
+    ("concurrent", "INTEGER", False),
+    ("budget_usd", "REAL", False),
+    ("trusted", "INTEGER", True),
+    ("created_at", "REAL", True),
+    ("updated_at", "REAL", True),
+    ("revoked_at", "REAL", False),
+]
+
+
 async def test_a_new_database_gets_the_usage_table_its_indexes_and_wal(tmp_path: Path) -> None:
     path = tmp_path / "turnout.db"
-    assert await migrated(path) == ["m001_usage"]
+    assert await migrated(path) == ["m001_usage", "m002_keys"]
     found = schema(path)
     assert found["columns"] == USAGE_SCHEMA
     assert found["indexes"] == {
@@ -70,8 +87,11 @@ async def test_a_new_database_gets_the_usage_table_its_indexes_and_wal(tmp_path:
         "usage_agent_ts": ["agent_id", "ts"],
         "usage_ts": ["ts"],
     }
-    assert found["migrations"] == [(1, "m001_usage")]
+    assert found["migrations"] == [(1, "m001_usage"), (2, "m002_keys")]
     assert found["mode"] == "wal"
+    with sqlite3.connect(path) as conn:
+        keys = [(r[1], r[2], bool(r[3])) for r in conn.execute("PRAGMA table_info(keys)")]
+    assert keys == KEYS_SCHEMA
 
 
 async def test_running_the_migrations_again_changes_nothing(tmp_path: Path) -> None:
@@ -99,18 +119,18 @@ async def test_a_new_migration_runs_once_on_a_database_that_has_the_old_ones(
     await migrated(path)
     runs: list[int] = []
 
-    async def m002_notes(connection: aiosqlite.Connection) -> None:
+    async def m003_notes(connection: aiosqlite.Connection) -> None:
         runs.append(1)
         await connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
 
     connection = await db.connect(str(path))
     try:
-        assert await migrate(connection, [*MIGRATIONS, m002_notes]) == ["m002_notes"]
-        assert await migrate(connection, [*MIGRATIONS, m002_notes]) == []
+        assert await migrate(connection, [*MIGRATIONS, m003_notes]) == ["m003_notes"]
+        assert await migrate(connection, [*MIGRATIONS, m003_notes]) == []
     finally:
         await connection.close()
     assert runs == [1]
-    assert schema(path)["migrations"] == [(1, "m001_usage"), (2, "m002_notes")]
+    assert schema(path)["migrations"] == [(1, "m001_usage"), (2, "m002_keys"), (3, "m003_notes")]
 
 
 async def test_a_failing_migration_leaves_the_database_at_the_previous_number(
@@ -118,20 +138,20 @@ async def test_a_failing_migration_leaves_the_database_at_the_previous_number(
 ) -> None:
     path = tmp_path / "turnout.db"
 
-    async def m002_broken(connection: aiosqlite.Connection) -> None:
+    async def m003_broken(connection: aiosqlite.Connection) -> None:
         await connection.execute("CREATE TABLE half (id INTEGER)")
         await connection.execute("THIS IS NOT SQL")
 
     connection = await db.connect(str(path))
     try:
         with pytest.raises(sqlite3.OperationalError):
-            await migrate(connection, [*MIGRATIONS, m002_broken])
+            await migrate(connection, [*MIGRATIONS, m003_broken])
     finally:
         await connection.close()
     with sqlite3.connect(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "half" not in tables
-    assert schema(path)["migrations"] == [(1, "m001_usage")]
+    assert schema(path)["migrations"] == [(1, "m001_usage"), (2, "m002_keys")]
 
 
 async def test_an_edited_history_is_refused(tmp_path: Path) -> None:
@@ -153,6 +173,6 @@ async def test_a_database_from_a_newer_turnout_is_refused(tmp_path: Path) -> Non
     path = tmp_path / "turnout.db"
     await migrated(path)
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO _migrations VALUES (2, 'm002_future', 0)")
+        conn.execute("INSERT INTO _migrations VALUES (3, 'm003_future', 0)")
     with pytest.raises(MigrationError, match="newer version"):
         await migrated(path)
