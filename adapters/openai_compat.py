@@ -156,9 +156,16 @@ class OpenAICompatAdapter:
 
     # --- the protocol -------------------------------------------------------------------------
 
+    # OpenAI's own API deprecated max_tokens for chat, and its reasoning models refuse it;
+    # most other OpenAI-compatible servers know only max_tokens. Set per kind at registration.
+    modern_max_tokens = False
+
     def encode_body(self, request: UpstreamRequest) -> bytes:
         fields = dict(request.fields)
         fields["model"] = msgspec.Raw(_encode(request.model))
+        if self.modern_max_tokens and request.op is Operation.CHAT and "max_tokens" in fields:
+            limit = fields.pop("max_tokens")
+            fields.setdefault("max_completion_tokens", limit)
         if request.stream:
             # Always ask for usage so no token goes uncounted; the gateway drops the usage
             # chunk again for clients that did not ask for it.
@@ -267,7 +274,18 @@ def _factory(name: str, provider: Provider, session: aiohttp.ClientSession) -> O
     return OpenAICompatAdapter(name, provider, session)
 
 
+class OpenAIAdapter(OpenAICompatAdapter):
+    """api.openai.com itself."""
+
+    modern_max_tokens = True
+
+
+def _openai_factory(name: str, provider: Provider, session: aiohttp.ClientSession) -> OpenAIAdapter:
+    return OpenAIAdapter(name, provider, session)
+
+
 def register(registry: AdapterRegistry) -> None:
+    registry.register("openai", _openai_factory)
     # Servers that speak OpenAI's format without quirks we know of.
-    for kind in ("openai", "openai-compatible", "deepseek", "vllm", "lmstudio"):
+    for kind in ("openai-compatible", "deepseek", "vllm", "lmstudio"):
         registry.register(kind, _factory)

@@ -123,3 +123,15 @@ def test_unknown_adapter_kind_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match=r"unknown adapter kind 'nope'.*llamacpp"):
         registry.create("x", Provider(kind="nope", base_url="http://a/v1"), None)  # type: ignore[arg-type]
     assert {"openai", "llamacpp", "mlx", "deepseek", "vllm", "lmstudio"} <= set(registry.kinds())
+
+
+async def test_openai_itself_gets_max_completion_tokens_others_keep_max_tokens() -> None:
+    fields = msgspec.json.decode(b'{"model":"m","messages":[],"max_tokens":64}', type=dict[str, msgspec.Raw])
+    request = UpstreamRequest(Operation.CHAT, fields, "gpt-5", False, "rid")
+    openai, session = await adapter_of("openai")
+    body = json.loads(openai.encode_body(request))  # type: ignore[attr-defined]
+    assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
+    vllm, _ = await adapter_of("vllm")
+    assert json.loads(vllm.encode_body(request))["max_tokens"] == 64  # type: ignore[attr-defined]
+    await session.close()
+    await _.close()
