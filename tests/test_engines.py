@@ -444,7 +444,9 @@ async def test_two_starving_roles_take_turns_instead_of_livelocking(
     # starving peer evict a role before it served the requests it was loaded for would swap
     # back and forth for ever here.
     roles = {"fast": role(tiny_models["tiny-hello"]), "coder": role(tiny_models["tiny-toolcall"])}
-    async with engines_config(roles, log_dir=str(tmp_path), max_wait_seconds=0, wait_timeout_seconds=30) as gw:
+    async with engines_config(
+        roles, log_dir=str(tmp_path), max_wait_seconds=0, wait_timeout_seconds=30
+    ) as gw:
         client = gw.openai()
         order = ["fast", "coder"] * 4
         replies = await asyncio.gather(
@@ -452,3 +454,24 @@ async def test_two_starving_roles_take_turns_instead_of_livelocking(
         )
         assert len(replies) == 8
         assert swaps((await get_text(gw, "/metrics"))[1]) <= 4
+
+
+async def test_a_role_that_fits_alongside_starts_while_the_old_engine_exits(
+    tiny_models: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    roles = {
+        "fast": role(tiny_models["tiny-hello"], memory_mb=64),
+        "coder": role(tiny_models["tiny-toolcall"], memory_mb=64),
+    }
+    async with engines_config(roles, log_dir=str(tmp_path)) as gw:
+        await post(gw, "/engine/switch/fast?wait=true")
+        caplog.clear()
+        with caplog.at_level("INFO", logger="turnout.engines"):
+            status, body = await post(gw, "/engine/switch/coder?wait=true")
+        assert (status, body["status"]) == (200, "ready")
+        lines = [r.getMessage() for r in caplog.records]
+        started = next(i for i, line in enumerate(lines) if line.startswith("role coder starting"))
+        stopped = next(i for i, line in enumerate(lines) if line.startswith("role fast stopped"))
+        assert started < stopped, lines
+        engines = (await get(gw, "/engine/status"))[1]["engines"]
+        assert (engines["fast"]["state"], engines["coder"]["state"]) == ("stopped", "ready")
