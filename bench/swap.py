@@ -228,26 +228,37 @@ async def run(rounds: int) -> dict[str, Any]:
         raise SystemExit("llama-server not built: bash tests/engines/build_llama_server.sh")
     models = ensure_models()
     cold = [direct_cold_start(binary, models["tiny-hello"]) for _ in range(rounds)]
-    roles = {
-        name: {
-            "engine": "llamacpp",
-            "model": str(models["tiny-hello"]),
-            "command": engine_command(binary),
+
+    def roles(memory_mb: int) -> dict[str, Any]:
+        return {
+            name: {
+                "engine": "llamacpp",
+                "model": str(models["tiny-hello"]),
+                "command": engine_command(binary),
+                "memory_mb": memory_mb,
+            }
+            for name in ("a", "b")
         }
-        for name in ("a", "b")
-    }
-    with Turnout(roles) as turnout:
+
+    # Without a memory estimate turnout must wait for the old engine to exit before starting
+    # the new one; with one that fits, it starts the new one while the old one exits.
+    with Turnout(roles(0)) as turnout:
         async with aiohttp.ClientSession() as session:
-            swaps = await swap_times(session, turnout.url, rounds + 1)
-            swaps = swaps[1:]  # the first is a plain load, not a swap
+            swaps = (await swap_times(session, turnout.url, rounds + 1))[1:]  # first: a load
             load = await under_load(session, turnout.url, swaps=10, clients=16)
             first_token = await ttft_during_swap(session, turnout.url, min(rounds, 6))
+    with Turnout(roles(64)) as turnout:
+        async with aiohttp.ClientSession() as session:
+            overlapped = (await swap_times(session, turnout.url, rounds + 1))[1:]
     cold_ms = statistics.median(cold) * 1000
     swap_ms = statistics.median(swaps) * 1000
+    overlapped_ms = statistics.median(overlapped) * 1000
     return {
         "direct_cold_start_ms": round(cold_ms, 1),
         "swap_via_turnout_ms": round(swap_ms, 1),
         "swap_overhead_ms": round(swap_ms - cold_ms, 1),
+        "swap_with_memory_estimate_ms": round(overlapped_ms, 1),
+        "swap_overhead_with_memory_estimate_ms": round(overlapped_ms - cold_ms, 1),
         "swap_overhead_target_ms": 100,
         "under_load": load,
         **{k: round(v, 1) for k, v in first_token.items()},
