@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -42,6 +43,25 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+_CROSS_SITE = (
+    "cross-site browser request refused: without keys, turnout trusts only this machine, and a "
+    "web page from elsewhere is not this machine (set auth.admin_key or use a key)"
+)
+
+
+def cross_site(scope: Scope) -> bool:
+    """A browser request from another site (its Origin is not this host).
+
+    Keyless trust rests on "the caller is on this machine", which any web page open in a local
+    browser also satisfies; browsers always send Origin on such cross-site requests.
+    """
+    origin = header(scope, b"origin")
+    if origin is None or origin == b"null":
+        return origin == b"null"
+    host = header(scope, b"host") or b""
+    return urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") != host
 
 
 def presented_key(scope: Scope) -> str | None:
@@ -82,6 +102,8 @@ class Authenticator:
                     trusted=record.trusted,
                 )
         if self.embedded:
+            if cross_site(scope):
+                raise Forbidden(_CROSS_SITE)
             client = scope.get("client")
             if self._config.allow_open_network or (client is not None and is_loopback(client[0])):
                 return Identity(
@@ -105,6 +127,8 @@ class Authenticator:
             raise Forbidden(
                 "this endpoint needs the admin key (auth.admin_key), not an ordinary key"
             )
+        if cross_site(scope):
+            raise Forbidden(_CROSS_SITE)
         client = scope.get("client")
         if client is not None and is_loopback(client[0]):
             return ADMIN

@@ -137,3 +137,18 @@ def test_presented_key_reads_both_protocols() -> None:
     assert presented_key(scope("k1")) == "k1"
     assert presented_key(scope("k2", header="x-api-key")) == "k2"
     assert presented_key(scope()) is None
+
+
+async def test_keyless_mode_refuses_cross_site_browser_requests(tmp_path: Path) -> None:
+    cache = KeyCache(str(tmp_path / "empty.db"))
+    await cache.start()
+    auth = Authenticator(Auth(), cache)
+    same = scope(origin="http://127.0.0.1:8080", host="127.0.0.1:8080")
+    assert auth.identify(same).agent_id == "local"
+    assert auth.require_admin(same).is_admin
+    evil = scope(origin="https://evil.example", host="127.0.0.1:8080")
+    with pytest.raises(Forbidden, match="cross-site"):
+        auth.identify(evil)
+    with pytest.raises(Forbidden, match="cross-site"):
+        auth.require_admin(evil)
+    await cache.stop()
