@@ -15,16 +15,22 @@ from litestar.handlers import ASGIRouteHandler, asgi
 from adapters.base import AdapterRegistry, default_registry
 from gateway.api.anthropic import anthropic_endpoints
 from gateway.api.engine import EngineController
+from gateway.api.events import RequestsController
 from gateway.api.ingress import new_request_id
+from gateway.api.internal import internal_endpoints
 from gateway.api.models import ModelsController
 from gateway.api.proxy import proxy_endpoints
 from gateway.api.responses import responses_endpoints
 from gateway.api.system import SystemController
 from gateway.api.usage import UsageController
+from gateway.api.websocket import chat_socket
 from gateway.asgi import Receive, Scope, Send, header
 from gateway.config import Config
 from gateway.errors import ErrorBody, ErrorEnvelope, GatewayError
+from gateway.plugins.memory.api import memory_controllers
+from gateway.plugins.tools.api import tool_controllers
 from gateway.state import GatewayState
+from gateway.ui import DashboardController
 
 # The raw-ASGI endpoints mounted on the hot path (see gateway/asgi.py).
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -48,6 +54,7 @@ def create_app(config: Config, registry: AdapterRegistry | None = None) -> Lites
         **proxy_endpoints(state),
         **anthropic_endpoints(state),
         **responses_endpoints(state),
+        **internal_endpoints(state),
     }
     handlers = [_mount(path, endpoint) for path, endpoint in endpoints.items()]
     return Litestar(
@@ -57,6 +64,11 @@ def create_app(config: Config, registry: AdapterRegistry | None = None) -> Lites
             SystemController,
             EngineController,
             UsageController,
+            *tool_controllers(),
+            *memory_controllers(),
+            RequestsController,
+            DashboardController,
+            chat_socket(endpoints["/v1/chat/completions"]),
         ],
         dependencies={"gateway": Provide(provide_state, use_cache=True)},
         lifespan=[lifespan],

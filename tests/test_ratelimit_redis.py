@@ -113,9 +113,10 @@ async def test_a_burst_bigger_than_the_connection_pool_queues_instead_of_failing
     replica: Replica,
 ) -> None:
     metrics = Metrics()
-    a = replica(metrics=metrics)  # 64 connections
-    answers = await asyncio.gather(*(a.admit([key("k", rpm=200)]) for _ in range(500)))
-    assert sum(x.allowed for x in answers) == 200
+    # 64 connections; a generous timeout so a loaded CI machine measures queueing, not speed.
+    a = replica(metrics=metrics, timeout_seconds=5.0)
+    answers = await asyncio.gather(*(a.admit([key("k", rpm=150)]) for _ in range(300)))
+    assert sum(x.allowed for x in answers) == 150
     errors = metrics.registry.get_sample_value(
         "turnout_ratelimit_backend_errors_total", {"op": "admit"}
     )

@@ -7,8 +7,9 @@ stream starts, and what keeps an idle stream alive. OpenAI's own endpoints are t
 whose exchange passes bytes through (``gateway/api/proxy.py``).
 
 Per request, in order: who is calling (key, agent), what they asked for (model), may they
-(permissions, budget, rate limits), forward with fallback, answer, then record one usage row
-and release the rate-limit slot, whatever happened in between.
+(permissions, budget, rate limits), plugins' before_upstream (chat only), forward with
+fallback, answer, then record one usage row, release the rate-limit slot and hand the answer
+to plugins' after_response (off the request path), whatever happened in between.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
+from adapters.base import Operation
 from gateway.asgi import (
     JSON,
     ClientGone,
@@ -34,13 +38,17 @@ from gateway.asgi import (
     send_bytes,
 )
 from gateway.auth import Forbidden, may_use, speaking_for
-from gateway.config import Model
+from gateway.config import Model, Target
 from gateway.errors import GatewayError, MethodNotAllowed, ModelNotFound
-from gateway.forwarder import Trace
+from gateway.forwarder import Forwarder, Trace
 from gateway.identity import ANONYMOUS, Identity
+from gateway.plugins.capture import CapturingStream, reply_text
+from gateway.plugins.context import Exchanged, RequestContext
+from gateway.plugins.tools.agent import AgentForwarder, agent_forwarder
 from gateway.ratelimit import Admission, estimate_tokens
 from gateway.state import GatewayState
 from gateway.streaming import SSEResponse, wait_with_keepalive
+from gateway.translate import Translated
 from gateway.usage import UsageRecord
 from gateway.wire import ClientRequest, Usage
 
@@ -85,6 +93,12 @@ class Exchange(Protocol):
     def stream(self) -> StreamTranslator: ...
 
 
+def exchange_reply(
+    exchange: Exchange, body: bytes, target: Target | None
+) -> tuple[bytes, Usage | None]:
+    return exchange.reply(body)
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
     """One client protocol, as the shared endpoint needs it."""
@@ -99,6 +113,9 @@ class Dialect:
     keepalive: bytes
     # Header that carries the request id in this protocol, besides x-request-id.
     id_header: bytes | None = None
+    # Renders a whole (non-streamed) answer, told which target served it: seed 004's answer
+    # names its provider and upstream model. Most protocols use the exchange's own reply.
+    render: Callable[[Exchange, bytes, Target | None], tuple[bytes, Usage | None]] = exchange_reply
 
 
 class Call:
@@ -107,8 +124,12 @@ class Call:
     __slots__ = (
         "admission",
         "body_bytes",
+        "capture",
+        "forwarder",
+        "hooked",
         "identity",
         "model",
+        "reply_text",
         "request_id",
         "sent_bytes",
         "started",
@@ -132,8 +153,14 @@ class Call:
         self.usage: Usage | None = None
         self.ttft: float | None = None
         self.admission: Admission | None = None
+        # The forwarder that answers: the gateway's own, or the agent loop standing in for it.
+        self.forwarder: Forwarder | AgentForwarder | None = None
         self.body_bytes = 0
         self.sent_bytes = 0
+        # Set when plugins' request hooks ran; the answer's text only when one asked for it.
+        self.hooked: RequestContext | None = None
+        self.capture: CapturingStream | None = None
+        self.reply_text: str | None = None
 
 
 class IngressEndpoint:
@@ -174,9 +201,20 @@ class IngressEndpoint:
             call.identity = speaking_for(call.identity, scope, request.fields)
             await self._admit(call, model, request)
             watch = DisconnectWatch(receive)
+            if state.plugins.active and request.op is Operation.CHAT:
+                await self._before_upstream(call, model, request)
+            # A request naming server-side tools is answered by the agent loop, which stands in
+            # for the forwarder (a cheap None for everything else).
+            call.forwarder = (
+                agent_forwarder(state, call.identity, request_id, model, request)
+                if state.tools
+                else None
+            ) or state.forwarder
             if request.stream:
                 response = SSEResponse(send, self._headers(request_id))
                 translator = exchange.stream()
+                if call.hooked is not None and call.hooked.capture_reply:
+                    translator = call.capture = CapturingStream(translator)
                 call.status = await self._stream(call, model, request, translator, response, watch)
             else:
                 call.status = await self._complete(call, model, exchange, send, watch)
@@ -230,6 +268,25 @@ class IngressEndpoint:
             raise RateLimited(admission.message(), headers=dict(_decoded(admission.headers())))
         call.admission = admission
 
+    async def _before_upstream(self, call: Call, model: Model, request: ClientRequest) -> None:
+        fields = request.fields
+        hooked = call.hooked = RequestContext(
+            call.request_id,
+            call.identity,
+            model.name,
+            self._dialect.route,
+            fields,
+            request.stream,
+            self._state,
+        )
+        native = fields if isinstance(fields, Translated) and fields.native is not None else None
+        before = dict(fields) if native is not None else {}
+        await self._state.plugins.before_upstream(hooked)
+        if native is not None and _edited(before, native):
+            # An upstream that speaks the client's own protocol would be sent the original
+            # body and miss what plugins changed: it gets the edited translation instead.
+            native.native = None
+
     # --- answering -----------------------------------------------------------------------------
 
     def _headers(self, request_id: str) -> Headers:
@@ -262,11 +319,12 @@ class IngressEndpoint:
     async def _complete(
         self, call: Call, model: Model, exchange: Exchange, send: Send, watch: DisconnectWatch
     ) -> int:
-        reply = await self._state.forwarder.send(
-            model, exchange.request, call.request_id, call.trace
-        )
+        assert call.forwarder is not None
+        reply = await call.forwarder.send(model, exchange.request, call.request_id, call.trace)
         watch.stop()
-        body, call.usage = exchange.reply(reply.body)
+        if call.hooked is not None and call.hooked.capture_reply:
+            call.reply_text = reply_text(reply.body)
+        body, call.usage = self._dialect.render(exchange, reply.body, call.trace.target)
         headers = self._headers(call.request_id)
         self._finish_headers(headers, call)
         call.sent_bytes = len(body)
@@ -284,8 +342,10 @@ class IngressEndpoint:
     ) -> int:
         state = self._state
         trace = call.trace
+        forwarder = call.forwarder
+        assert forwarder is not None
         opening = asyncio.get_running_loop().create_task(
-            state.forwarder.open_stream(model, request, call.request_id, trace)
+            forwarder.open_stream(model, request, call.request_id, trace)
         )
         try:
             opened = await wait_with_keepalive(
@@ -333,7 +393,7 @@ class IngressEndpoint:
             call.sent_bytes = sent
             call.usage = translator.usage
             await opened.aclose()
-            state.forwarder.release(trace)
+            forwarder.release(trace)
             # Time blocked on upstream reads is the upstream's, not the gateway's.
             trace.upstream_seconds += wait
         return 502 if failed else 200
@@ -391,6 +451,9 @@ class IngressEndpoint:
             metrics.child(metrics.tokens, call.model, "completion").inc(completion)
         if call.admission is not None:
             await call.admission.release(prompt + completion if (prompt or completion) else None)
+        if call.hooked is not None:
+            text = call.capture.text() if call.capture is not None else call.reply_text
+            state.plugins.after_response(call.hooked, Exchanged(call.status, text, usage))
         if state.usage is None:
             return
         target = trace.target
@@ -432,6 +495,11 @@ def _max_tokens(request: ClientRequest) -> int | None:
             text = bytes(raw)
             return int(text) if text.isdigit() else None
     return None
+
+
+def _edited(before: dict[str, msgspec.Raw], after: dict[str, msgspec.Raw]) -> bool:
+    """Did plugins change any field? Values are immutable, so a change is a new object."""
+    return len(before) != len(after) or any(after.get(k) is not v for k, v in before.items())
 
 
 def _decoded(headers: Headers) -> list[tuple[str, str]]:

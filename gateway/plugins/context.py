@@ -19,23 +19,30 @@ _encode = msgspec.json.Encoder().encode
 
 @dataclass
 class PluginContext:
-    """Handed to ``register_*``, ``startup`` and ``shutdown``."""
+    """Handed to ``register_tools``, ``register_memory_backends``, ``startup`` and ``shutdown``."""
 
     state: GatewayState
     # The plugin's own section of routing.yaml (``plugins.settings.<name>``).
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestContext:
-    """One chat request on its way to an upstream. ``fields`` is the body one level deep."""
+    """One chat request on its way to an upstream. ``fields`` is the body one level deep.
+
+    Always OpenAI chat, whatever protocol the client spoke (Anthropic and Responses requests
+    arrive translated), so a plugin handles every client the same way.
+    """
 
     request_id: str
     identity: Identity
+    # The logical model the request resolved to (its name, not the alias the client sent).
     model: str
+    # The client protocol's route label: chat, messages, responses, llm_proxy.
     route: str
     fields: dict[str, msgspec.Raw]
     stream: bool
+    state: GatewayState
     # Set by a plugin in before_upstream when it needs the answer's text in after_response
     # (costs a decode per streamed chunk, so only then).
     capture_reply: bool = False
@@ -60,10 +67,12 @@ class RequestContext:
         return ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchanged:
     """What was answered, for after_response."""
 
+    # The status the client got; 499 when it left early (``reply_text`` is then what it saw).
     status: int
+    # The assistant's text when a plugin set ``capture_reply``, else None.
     reply_text: str | None
     usage: Usage | None

@@ -1,14 +1,21 @@
 """The hooks a turnout plugin can implement (pluggy, like simonw/llm's ``register_*`` hooks).
 
-Built-in plugins (memory, tools) implement these exactly as third-party ones do; third-party
-plugins are found through the ``turnout`` entry-point group and enabled by name in
-routing.yaml (``plugins.enabled``).
+Built-in plugins (memory, tools) implement these exactly as third-party ones do; plugins are
+found through the ``turnout`` entry-point group and enabled by name in routing.yaml
+(``plugins.enabled``). See ``gateway/plugins/manager.py`` for how they are loaded and called.
 
 Two kinds of hooks:
-- ``register_*``: called once at start-up with a registry to add things to;
-- request hooks: called per request. ``before_upstream`` may change the chat request (add
-  context to the system prompt, say); ``after_response`` runs off the request path with what
-  was answered. A plugin that raises never breaks a request: the error is logged and counted.
+- start-up: ``register_*`` add things to a registry, ``startup`` opens what the plugin
+  needs; a plugin that raises here stops the gateway with a message naming it;
+- per request: ``before_upstream`` may change the chat request (add context to the system
+  prompt, say); ``after_response`` runs off the request path with what was answered. A
+  plugin that raises or times out here never breaks a request: the error is logged and
+  counted, and the request goes on without it.
+
+Request hooks run in the order ``plugins.enabled`` lists the plugins (pluggy's ``tryfirst``
+and ``trylast`` still apply). An implementation may take fewer arguments than the spec, and
+may be a plain function: it then runs without a timeout (it cannot be interrupted anyway),
+so keep it to quick CPU work.
 """
 
 from __future__ import annotations
@@ -29,7 +36,11 @@ hookimpl = pluggy.HookimplMarker("turnout")
 
 @hookspec
 def register_adapters(registry: AdapterRegistry) -> None:
-    """Add upstream adapter kinds (``registry.register(kind, factory)``)."""
+    """Add upstream adapter kinds (``registry.register(kind, factory)``).
+
+    Called when the gateway is built, before any provider's adapter is created, so a
+    provider in routing.yaml can use the kind.
+    """
 
 
 @hookspec
@@ -49,15 +60,19 @@ async def startup(context: PluginContext) -> None:
 
 @hookspec
 async def shutdown(context: PluginContext) -> None:
-    """Close what ``startup`` opened; flush pending writes."""
+    """Close what ``startup`` opened; flush pending writes. Runs after pending after_response."""
 
 
 @hookspec
 async def before_upstream(request: RequestContext) -> None:
-    """Called before the request goes to an upstream; may edit ``request.messages`` etc."""
+    """Called once per chat request, after admission and before the first upstream attempt.
+
+    May edit ``request.fields`` (``request.set_messages(...)``), and set
+    ``request.capture_reply`` to get the answer's text in after_response.
+    """
 
 
 @hookspec
 async def after_response(request: RequestContext, exchanged: Exchanged) -> None:
-    """Called after the answer was sent, off the request path."""
-
+    """Called after the answer was sent, off the request path, for every request that went
+    through before_upstream (whatever its status)."""

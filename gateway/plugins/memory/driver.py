@@ -1,0 +1,85 @@
+"""Which SQLite can load sqlite-vec here, decided once at start-up.
+
+This Python's own ``sqlite3`` may be built without ``enable_load_extension`` (it is on the
+machines this project runs on), so the store takes the first driver that can actually load
+the extension: sqlean.py (from the ``memory`` extra), then pysqlite3, then the standard
+library. aiosqlite runs whichever it is on its thread through ``Connection(connector)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from gateway.config import ConfigError
+
+# (package to install, module to import)
+CANDIDATES = (("sqlean.py", "sqlean"), ("pysqlite3", "pysqlite3.dbapi2"), ("sqlite3", "sqlite3"))
+FIX = "install the memory extra: pip install 'turnout[memory]'"
+
+
+class DriverError(ConfigError):
+    """No SQLite driver here can load sqlite-vec; the message says how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Driver:
+    package: str
+    module: Any
+    extension: str
+    sqlite_version: str
+    vec_version: str
+
+    def connector(self, path: str) -> Callable[[], sqlite3.Connection]:
+        """A function that opens ``path`` with sqlite-vec loaded (for aiosqlite's thread)."""
+
+        def connect() -> sqlite3.Connection:
+            # Autocommit: the store says BEGIN IMMEDIATE itself (see gateway/db.py).
+            connection = self.module.connect(path, isolation_level=None, check_same_thread=False)
+            _load(connection, self.extension)
+            return cast(sqlite3.Connection, connection)
+
+        return connect
+
+
+def find_driver() -> Driver:
+    try:
+        import sqlite_vec  # type: ignore[import-untyped]
+    except ImportError:
+        raise DriverError(f"memory: the sqlite-vec package is not installed; {FIX}") from None
+    extension: str = sqlite_vec.loadable_path()
+    problems: list[str] = []
+    for package, name in CANDIDATES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            problems.append(f"{package} is not installed")
+            continue
+        try:
+            connection = module.connect(":memory:")
+            try:
+                _load(connection, extension)
+                vec_version = connection.execute("SELECT vec_version()").fetchone()[0]
+            finally:
+                connection.close()
+        except (AttributeError, module.Error) as exc:
+            problems.append(f"{package} cannot load extensions ({exc})")
+            continue
+        return Driver(package, module, extension, module.sqlite_version, vec_version)
+    raise DriverError(
+        "memory: no SQLite driver here can load the sqlite-vec extension: "
+        + "; ".join(problems)
+        + f". Fix: {FIX} (it brings sqlean.py, a SQLite built with extension loading)"
+    )
+
+
+def _load(connection: Any, extension: str) -> None:
+    connection.enable_load_extension(True)
+    try:
+        connection.load_extension(extension)
+    finally:
+        # Only our extension: SQL run later cannot load others (load_extension() in a query).
+        connection.enable_load_extension(False)

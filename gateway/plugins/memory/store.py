@@ -1,0 +1,493 @@
+"""The ``sqlite-vec`` memory backend: items in SQLite, searched with sqlite-vec.
+
+Layout, in its own database file (``memory.database``):
+
+- ``memory_items``: one row per item, with its unit float32 vector (the exact re-rank reads
+  it) and the search shard it was put in;
+- ``memory_vectors``: a sqlite-vec ``vec0`` table of 1-bit codes (the sign of each dimension),
+  partitioned by agent and shard, with kind, project, channel and session as metadata columns
+  so filters apply inside the KNN scan. Those four are stored as 64-bit hashes: vec0 keeps
+  text longer than 12 bytes out of line, which would make every filtered row a lookup; a hash
+  collision can only add a candidate, which the exact check on ``memory_items`` drops;
+- ``memory_shards``: each agent's newest shard and how full it is;
+- ``memory_meta``: the embedder the vectors came from, their size, the shard size.
+
+A query asks every shard in scope for its nearest codes (``ranking.py`` says why shards), then
+re-ranks those candidates by exact cosine similarity. ``vec0`` needs the vector size when it
+is created, so ``memory_vectors`` appears with the first vectors when the embedder did not
+say its size up front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+import msgspec
+import numpy as np
+
+from gateway.config import ConfigError
+from gateway.migrations import migrate
+from gateway.plugins.memory.driver import Driver, find_driver
+from gateway.plugins.memory.items import KINDS, Hit, MemoryItem, NewItem, Scope
+from gateway.plugins.memory.ranking import candidates_per_shard, place, rerank_pool
+
+if TYPE_CHECKING:
+    from gateway.config import Memory
+    from gateway.plugins.memory.backends import Vectors
+
+log = logging.getLogger("turnout.memory")
+
+# Items per search shard; recorded in memory_meta when the database is created.
+SHARD_SIZE = 2048
+# SQLite's default limit on bound parameters is 32766; stay well under it.
+_CHUNK = 500
+_COLUMNS = "id, agent_id, kind, content, project, channel, session_id, meta, created_at"
+_decode_meta = msgspec.json.Decoder(dict[str, Any])
+_encode = msgspec.json.Encoder().encode
+
+
+async def m001_memory(db: aiosqlite.Connection) -> None:
+    # AUTOINCREMENT: an id is never reused after a delete, so a client's "mem-12" cannot come
+    # to mean another item.
+    await db.execute(
+        """
+        CREATE TABLE memory_items (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            content TEXT NOT NULL,
+            project TEXT NOT NULL DEFAULT '',
+            channel TEXT NOT NULL DEFAULT '',
+            session_id TEXT NOT NULL DEFAULT '',
+            meta TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL,
+            shard INTEGER NOT NULL,
+            embedding BLOB NOT NULL
+        )
+        """
+    )
+    # Newest-first listings: an agent's items, a channel's (summaries), a session's turns.
+    await db.execute("CREATE INDEX memory_items_agent ON memory_items (agent_id, created_at)")
+    await db.execute(
+        "CREATE INDEX memory_items_channel ON memory_items (agent_id, project, channel, created_at)"
+    )
+    await db.execute(
+        "CREATE INDEX memory_items_session ON memory_items (agent_id, session_id, created_at)"
+    )
+    await db.execute(
+        "CREATE TABLE memory_shards ("
+        "agent_id TEXT PRIMARY KEY, shard INTEGER NOT NULL, used INTEGER NOT NULL)"
+    )
+    await db.execute("CREATE TABLE memory_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+# Append only (see gateway/migrations.py); the memory database has its own history.
+MIGRATIONS = (m001_memory,)
+
+
+def code(text: str) -> int:
+    """A signed 64-bit hash for vec0's integer metadata columns; 0 for "none"."""
+    if not text:
+        return 0
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True) or 1
+
+
+KIND_CODES = {kind: i + 1 for i, kind in enumerate(KINDS)}
+
+
+def items_where(scope: Scope, ids: Sequence[int] = ()) -> tuple[str, list[Any]]:
+    """A WHERE clause over memory_items for a scope (and optionally some ids)."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("agent_id", scope.agent_id),
+        ("project", scope.project),
+        ("channel", scope.channel),
+        ("session_id", scope.session_id),
+    ):
+        if value is not None:
+            conditions.append(f"{column} = ?")
+            params.append(value)
+    if scope.kinds:
+        conditions.append(f"kind IN ({', '.join('?' * len(scope.kinds))})")
+        params.extend(scope.kinds)
+    if ids:
+        conditions.append(f"id IN ({', '.join('?' * len(ids))})")
+        params.extend(ids)
+    return ("WHERE " + " AND ".join(conditions) if conditions else ""), params
+
+
+def knn_sql(scope: Scope, shards: int) -> str:
+    """One statement for a search: each shard's nearest codes, then the exact re-rank.
+
+    The coarse pass filters on the hashed metadata inside vec0; the re-rank checks the real
+    values on memory_items and orders the candidates by exact cosine distance, so only the
+    best ``:m`` rows come back to Python. Parameters: ``:q`` (the query's code), ``:k``
+    (candidates per shard), ``:vector`` (the query, float32), ``:m``, and for what the scope
+    names, ``:agent`` and ``:project``/``:channel``/``:session`` with their ``_code`` hashes.
+    """
+    # The exact filters' columns carry a unary + so SQLite cannot pick an index on them
+    # (scanning all of an agent's items) over looking the few candidates up by id.
+    coarse = exact = ""
+    if scope.agent_id is not None:
+        coarse += " AND agent_id = :agent"
+        exact += " AND +agent_id = :agent"
+    for column, name, value in (
+        ("project", "project", scope.project),
+        ("channel", "channel", scope.channel),
+        ("session_id", "session", scope.session_id),
+    ):
+        if value is not None:
+            coarse += f" AND {name} = :{name}_code"
+            exact += f" AND +{column} = :{name}"
+    if scope.kinds:
+        # Kinds are checked against KINDS before they get here, so inlining them is safe.
+        coarse += f" AND kind IN ({', '.join(str(KIND_CODES[k]) for k in scope.kinds)})"
+        exact += f" AND +kind IN ({', '.join(repr(k) for k in scope.kinds)})"
+    # Each KNN sits in its own subquery: vec0 takes k and the partition from its own WHERE.
+    per_shard = " UNION ALL ".join(
+        "SELECT id FROM (SELECT id FROM memory_vectors"
+        f" WHERE bits MATCH vec_bit(:q) AND k = :k{coarse} AND shard = {shard})"
+        for shard in range(shards)
+    )
+    return (
+        f"SELECT {_COLUMNS}, vec_distance_cosine(embedding, :vector) AS distance"
+        f" FROM memory_items WHERE id IN ({per_shard}){exact}"
+        " ORDER BY distance, id DESC LIMIT :m"
+    )
+
+
+def knn_params(scope: Scope, query: Vectors, k: int, m: int) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "q": bit_codes(query[None, :])[0].tobytes(),
+        "k": k,
+        "vector": query.tobytes(),
+        "m": m,
+    }
+    if scope.agent_id is not None:
+        params["agent"] = scope.agent_id
+    for name, value in (
+        ("project", scope.project),
+        ("channel", scope.channel),
+        ("session", scope.session_id),
+    ):
+        if value is not None:
+            params[name] = value
+            params[f"{name}_code"] = code(value)
+    return params
+
+
+def bit_codes(vectors: Vectors) -> Any:
+    """One bit per dimension, set where the component is positive (sqlite-vec's bit[] layout)."""
+    return np.packbits(vectors > 0, axis=1)
+
+
+class SqliteVecStore:
+    """The ``sqlite-vec`` backend (see the module docstring for the layout)."""
+
+    def __init__(self, database: str, shard_size: int = SHARD_SIZE) -> None:
+        self._path = database
+        self._shard_size = shard_size
+        self._db: aiosqlite.Connection | None = None
+        self._dims: int | None = None
+        self.driver: Driver | None = None
+        # One write transaction at a time: the connection is shared, and two coroutines
+        # interleaving BEGIN ... COMMIT on it would nest transactions.
+        self._writing = asyncio.Lock()
+
+    @classmethod
+    def create(cls, settings: Memory, database: str) -> SqliteVecStore:
+        """The registered factory; this backend has no settings of its own."""
+        return cls(database)
+
+    @property
+    def dims(self) -> int | None:
+        return self._dims
+
+    @property
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the memory store is not open")
+        return self._db
+
+    async def open(self, embedder: str, dims: int | None) -> None:
+        driver = self.driver = find_driver()
+        if self._path != ":memory:" and not self._path.startswith("file:"):
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        db = aiosqlite.Connection(driver.connector(self._path), iter_chunk_size=256)
+        await db
+        self._db = db
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA busy_timeout = 5000")
+            await migrate(db, MIGRATIONS)
+            await self._check(embedder, dims)
+            log.info(
+                "memory: sqlite-vec %s on %s (SQLite %s)",
+                driver.vec_version,
+                driver.package,
+                driver.sqlite_version,
+            )
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _check(self, embedder: str, dims: int | None) -> None:
+        """Vectors from two embedders are not comparable: refuse rather than mix them."""
+        meta = await self._meta()
+        built_with = meta.get("embedder")
+        if built_with is not None and built_with != embedder:
+            raise ConfigError(
+                f"memory.database {self._path} holds vectors made by {built_with!r}, but "
+                f"memory.embeddings now gives {embedder!r}: point memory.database at a new "
+                "file, or set memory.embeddings back"
+            )
+        if built_with is None:
+            await self._set_meta(embedder=embedder, shard_size=str(self._shard_size))
+        self._shard_size = int(meta.get("shard_size", self._shard_size))
+        if "dims" in meta:
+            self._dims = int(meta["dims"])
+            if dims is not None and dims != self._dims:
+                raise ConfigError(
+                    f"memory.database {self._path} holds {self._dims}-dimensional vectors; "
+                    f"{embedder} makes {dims}"
+                )
+        elif dims is not None:
+            await self._create_vectors(dims)
+
+    async def _meta(self) -> dict[str, str]:
+        rows = await self._conn.execute_fetchall("SELECT key, value FROM memory_meta")
+        return {key: value for key, value in rows}
+
+    async def _set_meta(self, **values: str) -> None:
+        await self._conn.executemany(
+            "INSERT INTO memory_meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            list(values.items()),
+        )
+
+    async def _create_vectors(self, dims: int) -> None:
+        bits = math.ceil(dims / 8) * 8
+        await self._conn.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS memory_vectors USING vec0("
+            "id INTEGER PRIMARY KEY, agent_id TEXT PARTITION KEY, shard INTEGER PARTITION KEY,"
+            f" kind INTEGER, project INTEGER, channel INTEGER, session INTEGER, bits BIT[{bits}])"
+        )
+        await self._set_meta(dims=str(dims))
+        self._dims = dims
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def add(self, items: Sequence[NewItem], vectors: Vectors) -> list[int]:
+        if not items:
+            return []
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(items):
+            raise ValueError(f"expected {len(items)} vectors, got an array of {vectors.shape}")
+        db = self._conn
+        async with self._writing:
+            if self._dims is None:
+                await self._create_vectors(int(vectors.shape[1]))
+            if vectors.shape[1] != self._dims:
+                raise ValueError(
+                    f"vectors have {vectors.shape[1]} dimensions; this memory holds {self._dims}"
+                )
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = await self._insert(db, items, vectors)
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+        return ids
+
+    async def _insert(
+        self, db: aiosqlite.Connection, items: Sequence[NewItem], vectors: Vectors
+    ) -> list[int]:
+        rows = await db.execute_fetchall(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'memory_items'"
+        )
+        first = next(iter(rows))[0] + 1 if rows else 1
+        ids = list(range(first, first + len(items)))
+        shards = await self._place(db, items)
+        now = time.time()
+        codes = bit_codes(vectors)
+        await db.executemany(
+            f"INSERT INTO memory_items ({_COLUMNS}, shard, embedding)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    ids[i],
+                    item.agent_id,
+                    item.kind,
+                    item.content,
+                    item.project,
+                    item.channel,
+                    item.session_id,
+                    _encode(item.meta).decode(),
+                    item.created_at or now,
+                    shards[i],
+                    vectors[i].tobytes(),
+                )
+                for i, item in enumerate(items)
+            ],
+        )
+        await db.executemany(
+            "INSERT INTO memory_vectors (id, agent_id, shard, kind, project, channel, session, bits)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, vec_bit(?))",
+            [
+                (
+                    ids[i],
+                    item.agent_id,
+                    shards[i],
+                    KIND_CODES[item.kind],
+                    code(item.project),
+                    code(item.channel),
+                    code(item.session_id),
+                    codes[i].tobytes(),
+                )
+                for i, item in enumerate(items)
+            ],
+        )
+        return ids
+
+    async def _place(self, db: aiosqlite.Connection, items: Sequence[NewItem]) -> list[int]:
+        """Each item's shard; advances its agent's fill in memory_shards (same transaction)."""
+        agents = sorted({item.agent_id for item in items})
+        current: dict[str, tuple[int, int]] = {}
+        for chunk in _chunks(agents):
+            rows = await db.execute_fetchall(
+                "SELECT agent_id, shard, used FROM memory_shards"
+                f" WHERE agent_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            current.update({agent: (shard, used) for agent, shard, used in rows})
+        positions: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            positions.setdefault(item.agent_id, []).append(i)
+        shards = [0] * len(items)
+        updates: list[tuple[str, int, int]] = []
+        for agent, where in positions.items():
+            shard, used = current.get(agent, (0, 0))
+            placed, shard, used = place(shard, used, len(where), self._shard_size)
+            for i, s in zip(where, placed, strict=True):
+                shards[i] = s
+            updates.append((agent, shard, used))
+        await db.executemany(
+            "INSERT INTO memory_shards (agent_id, shard, used) VALUES (?, ?, ?)"
+            " ON CONFLICT (agent_id) DO UPDATE SET shard = excluded.shard, used = excluded.used",
+            updates,
+        )
+        return shards
+
+    async def delete(self, scope: Scope, ids: Sequence[int] = ()) -> int:
+        db = self._conn
+        async with self._writing:
+            where, params = items_where(scope, ids)
+            found = [
+                row[0]
+                for row in await db.execute_fetchall(f"SELECT id FROM memory_items {where}", params)
+            ]
+            if not found:
+                return 0
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for chunk in _chunks(found):
+                    marks = ", ".join("?" * len(chunk))
+                    if self._dims is not None:
+                        await db.execute(f"DELETE FROM memory_vectors WHERE id IN ({marks})", chunk)
+                    await db.execute(f"DELETE FROM memory_items WHERE id IN ({marks})", chunk)
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+        return len(found)
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def nearest(self, vector: Vectors, scope: Scope, limit: int) -> list[Hit]:
+        if self._dims is None or limit <= 0:
+            return []
+        query = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self._dims:
+            raise ValueError(
+                f"the query vector has {query.shape[0]} dimensions; this memory holds {self._dims}"
+            )
+        shards = await self._shard_count(scope)
+        if not shards:
+            return []
+        params = knn_params(scope, query, candidates_per_shard(limit), rerank_pool(limit))
+        rows = await self._conn.execute_fetchall(knn_sql(scope, shards), params)
+        return [Hit(_item(row[:-1]), 1.0 - row[-1], 1.0 - row[-1]) for row in rows]
+
+    async def _shard_count(self, scope: Scope) -> int:
+        if scope.agent_id is not None:
+            rows = await self._conn.execute_fetchall(
+                "SELECT shard FROM memory_shards WHERE agent_id = ?", (scope.agent_id,)
+            )
+        else:
+            rows = await self._conn.execute_fetchall("SELECT MAX(shard) FROM memory_shards")
+        newest = next(iter(rows), (None,))[0]
+        return 0 if newest is None else int(newest) + 1
+
+    async def recent(self, scope: Scope, limit: int) -> list[MemoryItem]:
+        where, params = items_where(scope)
+        rows = await self._conn.execute_fetchall(
+            f"SELECT {_COLUMNS} FROM memory_items {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [_item(row) for row in rows]
+
+    async def get(self, ids: Sequence[int]) -> list[MemoryItem]:
+        items: list[MemoryItem] = []
+        for chunk in _chunks(list(ids)):
+            rows = await self._conn.execute_fetchall(
+                f"SELECT {_COLUMNS} FROM memory_items WHERE id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            items.extend(_item(row) for row in rows)
+        return sorted(items, key=lambda item: item.id)
+
+    async def count(self, scope: Scope) -> int:
+        where, params = items_where(scope)
+        rows = await self._conn.execute_fetchall(
+            f"SELECT COUNT(*) FROM memory_items {where}", params
+        )
+        return int(next(iter(rows))[0])
+
+
+def _item(row: Sequence[Any]) -> MemoryItem:
+    id_, agent, kind, content, project, channel, session, meta, created_at = row
+    return MemoryItem(
+        id=id_,
+        agent_id=agent,
+        kind=kind,
+        content=content,
+        project=project,
+        channel=channel,
+        session_id=session,
+        meta=_decode_meta.decode(meta),
+        created_at=created_at,
+    )
+
+
+def _chunks(values: Sequence[Any]) -> Iterable[list[Any]]:
+    for start in range(0, len(values), _CHUNK):
+        yield list(values[start : start + _CHUNK])

@@ -1,0 +1,48 @@
+"""JSON Schema checks for tool arguments and results (the ``jsonschema`` package).
+
+A schema is compiled once, when its tool is registered; a tool whose schema is itself invalid
+is refused then, not on its first call. The dialect comes from ``$schema`` (default: 2020-12).
+Remote ``$ref``s are never fetched: jsonschema's ``referencing`` retrieves nothing by itself,
+which also keeps schemas from becoming a way to make the gateway open URLs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
+from jsonschema.validators import validator_for
+
+# Past this many problems the caller has enough to fix; the rest would only be noise.
+_MAX_ERRORS = 10
+
+
+class Schema:
+    """A compiled JSON Schema. Raises ValueError (naming ``what``) for an invalid schema."""
+
+    __slots__ = ("_validator", "raw")
+
+    def __init__(self, raw: dict[str, Any], what: str = "schema") -> None:
+        cls = validator_for(raw, default=Draft202012Validator)
+        try:
+            cls.check_schema(raw)
+        except SchemaError as exc:
+            raise ValueError(f"{what} is not a valid JSON Schema: {exc.message}") from None
+        self.raw = raw
+        self._validator: Validator = cls(raw, format_checker=cls.FORMAT_CHECKER)
+
+    def errors(self, instance: Any) -> list[str]:
+        """Every way ``instance`` misses the schema, each led by where (``$.city``)."""
+        found = sorted(
+            self._validator.iter_errors(instance), key=lambda e: [str(p) for p in e.path]
+        )
+        return [f"{_path(e.absolute_path)}: {e.message}" for e in found[:_MAX_ERRORS]]
+
+
+def _path(parts: Any) -> str:
+    text = "$"
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
