@@ -112,6 +112,11 @@ async def test_store_query_get_and_delete(fake: FakeOpenAI, tmp_path: Path) -> N
         status, bad = await call(gw, "POST", "/v1/memory/store", {"content": "x", "kind": "poem"})
         assert status == 400 and "kind" in bad["error"]["message"]
 
+        async with aiohttp.ClientSession() as session, session.get(gw.url + "/metrics") as got:
+            metrics = await got.text()
+        assert 'turnout_memory_items_stored_total{kind="kb"} 2.0' in metrics
+        assert "turnout_memory_search_seconds_count 2.0" in metrics
+
 
 async def test_agents_only_ever_see_their_own_items(fake: FakeOpenAI, tmp_path: Path) -> None:
     database = tmp_path / "t.db"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gateway.config import ConfigError, Memory, MemoryEmbeddings
-from gateway.plugins.memory.driver import find_driver
+from gateway.plugins.memory.driver import DriverError, find_driver
 from gateway.plugins.memory.embeddings import LOCAL_MODEL, LocalEmbedder
 from gateway.plugins.memory.items import NewItem, Scope
 from gateway.plugins.memory.service import MemoryService
@@ -50,6 +50,14 @@ def test_the_driver_found_can_load_sqlite_vec() -> None:
     driver = find_driver()
     assert driver.package in ("sqlean.py", "pysqlite3", "sqlite3")
     assert driver.vec_version.startswith("v0.")
+
+
+def test_without_a_driver_that_loads_extensions_start_up_says_how_to_fix_it() -> None:
+    with pytest.raises(DriverError) as failure:
+        find_driver((("not-installed", "no_such_sqlite_module"),))
+    message = str(failure.value)
+    assert "not-installed is not installed" in message
+    assert "pip install 'turnout[memory]'" in message
 
 
 async def test_the_local_model_embeds_offline_into_unit_vectors(memory: MemoryService) -> None:

@@ -202,7 +202,7 @@ class IngressEndpoint:
             await self._admit(call, model, request)
             watch = DisconnectWatch(receive)
             if state.plugins.active and request.op is Operation.CHAT:
-                await self._before_upstream(call, model, request)
+                await self._before_upstream(call, model, request, scope)
             # A request naming server-side tools is answered by the agent loop, which stands in
             # for the forwarder (a cheap None for everything else).
             call.forwarder = (
@@ -268,7 +268,9 @@ class IngressEndpoint:
             raise RateLimited(admission.message(), headers=dict(_decoded(admission.headers())))
         call.admission = admission
 
-    async def _before_upstream(self, call: Call, model: Model, request: ClientRequest) -> None:
+    async def _before_upstream(
+        self, call: Call, model: Model, request: ClientRequest, scope: Scope
+    ) -> None:
         fields = request.fields
         hooked = call.hooked = RequestContext(
             call.request_id,
@@ -279,6 +281,9 @@ class IngressEndpoint:
             request.stream,
             self._state,
         )
+        session = header(scope, b"x-session-id")
+        if session:
+            hooked.session_id = session.decode("latin-1")[:256]
         native = fields if isinstance(fields, Translated) and fields.native is not None else None
         before = dict(fields) if native is not None else {}
         await self._state.plugins.before_upstream(hooked)

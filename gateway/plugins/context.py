@@ -46,6 +46,9 @@ class RequestContext:
     # Set by a plugin in before_upstream when it needs the answer's text in after_response
     # (costs a decode per streamed chunk, so only then).
     capture_reply: bool = False
+    # The conversation's session, from the X-Session-Id header (plugins may also read
+    # metadata.session_id): it outlives model switches.
+    session_id: str | None = None
     # Free-form notes plugins leave for each other and for after_response.
     notes: dict[str, Any] = field(default_factory=dict)
 

@@ -34,7 +34,7 @@ def applies(auto: MemoryAuto, model: str, agent: str) -> bool:
 
 
 def session_of(request: RequestContext) -> str | None:
-    """The caller's session: ``metadata.session_id`` (seed 004's metadata carries it)."""
+    """The caller's session: ``metadata.session_id`` (seed 004's), else the X-Session-Id header."""
     raw = request.fields.get("metadata")
     if raw is not None:
         try:
@@ -43,7 +43,7 @@ def session_of(request: RequestContext) -> str | None:
             value = None
         if isinstance(value, str | int) and str(value):
             return str(value)[:256]
-    return None
+    return request.session_id
 
 
 def unseen_turns(

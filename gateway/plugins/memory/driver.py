@@ -45,14 +45,14 @@ class Driver:
         return connect
 
 
-def find_driver() -> Driver:
+def find_driver(candidates: tuple[tuple[str, str], ...] = CANDIDATES) -> Driver:
     try:
         import sqlite_vec  # type: ignore[import-untyped]
     except ImportError:
         raise DriverError(f"memory: the sqlite-vec package is not installed; {FIX}") from None
     extension: str = sqlite_vec.loadable_path()
     problems: list[str] = []
-    for package, name in CANDIDATES:
+    for package, name in candidates:
         try:
             module = importlib.import_module(name)
         except ImportError:

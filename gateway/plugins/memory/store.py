@@ -56,21 +56,22 @@ _encode = msgspec.json.Encoder().encode
 
 async def m001_memory(db: aiosqlite.Connection) -> None:
     # AUTOINCREMENT: an id is never reused after a delete, so a client's "mem-12" cannot come
-    # to mean another item.
+    # to mean another item. Long text last: the re-rank reads every column up to the vector,
+    # and content that spills into overflow pages must not sit in front of it.
     await db.execute(
         """
         CREATE TABLE memory_items (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             agent_id TEXT NOT NULL,
             kind TEXT NOT NULL,
-            content TEXT NOT NULL,
             project TEXT NOT NULL DEFAULT '',
             channel TEXT NOT NULL DEFAULT '',
             session_id TEXT NOT NULL DEFAULT '',
-            meta TEXT NOT NULL DEFAULT '{}',
             created_at REAL NOT NULL,
             shard INTEGER NOT NULL,
-            embedding BLOB NOT NULL
+            embedding BLOB NOT NULL,
+            content TEXT NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}'
         )
         """
     )
@@ -159,10 +160,13 @@ def knn_sql(scope: Scope, shards: int) -> str:
         f" WHERE bits MATCH vec_bit(:q) AND k = :k{coarse} AND shard = {shard})"
         for shard in range(shards)
     )
+    # The inner query ranks the candidates reading no text; only the best :m rows are read whole.
     return (
-        f"SELECT {_COLUMNS}, vec_distance_cosine(embedding, :vector) AS distance"
+        f"SELECT {_COLUMNS}, best.distance FROM ("
+        "SELECT id, vec_distance_cosine(embedding, :vector) AS distance"
         f" FROM memory_items WHERE id IN ({per_shard}){exact}"
         " ORDER BY distance, id DESC LIMIT :m"
+        ") AS best JOIN memory_items USING (id) ORDER BY best.distance, id DESC"
     )
 
 
