@@ -86,7 +86,9 @@ class DisconnectWatch:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        self._watcher: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
+            self._watch(receive)
+        )
 
     async def _watch(self, receive: Receive) -> None:
         while True:
@@ -97,8 +99,15 @@ class DisconnectWatch:
                 return
 
     def stop(self) -> None:
-        """Call before the last ``send`` and in ``finally``: a finished response is no disconnect."""
-        self._watcher.cancel()
+        """Call before the last ``send`` and in ``finally``: a finished response is no disconnect.
+
+        Dropping the reference breaks the cycle task -> coroutine -> self -> task, which would
+        otherwise keep each request's objects (transport, scope) alive until the cyclic GC runs.
+        """
+        watcher = self._watcher
+        if watcher is not None:
+            self._watcher = None
+            watcher.cancel()
 
     def absorb(self) -> bool:
         """After catching CancelledError: True if it was ours (the client left), and undo it."""

@@ -30,7 +30,9 @@ from gateway.pricing import find_price, price_tokens
 
 log = logging.getLogger("turnout.usage")
 
-Ingress = Literal["chat", "completions", "embeddings", "messages", "responses", "llm_proxy", "websocket"]
+Ingress = Literal[
+    "chat", "completions", "embeddings", "messages", "responses", "llm_proxy", "websocket"
+]
 
 # Past start-up, a lock is an outage the retry loop rides out and reports; a short busy
 # timeout keeps each attempt, and so a shutdown during an outage, short.
@@ -73,6 +75,15 @@ class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
 
 COLUMNS: tuple[str, ...] = UsageRecord.__struct_fields__
 _INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+# A whole batch as one JSON array bound to one parameter: a single SQLite statement step,
+# during which sqlite3 releases the GIL. executemany instead steps once per row, taking the
+# GIL back each time; against a busy event loop that made the writer fall behind the load.
+_INSERT_BATCH = (
+    f"INSERT INTO usage ({', '.join(COLUMNS)}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(COLUMNS)))
+    + " FROM json_each(?)"
+)
+_encode_rows = msgspec.json.Encoder().encode
 _COST = COLUMNS.index("cost_usd")
 
 # Records turned into rows between two yields to the event loop.
@@ -356,7 +367,7 @@ class UsageWriter:
         await connection.execute("BEGIN IMMEDIATE")
         try:
             if not one_by_one:
-                await connection.executemany(_INSERT, rows)
+                await connection.execute(_INSERT_BATCH, (_encode_rows(rows).decode(),))
             else:
                 for row in rows:
                     try:
