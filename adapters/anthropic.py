@@ -14,7 +14,6 @@ Every other request (OpenAI chat, Responses) is translated both ways by
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -22,9 +21,9 @@ from collections.abc import Mapping
 import aiohttp
 
 from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, UpstreamRequest
-from adapters.openai_compat import SSEStream, mapped_client_errors
+from adapters.openai_compat import SSEStream, mapped_client_errors, open_event_stream
 from gateway.config import Provider
-from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamStatus
+from gateway.errors import UpstreamError, UpstreamStatus
 from gateway.translate import encode, native_of, raw
 from gateway.translate.anthropic_upstream import ChatChunks, chat_reply, messages_body
 
@@ -128,24 +127,9 @@ class AnthropicAdapter:
     async def open_stream(self, request: UpstreamRequest) -> AnthropicStream:
         body, headers, native = self._encode(request)
         t = self.provider.timeouts
-        with mapped_client_errors():
-            async with asyncio.timeout(t.connect + t.first_byte):
-                response = await self._session.post(
-                    self._messages_url, data=body, headers=headers, timeout=self._stream_timeout
-                )
-            if response.status >= 400:
-                try:
-                    async with asyncio.timeout(t.idle):
-                        data = await response.read()
-                finally:
-                    response.release()
-                raise UpstreamStatus(response.status, data, retry_after=_retry_after(response))
-        content_type = response.headers.get("Content-Type", "")
-        if not content_type.startswith("text/event-stream"):
-            response.close()
-            raise UpstreamProtocolError(
-                f"asked for a stream but got Content-Type {content_type or '(none)'}"
-            )
+        response = await open_event_stream(
+            self._session, self._messages_url, body, headers, self._stream_timeout, t
+        )
         events = SSEStream(response, None, t.first_byte, t.idle)
         return AnthropicStream(events, None if native else ChatChunks(int(time.time())))
 

@@ -16,7 +16,7 @@ import aiohttp
 import msgspec
 
 from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, UpstreamRequest
-from gateway.config import Provider
+from gateway.config import Provider, Timeouts
 from gateway.errors import (
     UpstreamConnectError,
     UpstreamError,
@@ -184,29 +184,15 @@ class OpenAICompatAdapter:
         return UpstreamReply(response.status, self.fix_reply(request.op, data))
 
     async def open_stream(self, request: UpstreamRequest) -> SSEStream:
-        body = self.encode_body(request)
         t = self.provider.timeouts
-        with mapped_client_errors():
-            async with asyncio.timeout(t.connect + t.first_byte):
-                response = await self._session.post(
-                    self._urls[request.op],
-                    data=body,
-                    headers=self._headers,
-                    timeout=self._stream_timeout,
-                )
-            if response.status >= 400:
-                try:
-                    async with asyncio.timeout(t.idle):
-                        data = await response.read()
-                finally:
-                    response.release()
-                raise UpstreamStatus(response.status, data, retry_after=_retry_after(response))
-        content_type = response.headers.get("Content-Type", "")
-        if not content_type.startswith("text/event-stream"):
-            response.close()
-            raise UpstreamProtocolError(
-                f"asked for a stream but got Content-Type {content_type or '(none)'}"
-            )
+        response = await open_event_stream(
+            self._session,
+            self._urls[request.op],
+            self.encode_body(request),
+            self._headers,
+            self._stream_timeout,
+            t,
+        )
         return SSEStream(response, self.event_fix(request.op), t.first_byte, t.idle)
 
     async def probe(self) -> Probe:
@@ -236,6 +222,38 @@ class OpenAICompatAdapter:
     async def close(self) -> None:
         # The session is shared and owned by the app state.
         return None
+
+
+async def open_event_stream(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    client_timeout: aiohttp.ClientTimeout,
+    timeouts: Timeouts,
+) -> aiohttp.ClientResponse:
+    """POST for an SSE answer; return once the upstream accepted it with an event stream.
+
+    Errors raise before any byte reaches the client, so the forwarder can still fall back:
+    an error status with its body, or a 200 that is not a stream at all.
+    """
+    with mapped_client_errors():
+        async with asyncio.timeout(timeouts.connect + timeouts.first_byte):
+            response = await session.post(url, data=body, headers=headers, timeout=client_timeout)
+        if response.status >= 400:
+            try:
+                async with asyncio.timeout(timeouts.idle):
+                    data = await response.read()
+            finally:
+                response.release()
+            raise UpstreamStatus(response.status, data, retry_after=_retry_after(response))
+    content_type = response.headers.get("Content-Type", "")
+    if not content_type.startswith("text/event-stream"):
+        response.close()
+        raise UpstreamProtocolError(
+            f"asked for a stream but got Content-Type {content_type or '(none)'}"
+        )
+    return response
 
 
 def _with_usage(client_value: msgspec.Raw | None) -> msgspec.Raw:

@@ -128,6 +128,15 @@ class ClientRequest:
     include_usage: bool
     fields: dict[str, msgspec.Raw]
 
+    def max_tokens(self) -> int | None:
+        """The completion limit the client asked for (either spelling), if it is a number."""
+        for name in ("max_completion_tokens", "max_tokens"):
+            raw = self.fields.get(name)
+            if raw is not None:
+                text = bytes(raw)
+                return int(text) if text.isdigit() else None
+        return None
+
 
 def decode_request(op: Operation, body: bytes) -> ClientRequest:
     if not body:

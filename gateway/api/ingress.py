@@ -262,7 +262,7 @@ class IngressEndpoint:
         if not scopes:
             return
         admission = await limiter.admit(
-            scopes, estimate_tokens(call.body_bytes, _max_tokens(request))
+            scopes, estimate_tokens(call.body_bytes, request.max_tokens())
         )
         if not admission.allowed:
             raise RateLimited(admission.message(), headers=dict(_decoded(admission.headers())))
@@ -491,15 +491,6 @@ class IngressEndpoint:
             notes="; ".join(notes)[:1000],
         )
         state.record_usage(record)
-
-
-def _max_tokens(request: ClientRequest) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
-        raw = request.fields.get(name)
-        if raw is not None:
-            text = bytes(raw)
-            return int(text) if text.isdigit() else None
-    return None
 
 
 def _edited(before: dict[str, msgspec.Raw], after: dict[str, msgspec.Raw]) -> bool:

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import msgspec
-
 from gateway.config import ROLE_PREFIX, Role, Target, role_provider_name, role_upstream_model
 from gateway.engines.policy import estimate_tokens, pick_fallback
 from gateway.engines.supervisor import Lease, Supervisor
 from gateway.wire import ClientRequest
-
-_int = msgspec.json.Decoder(int | None)
 
 
 class EngineGate:
@@ -44,7 +40,7 @@ class EngineGate:
 
     def _by_context(self, role: str, request: ClientRequest) -> tuple[str, str]:
         """A conversation longer than the role's context goes to a fallback role that can hold it."""
-        need = estimate_tokens(_prompt_bytes(request), _max_tokens(request))
+        need = estimate_tokens(_prompt_bytes(request), request.max_tokens() or 0)
         context = self._roles[role].context
         if need <= context:
             return role, ""
@@ -62,15 +58,3 @@ def _prompt_bytes(request: ClientRequest) -> int:
     fields = request.fields
     raw = fields.get("messages") or fields.get("prompt") or fields.get("input")
     return len(raw) if raw is not None else 0
-
-
-def _max_tokens(request: ClientRequest) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
-        raw = request.fields.get(name)
-        if raw is not None:
-            try:
-                value = _int.decode(raw)
-            except msgspec.DecodeError:
-                return 0
-            return value or 0
-    return 0
