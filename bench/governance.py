@@ -1,42 +1,73 @@
 """What governance costs (issue 5): turnout with keys, limits, usage log and metrics on vs off.
 
-One run, one fake upstream, two turnout processes started alternately from the same code:
+Two turnout processes from the same code in front of one fake upstream, both kept running:
 
 - ``off``: embedded mode (no keys), no limits, usage log disabled; metrics are always on;
 - ``on``: a virtual key on every request (hashed lookup), rate limits per key, per agent and
-  per model (high enough that nothing is refused, so every scope is checked and settled),
-  the usage log writing one row per request, prices for cost estimates.
+  per model (high enough that nothing is refused, so every scope is checked and settled), the
+  usage log writing one row per request, prices for cost estimates. ``--headers always`` also
+  puts OpenAI's x-ratelimit-* headers on every answer (routing.yaml ``limits.headers``).
 
-wrk loads each at c=64 with the same ~2 KB chat request and the 20-chunk stream; the pairs
-run ``--rounds`` times in alternation (off, on, off, on...) so machine noise hits both.
-Reported: req/s per cell (median over rounds), the on/off ratio (target: within 10%), and
-``on`` against the 2,000 req/s floor.
+Each kind (the ~2 KB chat request, the 20-chunk stream) is measured at c=64 two ways:
 
-    .venv/bin/python -m bench.governance [--seconds 10] [--rounds 2]
+alternating  wrk loads one server at a time for ``--seconds``, off and on in turn (the order
+             flips every round) for ``--rounds`` rounds. This is the issue's measure, throughput
+             with governance on over off; the per-round ratio's median is reported, since this
+             machine's speed drifts by tens of percent from one minute to the next.
+side by side both servers loaded at once, each by its own wrk, for ``--together-rounds``
+             rounds: whatever the machine does then, it does to both. Reported per round:
+             the throughput ratio, and CPU per request of each server's event-loop thread
+             (the one that limits a turnout process; the usage log's SQLite work runs on a
+             thread of its own) and of the whole process. Their medians are the steadier
+             estimate of what governance costs.
+
+instructions both servers again under valgrind's callgrind (``bench/instructions.py``), each
+             sent ``--instructions`` requests: CPU instructions per request on the event-loop
+             thread and in the whole process. Deterministic where the two above are not.
+
+Also checked: the ``on`` server's usage log holds a row for every request it answered (the
+process is stopped with SIGTERM first, which flushes it).
+
+    .venv/bin/python -m bench.governance [--seconds 4] [--rounds 10] [--headers always]
+                                         [--instructions 2000 | --instructions 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sqlite3
 import statistics
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench import instructions as callgrind
 from bench import wrk
-from bench.cells import NOISY, Plan, log, quiet_cell, write_scripts
-from bench.procs import Processes, exit_on_sigterm, wait_quiet
+from bench.cells import NOISY, log, write_scripts
+from bench.payloads import chat_body
+from bench.procs import (
+    Processes,
+    cpu_seconds,
+    exit_on_sigterm,
+    thread_cpu_seconds,
+    wait_quiet,
+)
 from bench.report import RESULTS, machine, write_results
 from bench.stacks import UPSTREAM_MODEL, Stack, start_upstream, wait_ready, working_tree_build
 from tests.gateway_server import free_port
 
 KINDS = ("json", "stream")
+MODES = ("off", "on")
+CONNECTIONS = 64
 
 
-def config(upstream: Stack, database: Path, governed: bool) -> str:
+def config(
+    upstream: Stack, database: Path, governed: bool, headers: str, flush_seconds: float = 0.5
+) -> str:
     common = f"""\
 server:
   log_level: warning
@@ -54,15 +85,16 @@ models:
         return common + "usage: {enabled: false}\n"
     return (
         common
-        + """\
-usage: {enabled: true}
+        + f"""\
+usage: {{enabled: true, flush_interval_seconds: {flush_seconds}}}
 limits:
   backend: memory
-  default_key: {rpm: 10000000, tpm: 1000000000, concurrent: 100000}
-  agents: {"*": {rpm: 10000000, tpm: 1000000000}}
-  models: {bench: {rpm: 10000000, concurrent: 100000}}
+  default_key: {{rpm: 10000000, tpm: 1000000000, concurrent: 100000}}
+  agents: {{"*": {{rpm: 10000000, tpm: 1000000000}}}}
+  models: {{bench: {{rpm: 10000000, concurrent: 100000}}}}
+  headers: {headers}
 prices:
-  bench: {input: 0.15, output: 0.60}
+  bench: {{input: 0.15, output: 0.60}}
 """
     )
 
@@ -79,20 +111,83 @@ def create_key(database: Path) -> str:
     return secret
 
 
-def start(procs: Processes, upstream: Stack, work: Path, governed: bool) -> tuple[Stack, Path]:
+def prepare(
+    work: Path, upstream: Stack, governed: bool, headers: str
+) -> tuple[str, Path, dict[str, str]]:
+    """The mode's name, its database and the request headers (a virtual key when governed)."""
     name = "on" if governed else "off"
     database = work / f"{name}.db"
-    headers = dict(upstream.headers)
+    request_headers = dict(upstream.headers)
     if governed:
-        headers["Authorization"] = f"Bearer {create_key(database)}"
+        request_headers["Authorization"] = f"Bearer {create_key(database)}"
+    return name, database, request_headers
+
+
+def start(
+    procs: Processes, upstream: Stack, work: Path, governed: bool, headers: str
+) -> tuple[Stack, Path]:
+    name, database, request_headers = prepare(work, upstream, governed, headers)
     path = work / f"{name}.yaml"
-    path.write_text(config(upstream, database, governed))
+    path.write_text(config(upstream, database, governed, headers))
     port = free_port()
     proc = procs.spawn(f"turnout-{name}", working_tree_build().argv(path, port), cwd=work)
     origin = f"http://127.0.0.1:{port}"
     ready = wait_ready(proc, origin + "/health", timeout=30)
-    stack = Stack(name, origin + "/v1/chat/completions", "bench", proc, origin, headers, ready)
+    stack = Stack(
+        name, origin + "/v1/chat/completions", "bench", proc, origin, request_headers, ready
+    )
     return stack, database
+
+
+def instructions(
+    procs: Processes, upstream: Stack, work: Path, args: argparse.Namespace
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Instructions per request of both modes, for each kind; fresh databases.
+
+    Under callgrind a server answers ~50 requests a second, so the usage log's flush interval
+    is raised to keep its batches as large as at full speed (per-batch work stays amortised):
+    the batch of 2,000 rows (``usage.batch_size``) that the counted requests fill is written
+    while counting goes on, and counted with them.
+    """
+    counts: dict[str, dict[str, dict[str, float]]] = {}
+    for kind in KINDS:
+        for governed in (False, True):
+            where = work / f"count-{kind}"
+            where.mkdir(exist_ok=True)
+            name, database, request_headers = prepare(where, upstream, governed, args.headers)
+            path = where / f"{name}.yaml"
+            path.write_text(config(upstream, database, governed, args.headers, flush_seconds=30))
+            port = free_port()
+            log(f"instructions: {name} {kind}, {args.instructions} requests under callgrind")
+            counted = callgrind.count(
+                procs,
+                f"{name}-{kind}",
+                working_tree_build().argv(path, port),
+                f"http://127.0.0.1:{port}",
+                request_headers,
+                chat_body("bench", kind == "stream"),
+                requests=args.instructions,
+                cwd=where,
+                settled=functools.partial(
+                    rows_at_least, database, args.instructions if governed else 0
+                ),
+            )
+            counts.setdefault(kind, {})[name] = counted.as_dict()
+        off, on = counts[kind]["off"], counts[kind]["on"]
+        counts[kind]["off_over_on"] = {
+            "main_thread": round(off["main_thread"] / on["main_thread"], 3),
+            "process": round(off["process"] / on["process"], 3),
+        }
+    return counts
+
+
+def rows_at_least(database: Path, count: int) -> bool:
+    if count <= 0:
+        return True
+    try:
+        return usage_rows(database) >= count
+    except sqlite3.Error:
+        return False
 
 
 def usage_rows(database: Path) -> int:
@@ -100,69 +195,163 @@ def usage_rows(database: Path) -> int:
         return int(connection.execute("SELECT COUNT(*) FROM usage").fetchone()[0])
 
 
+class Bench:
+    """Both servers, their wrk scripts, and how many requests each has been sent."""
+
+    def __init__(self, stacks: dict[str, Stack], scripts: dict[str, dict[str, Path]]) -> None:
+        self.stacks = stacks
+        self.scripts = scripts
+        self.answered = dict.fromkeys(MODES, 0)
+
+    def load(self, mode: str, kind: str, seconds: float) -> wrk.WrkResult:
+        stack = self.stacks[mode]
+        result = wrk.run(stack.chat_url, self.scripts[mode][kind], CONNECTIONS, seconds)
+        self.answered[mode] += result.requests
+        if result.errors:
+            log(f"  {mode} {kind}: {result.errors} errors {result.error_detail}")
+        return result
+
+    def alternating(self, kind: str, seconds: float, rounds: int) -> list[dict[str, float]]:
+        out = []
+        for round_number in range(rounds):
+            order = MODES if round_number % 2 == 0 else MODES[::-1]
+            wait_quiet(30, NOISY)
+            rps = {mode: self.load(mode, kind, seconds).rps for mode in order}
+            out.append({**rps, "ratio": rps["on"] / rps["off"]})
+            log(
+                f"alternating {kind} round {round_number + 1}: off {rps['off']:,.0f} req/s, "
+                f"on {rps['on']:,.0f} req/s, on/off {out[-1]['ratio']:.3f}"
+            )
+        return out
+
+    def side_by_side(self, kind: str, seconds: float, rounds: int) -> list[dict[str, float]]:
+        out = []
+        with ThreadPoolExecutor(len(MODES)) as pool:
+            for round_number in range(rounds):
+                wait_quiet(30, NOISY)
+                pids = {mode: self.stacks[mode].proc.pid for mode in MODES}
+                main0 = {m: thread_cpu_seconds(p) for m, p in pids.items()}
+                all0 = {m: cpu_seconds(p) for m, p in pids.items()}
+                runs = {m: pool.submit(self.load, m, kind, seconds) for m in MODES}
+                results = {m: f.result() for m, f in runs.items()}
+                row: dict[str, float] = {}
+                for mode, result in results.items():
+                    n = max(result.requests, 1)
+                    row[f"{mode}_rps"] = result.rps
+                    row[f"{mode}_main_us"] = (
+                        (thread_cpu_seconds(pids[mode]) - main0[mode]) / n * 1e6
+                    )
+                    row[f"{mode}_process_us"] = (cpu_seconds(pids[mode]) - all0[mode]) / n * 1e6
+                row["rps_ratio"] = row["on_rps"] / row["off_rps"]
+                row["main_cpu_ratio"] = row["off_main_us"] / row["on_main_us"]
+                row["process_cpu_ratio"] = row["off_process_us"] / row["on_process_us"]
+                out.append(row)
+                log(
+                    f"side by side {kind} round {round_number + 1}: on/off throughput "
+                    f"{row['rps_ratio']:.3f}, event-loop CPU per request "
+                    f"{row['main_cpu_ratio']:.3f}, process CPU per request "
+                    f"{row['process_cpu_ratio']:.3f}"
+                )
+        return out
+
+
+def summary(rounds: list[dict[str, float]]) -> dict[str, float]:
+    keys = rounds[0].keys() if rounds else ()
+    return {k: round(statistics.median(r[k] for r in rounds), 3) for k in keys}
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    plan = Plan(seconds=args.seconds, warmup=2, connections=(64,), quiet_wait=60, retries=1)
-    cells: dict[str, dict[str, list[float]]] = {"off": {}, "on": {}}
-    rows = 0
+    alternating: dict[str, dict[str, Any]] = {}
+    together: dict[str, dict[str, Any]] = {}
     with Processes(RESULTS / "logs") as procs:
         upstream = start_upstream(procs)
-        for round_number in range(args.rounds):
-            for governed in (False, True):
-                stack, database = start(procs, upstream, work, governed)
-                scripts = write_scripts(stack, work)
-                for kind in KINDS:
-                    wrk.run(stack.chat_url, scripts[kind], 64, plan.warmup)
-                for kind in KINDS:
-                    wait_quiet(plan.quiet_wait, NOISY)
-                    cell = quiet_cell(stack, upstream, scripts[kind], 64, plan)
-                    cells[stack.name].setdefault(kind, []).append(cell["rps"])
-                    log(
-                        f"round {round_number + 1} {stack.name} {kind}@64: {cell['rps']:,.0f} req/s "
-                        f"(other load {cell['other_cores_busy']}, errors {cell['errors']})"
-                    )
-                procs.stop(stack.proc)
-                if governed:
-                    rows += usage_rows(database)
-    medians = {
-        name: {kind: statistics.median(v) for kind, v in kinds.items()}
-        for name, kinds in cells.items()
-    }
-    ratios = {kind: round(medians["on"][kind] / medians["off"][kind], 3) for kind in KINDS}
+        stacks, databases = {}, {}
+        for mode in MODES:
+            stacks[mode], databases[mode] = start(procs, upstream, work, mode == "on", args.headers)
+        bench = Bench(stacks, {m: write_scripts(s, work) for m, s in stacks.items()})
+        for kind in KINDS:
+            for mode in MODES:  # fill connection pools and caches; counted, not reported
+                bench.load(mode, kind, 2)
+        for kind in KINDS:
+            rounds = bench.alternating(kind, args.seconds, args.rounds)
+            alternating[kind] = {"rounds": rounds, "median": summary(rounds)}
+            rounds = bench.side_by_side(kind, args.seconds, args.together_rounds)
+            together[kind] = {"rounds": rounds, "median": summary(rounds)}
+        procs.stop(stacks["on"].proc)
+        rows = usage_rows(databases["on"])
+        procs.stop(stacks["off"].proc)
+        counts = instructions(procs, upstream, work, args) if args.instructions else {}
+    ratios = {kind: alternating[kind]["median"]["ratio"] for kind in KINDS}
     return {
         "machine": machine(),
         "settings": vars(args),
-        "rps": cells,
-        "median_rps": medians,
+        "alternating": alternating,
+        "side_by_side": together,
+        "instructions_per_request": counts,
         "on_over_off": ratios,
-        "usage_rows_written_by_on": rows,
+        "usage_log": {"requests_answered_by_on": bench.answered["on"], "rows": rows},
         "targets": {
             "within_10_percent": all(r >= 0.9 for r in ratios.values()),
-            "on_json_at_64_at_least_2000": medians["on"]["json"] >= 2000,
+            "on_json_at_64_at_least_2000": alternating["json"]["median"]["on"] >= 2000,
+            # wrk counts answers it read in full; requests it cut off at the end of a run
+            # still get their row (status 499), so rows may exceed answers, never fall short.
+            "a_usage_row_for_every_request": rows >= bench.answered["on"],
         },
     }
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = []
+    for kind in KINDS:
+        a = result["alternating"][kind]["median"]
+        t = result["side_by_side"][kind]["median"]
+        lines.append(
+            f"{kind}@{CONNECTIONS}: alternating off {a['off']:,.0f} req/s, on {a['on']:,.0f} "
+            f"req/s, on/off {a['ratio']:.3f} | side by side: throughput {t['rps_ratio']:.3f}, "
+            f"event-loop CPU/request {t['main_cpu_ratio']:.3f} "
+            f"({t['off_main_us']:.0f} vs {t['on_main_us']:.0f} µs), process CPU/request "
+            f"{t['process_cpu_ratio']:.3f} ({t['off_process_us']:.0f} vs {t['on_process_us']:.0f} µs)"
+        )
+    for kind, count in result["instructions_per_request"].items():
+        off, on, ratio = count["off"], count["on"], count["off_over_on"]
+        lines.append(
+            f"{kind} instructions/request (callgrind): event loop {off['main_thread']:,.0f} off, "
+            f"{on['main_thread']:,.0f} on, off/on {ratio['main_thread']:.3f}; whole process "
+            f"{off['process']:,.0f} off, {on['process']:,.0f} on, off/on {ratio['process']:.3f}"
+        )
+    usage = result["usage_log"]
+    lines.append(
+        f"usage log: {usage['rows']:,} rows for {usage['requests_answered_by_on']:,} answers"
+    )
+    lines.append("targets: " + json.dumps(result["targets"]))
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=4, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds per kind")
+    parser.add_argument("--together-rounds", type=int, default=6, help="side-by-side rounds")
+    parser.add_argument("--headers", choices=("refusals", "always"), default="refusals")
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        default=2000,
+        help="requests counted under callgrind (at least usage.batch_size, 2000); 0: skip",
+    )
     args = parser.parse_args()
     exit_on_sigterm()
     wrk.require_wrk()
+    if args.instructions:
+        callgrind.require_valgrind()
     with tempfile.TemporaryDirectory(prefix="turnout-governance-") as tmp:
         result = run(args, Path(tmp))
-    path = write_results("governance", result)
-    print(
-        json.dumps(
-            {
-                k: result[k]
-                for k in ("median_rps", "on_over_off", "usage_rows_written_by_on", "targets")
-            },
-            indent=2,
-        )
+    path = write_results(
+        "governance" if args.headers == "refusals" else "governance-headers", result
     )
+    print(report(result))
     print(f"results: {path}")
     return 0
 

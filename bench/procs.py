@@ -185,6 +185,16 @@ def cpu_seconds(pid: int) -> float:
     return sum(_cpu_ticks(p) for p in _descendants(pid)) / CLOCK_TICKS
 
 
+def thread_cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU of one thread of ``pid`` (default: its main thread, tid == pid)."""
+    path = f"/proc/{pid}/task/{tid or pid}/stat"
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def memory_kb(pid: int, key: str = "VmRSS") -> int:
     """A /proc/PID/status memory line (VmRSS, VmHWM) in kB, summed over the process tree."""
     total = 0

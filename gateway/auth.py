@@ -19,7 +19,7 @@ from gateway.asgi import Scope, header
 from gateway.config import Auth
 from gateway.errors import GatewayError
 from gateway.identity import Identity
-from gateway.keys import KeyCache
+from gateway.keys import KeyCache, KeyRecord
 
 ADMIN = Identity(key_id="admin", agent_id="admin", is_admin=True, trusted=True)
 _metadata = msgspec.json.Decoder(dict[str, Any])
@@ -84,6 +84,7 @@ class Authenticator:
         self._config = config
         self._keys = keys
         self._admin = config.admin_key
+        self._identities: dict[str, tuple[KeyRecord, Identity]] = {}
 
     @property
     def embedded(self) -> bool:
@@ -97,13 +98,7 @@ class Authenticator:
                 return ADMIN
             record = self._keys.lookup(secret)
             if record is not None:
-                return Identity(
-                    key_id=record.id,
-                    agent_id=record.agent_id,
-                    limits=record.limits,
-                    allowed_models=record.allowed_models,
-                    trusted=record.trusted,
-                )
+                return self._identity(record)
         if self.embedded:
             if cross_site(scope):
                 raise Forbidden(_CROSS_SITE)
@@ -116,6 +111,21 @@ class Authenticator:
         if secret is None:
             raise Unauthorized("missing API key: send Authorization: Bearer <key> (or x-api-key)")
         raise Unauthorized("invalid API key")
+
+    def _identity(self, record: KeyRecord) -> Identity:
+        # One Identity per key record, not one per request; a refreshed record (new limits, a
+        # revocation) is a new object, so the identity is rebuilt from it.
+        cached = self._identities.get(record.id)
+        if cached is None or cached[0] is not record:
+            identity = Identity(
+                key_id=record.id,
+                agent_id=record.agent_id,
+                limits=record.limits,
+                allowed_models=record.allowed_models,
+                trusted=record.trusted,
+            )
+            cached = self._identities[record.id] = (record, identity)
+        return cached[1]
 
     def require_admin(self, scope: Scope) -> Identity:
         """The admin key when one is set; without one, whoever is on this machine administers."""

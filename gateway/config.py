@@ -203,6 +203,10 @@ class RateLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     agents: dict[str, Limits] = {}
     # Per logical model, across all callers (protects a small local engine).
     models: dict[str, Limits] = {}
+    # Which answers carry OpenAI's x-ratelimit-* headers: "refusals" (429s, which also carry
+    # Retry-After) or "always" (every answer, as OpenAI's API does; six more headers per
+    # answer cost about 5% of throughput at full load, see bench/governance.py).
+    headers: Literal["refusals", "always"] = "refusals"
 
 
 class Auth(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

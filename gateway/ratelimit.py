@@ -42,43 +42,14 @@ CONCURRENCY_RETRY_SECONDS = 1.0
 # ---------------------------------------------------------------------------- pure bucket logic
 #
 # A bucket is a level and a capacity (a minute's allowance), refilled at capacity/60 per second.
-# Levels are plain floats and states plain tuples: these functions run for every scope of every
-# request, and building objects was most of what they cost.
+# Levels are plain floats and states plain tuples, and ``check`` and ``settle`` below work the
+# buckets out inline rather than through helpers: they run for every scope of every request,
+# where building objects and calling functions was most of what they cost.
 
 
 def refill(level: float, capacity: int, elapsed: float) -> float:
     level += elapsed * capacity / 60
     return capacity if level > capacity else level
-
-
-def try_take(level: float, amount: float, capacity: int, elapsed: float) -> tuple[float, float]:
-    """Refill, then take ``amount`` if it fits: (level after, 0.0) or (level, seconds to wait).
-
-    An amount above capacity fits only a full bucket, and leaves it in debt.
-    """
-    level += elapsed * capacity / 60
-    if level > capacity:
-        level = capacity
-    need = amount if amount < capacity else capacity
-    if level >= need:
-        level -= amount
-        return (level if level > -capacity else -capacity), 0.0
-    return level, (need - level) * 60 / capacity
-
-
-def charge(level: float, amount: float, capacity: int) -> float:
-    """Settle a difference after the fact: negative refunds, positive may run into debt.
-
-    Debt stops at minus one minute's allowance so that one absurd usage report cannot lock a
-    caller out for longer than two minutes.
-    """
-    level -= amount
-    return capacity if level > capacity else -capacity if level < -capacity else level
-
-
-def seconds_to_full(level: float, capacity: int) -> float:
-    """What OpenAI calls the reset time: when the limit is back to its initial state."""
-    return max(capacity - level, 0.0) * 60 / capacity
 
 
 # ------------------------------------------------------------------------------- scopes
@@ -154,21 +125,42 @@ def refilled(limits: Limits, state: ScopeState, now: float) -> ScopeState:
 
 
 def check(limits: Limits, state: ScopeState, est_tokens: int, now: float) -> Check:
-    """One scope's verdict on one request; the longest wait among its limits wins."""
+    """One scope's verdict on one request; the longest wait among its limits wins.
+
+    Each bucket is refilled for the time since the last update, then takes its amount if that
+    fits. An amount above capacity (an estimate above a whole minute's allowance) fits only a
+    full bucket and leaves it in debt, down to minus one capacity, which later requests wait
+    out. A request that does not fit takes nothing and learns how long until it would.
+    """
     requests, tokens, updated_at, inflight = state
+    # A clock that steps back (a test's, or after a restart) must neither drain nor fill.
     elapsed = now - updated_at if now > updated_at else 0.0
     wait = 0.0
     limit: LimitName | None = None
-    if limits.rpm > 0:
-        requests, wait = try_take(requests, 1, limits.rpm, elapsed)
-        if wait:
-            limit = "requests"
-    if limits.tpm > 0:
-        tokens, tokens_wait = try_take(tokens, est_tokens, limits.tpm, elapsed)
-        if tokens_wait > wait:
-            wait, limit = tokens_wait, "tokens"
-    if limits.concurrent > 0:
-        if inflight < limits.concurrent:
+    rpm = limits.rpm
+    if rpm > 0:
+        requests += elapsed * rpm / 60
+        if requests > rpm:
+            requests = rpm
+        if requests >= 1:
+            requests -= 1
+        else:
+            wait, limit = (1 - requests) * 60 / rpm, "requests"
+    tpm = limits.tpm
+    if tpm > 0:
+        tokens += elapsed * tpm / 60
+        if tokens > tpm:
+            tokens = tpm
+        need = est_tokens if est_tokens < tpm else tpm
+        if tokens >= need:
+            tokens -= est_tokens
+            if tokens < -tpm:
+                tokens = -tpm
+        elif (need - tokens) * 60 / tpm > wait:
+            wait, limit = (need - tokens) * 60 / tpm, "tokens"
+    concurrent = limits.concurrent
+    if concurrent > 0:
+        if inflight < concurrent:
             inflight += 1
         elif CONCURRENCY_RETRY_SECONDS > wait:
             wait, limit = CONCURRENCY_RETRY_SECONDS, "concurrent"
@@ -176,15 +168,26 @@ def check(limits: Limits, state: ScopeState, est_tokens: int, now: float) -> Che
 
 
 def settle(limits: Limits, state: ScopeState, token_delta: int, now: float) -> ScopeState:
-    """A request ended: free its slot and charge (or refund) what its estimate got wrong."""
+    """A request ended: free its slot and charge (or refund) what its estimate got wrong.
+
+    The token bucket is refilled up to now first, then charged: a refund never lifts it above
+    capacity, and a charge may run into debt down to minus one minute's allowance (so that one
+    absurd usage report cannot lock a caller out for longer than two minutes).
+    """
     requests, tokens, updated_at, inflight = state
-    if limits.concurrent > 0 and inflight > 0:
+    if inflight > 0 and limits.concurrent > 0:
         inflight -= 1
-    if limits.tpm > 0 and token_delta:
+    tpm = limits.tpm
+    if token_delta and tpm > 0:
         elapsed = now - updated_at if now > updated_at else 0.0
-        if limits.rpm > 0:
-            requests = refill(requests, limits.rpm, elapsed)
-        tokens = charge(refill(tokens, limits.tpm, elapsed), token_delta, limits.tpm)
+        rpm = limits.rpm
+        if rpm > 0:
+            requests += elapsed * rpm / 60
+            if requests > rpm:
+                requests = rpm
+        tokens += elapsed * tpm / 60
+        tokens = (tpm if tokens > tpm else tokens) - token_delta
+        tokens = tpm if tokens > tpm else -tpm if tokens < -tpm else tokens
         updated_at = now
     return (requests, tokens, updated_at, inflight)
 
@@ -253,10 +256,25 @@ class Admission:
 
     async def release(self, actual_tokens: int | None = None) -> None:
         """Return the concurrency slot and settle tokens; None keeps the estimate as charged."""
-        if self._released or not self.allowed or self._backend is None:
+        if self.release_nowait(actual_tokens):
             return
+        assert self._backend is not None
         self._released = True
         await self._backend.release(self, actual_tokens)
+
+    def release_nowait(self, actual_tokens: int | None = None) -> bool:
+        """``release`` where it needs no await; False: nothing done, await ``release`` instead.
+
+        The request path tries this first: with the in-memory backend it saves a coroutine.
+        """
+        backend = self._backend
+        if self._released or not self.allowed or backend is None:
+            return True
+        if not isinstance(backend, MemoryBackend):
+            return False
+        self._released = True
+        backend.release_now(self, actual_tokens)
+        return True
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """OpenAI's x-ratelimit-* for the tightest scope of each kind, and Retry-After if denied.
@@ -265,21 +283,20 @@ class Admission:
         """
         rpm = tpm = 0
         requests_left = tokens_left = 0.0
-        for scope, level in zip(self.scopes, self.levels, strict=True):
-            limits = scope.limits
+        for (_, _, limits), level in zip(self.scopes, self.levels, strict=True):
             if limits.rpm > 0 and (not rpm or level[0] < requests_left):
                 rpm, requests_left = limits.rpm, level[0]
             if limits.tpm > 0 and (not tpm or level[1] < tokens_left):
                 tpm, tokens_left = limits.tpm, level[1]
         out: list[tuple[bytes, bytes]] = []
         if rpm:
-            _quota_headers(out, _REQUEST_HEADERS, rpm, requests_left)
+            out += _quota_headers(_REQUEST_HEADERS, rpm, requests_left)
         if tpm:
-            _quota_headers(out, _TOKEN_HEADERS, tpm, tokens_left)
+            out += _quota_headers(_TOKEN_HEADERS, tpm, tokens_left)
         if not self.allowed:
             # The OpenAI SDKs read retry-after-ms first; HTTP's Retry-After is whole seconds.
-            out.append((b"retry-after", str(max(_ceil(self.retry_after), 1)).encode()))
-            out.append((b"retry-after-ms", str(_ceil(self.retry_after * 1000)).encode()))
+            out.append((b"retry-after", b"%d" % max(_ceil(self.retry_after), 1)))
+            out.append((b"retry-after-ms", b"%d" % _ceil(self.retry_after * 1000)))
         return out
 
     def message(self) -> str:
@@ -312,11 +329,17 @@ _TOKEN_HEADERS = (
 
 
 def _quota_headers(
-    out: list[tuple[bytes, bytes]], names: tuple[bytes, bytes, bytes], capacity: int, left: float
-) -> None:
-    out.append((names[0], b"%d" % capacity))
-    out.append((names[1], b"%d" % (left if left > 0 else 0)))
-    out.append((names[2], format_duration(seconds_to_full(left, capacity)).encode()))
+    names: tuple[bytes, bytes, bytes], capacity: int, left: float
+) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes], tuple[bytes, bytes]]:
+    # The reset is what OpenAI means by it: when the limit is back to full, rounded up to the
+    # millisecond. With limits.headers: always this runs for every answer, so it formats
+    # straight to bytes, the usual sub-second reset without the general duration format.
+    ms = math.ceil((capacity - left) * 60_000 / capacity - 1e-6) if left < capacity else 0
+    return (
+        (names[0], b"%d" % capacity),
+        (names[1], b"%d" % left if left > 0 else b"0"),
+        (names[2], b"%dms" % ms if 0 < ms < 1000 else _format_ms(ms).encode()),
+    )
 
 
 def format_duration(seconds: float) -> str:
@@ -324,7 +347,10 @@ def format_duration(seconds: float) -> str:
 
     Rounded up to the millisecond so that a client waiting exactly this long is never early.
     """
-    ms = _ceil(seconds * 1000)
+    return _format_ms(_ceil(seconds * 1000))
+
+
+def _format_ms(ms: int) -> str:
     if ms < 1000:
         return f"{ms}ms" if ms else "0s"
     hours, ms = divmod(ms, 3_600_000)
@@ -368,13 +394,13 @@ class MemoryBackend:
         states = self._states
         after: list[ScopeState] = []
         denied_at, wait, denied_limit = -1, 0.0, None
-        for i, scope in enumerate(scopes):
-            limits = scope.limits
-            state = states.get((scope.kind, scope.name)) or fresh(limits, now)
-            state, retry_after, limit = check(limits, state, est_tokens, now)
+        for kind, name, limits in scopes:
+            state, retry_after, limit = check(
+                limits, states.get((kind, name)) or fresh(limits, now), est_tokens, now
+            )
             # The most constraining scope is the one asking for the longest wait.
             if limit is not None and (denied_at < 0 or retry_after > wait):
-                denied_at, wait, denied_limit = i, retry_after, limit
+                denied_at, wait, denied_limit = len(after), retry_after, limit
             after.append(state)
         if denied_at >= 0:
             # All or nothing: nothing is written; the levels shown are those before the request.
@@ -383,8 +409,8 @@ class MemoryBackend:
                 for s in scopes
             ]
             return Admission(scopes, est_tokens, shown, wait, denied_at, denied_limit)
-        for scope, state in zip(scopes, after, strict=True):
-            states[(scope.kind, scope.name)] = state
+        for (kind, name, _), state in zip(scopes, after, strict=True):
+            states[kind, name] = state
         if len(states) > self._sweep_at:
             self._sweep(now)
         return Admission(scopes, est_tokens, after, backend=self)
@@ -396,11 +422,10 @@ class MemoryBackend:
         now = self._clock()
         delta = 0 if actual_tokens is None else actual_tokens - admission.est_tokens
         states = self._states
-        for scope in admission.scopes:
-            limits = scope.limits
+        for kind, name, limits in admission.scopes:
             if limits.concurrent > 0 or (delta and limits.tpm > 0):
-                key = (scope.kind, scope.name)
-                states[key] = settle(limits, states.get(key) or fresh(limits, now), delta, now)
+                state = states.get((kind, name)) or fresh(limits, now)
+                states[kind, name] = settle(limits, state, delta, now)
 
     async def start(self) -> None:
         return None
@@ -429,7 +454,8 @@ class Limiter:
     ``admission = await limiter.admit(limiter.scopes(identity, model), est_tokens)``; if
     ``admission.allowed`` is false answer 429 with ``admission.headers()`` and
     ``admission.message()``, else forward and ``await admission.release(actual_tokens)`` in a
-    ``finally``.
+    ``finally``. The request path tries ``admit_nowait`` and ``release_nowait`` first, which
+    answer without a coroutine when the state is in this process.
     """
 
     _SCOPE_CACHE_SIZE = 10_000
@@ -477,13 +503,23 @@ class Limiter:
         return found
 
     async def admit(self, scopes: Sequence[Scope], est_tokens: int = 0) -> Admission:
+        return self.admit_nowait(scopes, est_tokens) or self._counted(
+            await self._backend.admit(scopes, est_tokens)
+        )
+
+    def admit_nowait(self, scopes: Sequence[Scope], est_tokens: int = 0) -> Admission | None:
+        """``admit`` without awaiting, where the answer is in this process; else None.
+
+        The request path tries this first: with the in-memory backend it saves a coroutine per
+        request, and ``admit`` would decide exactly the same.
+        """
         if not scopes:
             return self._unlimited
-        if self._memory is not None:
-            # Skips a coroutine per request on the in-memory path.
-            admission = self._memory.admit_now(scopes, est_tokens)
-        else:
-            admission = await self._backend.admit(scopes, est_tokens)
+        if self._memory is None:
+            return None
+        return self._counted(self._memory.admit_now(scopes, est_tokens))
+
+    def _counted(self, admission: Admission) -> Admission:
         if not admission.allowed and self._metrics is not None:
             scope = admission.scopes[admission.denied_at]
             m = self._metrics

@@ -210,8 +210,12 @@ class GatewayState:
         return record.budget_usd - self.spent.get(key_id, 0.0)
 
     def record_usage(self, record: UsageRecord) -> None:
-        """Count what a keyed request cost (budgets), then hand the row to the writer."""
-        if record.key_id is not None and self.config.prices:
+        """Count what a request cost a key with a budget, then hand the row to the writer.
+
+        Other rows are priced by the writer, off the request path.
+        """
+        key_id = record.key_id
+        if key_id is not None and self.config.prices and self.budget_left(key_id) is not None:
             record.cost_usd = cost(
                 self.config.prices,
                 record.model,
@@ -221,7 +225,7 @@ class GatewayState:
                 record.cached_tokens,
             )
             if record.cost_usd:
-                self.spent[record.key_id] = self.spent.get(record.key_id, 0.0) + record.cost_usd
+                self.spent[key_id] = self.spent.get(key_id, 0.0) + record.cost_usd
         self.recent.append(record)
         self.recent_count += 1
         if self.usage is not None:

@@ -66,6 +66,20 @@ async def test_revocation_reaches_a_running_cache(tmp_path: Path) -> None:
     await cache.stop()
 
 
+async def test_a_keys_identity_is_built_once_and_a_revoked_key_gets_none(tmp_path: Path) -> None:
+    cache, secret, key_id = await cache_with(tmp_path, limits=Limits(rpm=5))
+    auth = Authenticator(Auth(), cache)
+    first = auth.identify(scope(secret))
+    assert auth.identify(scope(secret)) is first and first.limits == Limits(rpm=5)
+    connection = connect(str(tmp_path / "t.db"))
+    assert revoke_key(connection, key_id)
+    connection.close()
+    cache._apply(await asyncio.to_thread(cache._fetch, 0.0))
+    with pytest.raises(Unauthorized, match="invalid API key"):
+        auth.identify(scope(secret))
+    await cache.stop()
+
+
 async def test_embedded_mode_lets_local_callers_in_with_any_key_and_nobody_else(
     tmp_path: Path,
 ) -> None:

@@ -152,7 +152,7 @@ async def test_exactly_n_of_m_concurrent_requests_pass(fake: FakeOpenAI, tmp_pat
 
 async def test_rpm_limit_sends_openai_ratelimit_headers(fake: FakeOpenAI, tmp_path: Path) -> None:
     database = tmp_path / "t.db"
-    limits = {"agents": {"*": {"rpm": 3}}}
+    limits = {"agents": {"*": {"rpm": 3}}, "headers": "always"}
     async with running_gateway(config_of(raw_config(fake, database, limits=limits))) as gw:
         client = gw.openai()
         first = await client.chat.completions.with_raw_response.create(model="chat", messages=USER)
@@ -166,6 +166,24 @@ async def test_rpm_limit_sends_openai_ratelimit_headers(fake: FakeOpenAI, tmp_pa
         assert headers["x-ratelimit-remaining-requests"] == "0" and int(headers["retry-after"]) >= 1
         async with aiohttp.ClientSession() as session, session.get(gw.url + "/metrics") as response:
             assert "turnout_ratelimit_rejections_total" in await response.text()
+
+
+async def test_by_default_only_refusals_carry_ratelimit_headers(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    database = tmp_path / "t.db"
+    limits = {"agents": {"*": {"rpm": 1, "tpm": 100000}}}
+    async with running_gateway(config_of(raw_config(fake, database, limits=limits))) as gw:
+        client = gw.openai()
+        first = await client.chat.completions.with_raw_response.create(model="chat", messages=USER)
+        assert not [h for h in first.headers if h.startswith("x-ratelimit-")]
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.chat.completions.create(model="chat", messages=USER)
+        headers = caught.value.response.headers
+        assert headers["x-ratelimit-limit-requests"] == "1"
+        assert headers["x-ratelimit-remaining-requests"] == "0"
+        assert headers["x-ratelimit-limit-tokens"] == "100000"
+        assert int(headers["retry-after"]) >= 1 and int(headers["retry-after-ms"]) > 0
 
 
 async def test_a_usage_row_for_every_request_however_it_ended(

@@ -14,7 +14,6 @@ from gateway.ratelimit import (
     Limiter,
     MemoryBackend,
     Scope,
-    charge,
     check,
     estimate_tokens,
     format_duration,
@@ -23,7 +22,6 @@ from gateway.ratelimit import (
     refilled,
     scopes_for,
     settle,
-    try_take,
 )
 
 
@@ -76,26 +74,35 @@ def test_a_clock_that_steps_back_neither_drains_nor_fills_the_buckets() -> None:
 
 
 def test_a_take_that_does_not_fit_leaves_the_level_and_says_how_long_to_wait() -> None:
-    level, wait = try_take(2, 5, capacity=60, elapsed=0.0)
-    assert level == 2 and wait == pytest.approx(3.0)
-    assert try_take(4, 5, capacity=60, elapsed=1.0) == (0, 0.0)
+    limits = Limits(tpm=60)  # one token a second
+    state, wait, limit = check(limits, (0, 2, 0.0, 0), est_tokens=5, now=0.0)
+    assert state[1] == 2 and limit == "tokens" and wait == pytest.approx(3.0)
+    state, wait, limit = check(limits, (0, 4, 0.0, 0), est_tokens=5, now=1.0)
+    assert state == (0, 0, 1.0, 0) and wait == 0.0 and limit is None
 
 
 def test_an_estimate_above_a_minutes_allowance_waits_for_a_full_bucket_then_runs_into_debt() -> (
     None
 ):
-    tpm = 1000
-    assert try_take(999, 3000, tpm, 0.0)[1] > 0
-    level, wait = try_take(tpm, 3000, tpm, 0.0)
+    limits = Limits(tpm=1000)
+    assert check(limits, (0, 999, 0.0, 0), 3000, 0.0)[1] > 0
+    state, wait, _ = check(limits, (0, 1000, 0.0, 0), 3000, 0.0)
     # Debt stops at minus one minute's allowance: two minutes until the next big request.
-    assert wait == 0 and level == -tpm
-    assert try_take(level, 3000, tpm, 0.0)[1] == pytest.approx(120.0)
+    assert wait == 0 and state[1] == -1000
+    assert check(limits, state, 3000, 0.0)[1] == pytest.approx(120.0)
 
 
-def test_charge_refunds_up_to_capacity_and_debits_down_to_minus_capacity() -> None:
-    assert charge(900, -500, 1000) == 1000
-    assert charge(100, 300, 1000) == -200
-    assert charge(100, 10**9, 1000) == -1000
+def test_settling_refunds_up_to_capacity_and_debits_down_to_minus_capacity() -> None:
+    limits = Limits(tpm=1000)
+    assert settle(limits, (0, 900, 0.0, 0), -500, 0.0)[1] == 1000
+    assert settle(limits, (0, 100, 0.0, 0), 300, 0.0)[1] == -200
+    assert settle(limits, (0, 100, 0.0, 0), 10**9, 0.0)[1] == -1000
+
+
+def test_settling_a_charge_on_a_full_bucket_refills_before_charging() -> None:
+    limits = Limits(rpm=60, tpm=600)  # 10 tokens a second
+    # Full for the last 5 s: that refill is lost, not credited against the charge.
+    assert settle(limits, (60, 600, 0.0, 0), 30, now=5.0) == (60, 570, 5.0, 0)
 
 
 # ----------------------------------------------------------------------- one scope, pure
@@ -356,6 +363,22 @@ async def test_refusals_are_counted_by_scope_kind_and_limit() -> None:
     assert (
         sample("turnout_ratelimit_rejections_total", {"scope": "key", "limit": "requests"}) is None
     )
+
+
+async def test_the_nowait_paths_decide_and_count_like_the_awaited_ones() -> None:
+    metrics = Metrics()
+    limiter = Limiter(RateLimits(), MemoryBackend(FakeClock()), metrics)
+    scopes = [key("k", rpm=1, concurrent=1)]
+    admitted = limiter.admit_nowait(scopes, 0)
+    assert admitted is not None and admitted.allowed
+    refused = limiter.admit_nowait(scopes, 0)
+    assert refused is not None and not refused.allowed and refused.denied_limit == "requests"
+    labels = {"scope": "key", "limit": "requests"}
+    assert metrics.registry.get_sample_value("turnout_ratelimit_rejections_total", labels) == 1
+    # Released without awaiting, once: the concurrency slot is free again, a second call no-op.
+    assert admitted.release_nowait(None) and admitted.release_nowait(None)
+    assert refused.release_nowait(None)  # nothing was taken, nothing to give back
+    assert limiter.admit_nowait((), 0) is limiter.admit_nowait((), 0)
 
 
 def test_an_unknown_backend_is_a_config_error_naming_the_key() -> None:

@@ -169,6 +169,9 @@ class IngressEndpoint:
     def __init__(self, state: GatewayState, dialect: Dialect) -> None:
         self._state = state
         self._dialect = dialect
+        # Refusals always carry x-ratelimit-* (they are raised with them); admitted answers
+        # only when routing.yaml asks for OpenAI's every-answer behaviour.
+        self._limit_headers = state.config.limits.headers == "always"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         dialect = self._dialect
@@ -261,9 +264,8 @@ class IngressEndpoint:
         scopes = limiter.scopes(identity, model.name)
         if not scopes:
             return
-        admission = await limiter.admit(
-            scopes, estimate_tokens(call.body_bytes, request.max_tokens())
-        )
+        estimate = estimate_tokens(call.body_bytes, request.max_tokens())
+        admission = limiter.admit_nowait(scopes, estimate) or await limiter.admit(scopes, estimate)
         if not admission.allowed:
             raise RateLimited(admission.message(), headers=dict(_decoded(admission.headers())))
         call.admission = admission
@@ -301,8 +303,7 @@ class IngressEndpoint:
             headers.append((self._dialect.id_header, value))
         return headers
 
-    @staticmethod
-    def _finish_headers(headers: Headers, call: Call) -> None:
+    def _finish_headers(self, headers: Headers, call: Call) -> None:
         trace = call.trace
         overhead_ms = (time.perf_counter() - call.started - trace.upstream_seconds) * 1000
         headers.append((b"x-turnout-overhead-ms", f"{overhead_ms:.3f}".encode()))
@@ -318,7 +319,7 @@ class IngressEndpoint:
             if lease.note:
                 # Header values must be latin-1; notes are ASCII by construction.
                 headers.append((b"x-turnout-fallback", lease.note.encode("ascii", "replace")))
-        if call.admission is not None:
+        if call.admission is not None and self._limit_headers:
             headers.extend(call.admission.headers())
 
     async def _complete(
@@ -454,8 +455,11 @@ class IngressEndpoint:
         if prompt or completion:
             metrics.child(metrics.tokens, call.model, "prompt").inc(prompt)
             metrics.child(metrics.tokens, call.model, "completion").inc(completion)
-        if call.admission is not None:
-            await call.admission.release(prompt + completion if (prompt or completion) else None)
+        admission = call.admission
+        if admission is not None:
+            actual = prompt + completion if (prompt or completion) else None
+            if not admission.release_nowait(actual):
+                await admission.release(actual)
         if call.hooked is not None:
             text = call.capture.text() if call.capture is not None else call.reply_text
             state.plugins.after_response(call.hooked, Exchanged(call.status, text, usage))
@@ -463,9 +467,9 @@ class IngressEndpoint:
             return
         target = trace.target
         lease = trace.lease
-        notes = [n for n in (lease.note if lease else "", *trace.failures) if n]
-        if call.status == 499:
-            notes.append("client disconnected")
+        notes = ""
+        if trace.failures or call.status == 499 or (lease is not None and lease.note):
+            notes = _notes(call, lease.note if lease is not None else "")
         identity = call.identity
         record = UsageRecord(
             ts=call.ts,
@@ -488,9 +492,17 @@ class IngressEndpoint:
             estimated=estimated,
             ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
             overhead_ms=overhead * 1000,
-            notes="; ".join(notes)[:1000],
+            notes=notes,
         )
         state.record_usage(record)
+
+
+def _notes(call: Call, lease_note: str) -> str:
+    """Fallbacks, swaps and disconnects, for humans reading the usage log."""
+    notes = [n for n in (lease_note, *call.trace.failures) if n]
+    if call.status == 499:
+        notes.append("client disconnected")
+    return "; ".join(notes)[:1000]
 
 
 def _edited(before: dict[str, msgspec.Raw], after: dict[str, msgspec.Raw]) -> bool:
