@@ -171,9 +171,10 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _cpu_ticks(pid: int) -> int:
+def _cpu_ticks(pid: int, task: str = "") -> int:
+    """utime + stime of a process, or of one of its threads (``task``: "task/<tid>/")."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/{task}stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0
     # After the command name: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
@@ -187,12 +188,7 @@ def cpu_seconds(pid: int) -> float:
 
 def thread_cpu_seconds(pid: int, tid: int | None = None) -> float:
     """User + system CPU of one thread of ``pid`` (default: its main thread, tid == pid)."""
-    path = f"/proc/{pid}/task/{tid or pid}/stat"
-    try:
-        fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return _cpu_ticks(pid, f"task/{tid or pid}/") / CLOCK_TICKS
 
 
 def memory_kb(pid: int, key: str = "VmRSS") -> int:

@@ -52,6 +52,11 @@ def refill(level: float, capacity: int, elapsed: float) -> float:
     return capacity if level > capacity else level
 
 
+def seconds_to_full(level: float, capacity: int) -> float:
+    """What OpenAI calls the reset time: when the limit is back to its initial state."""
+    return max(capacity - level, 0.0) * 60 / capacity
+
+
 # ------------------------------------------------------------------------------- scopes
 
 
@@ -283,20 +288,21 @@ class Admission:
         """
         rpm = tpm = 0
         requests_left = tokens_left = 0.0
-        for (_, _, limits), level in zip(self.scopes, self.levels, strict=True):
+        for scope, level in zip(self.scopes, self.levels, strict=True):
+            limits = scope.limits
             if limits.rpm > 0 and (not rpm or level[0] < requests_left):
                 rpm, requests_left = limits.rpm, level[0]
             if limits.tpm > 0 and (not tpm or level[1] < tokens_left):
                 tpm, tokens_left = limits.tpm, level[1]
         out: list[tuple[bytes, bytes]] = []
         if rpm:
-            out += _quota_headers(_REQUEST_HEADERS, rpm, requests_left)
+            _quota_headers(out, _REQUEST_HEADERS, rpm, requests_left)
         if tpm:
-            out += _quota_headers(_TOKEN_HEADERS, tpm, tokens_left)
+            _quota_headers(out, _TOKEN_HEADERS, tpm, tokens_left)
         if not self.allowed:
             # The OpenAI SDKs read retry-after-ms first; HTTP's Retry-After is whole seconds.
-            out.append((b"retry-after", b"%d" % max(_ceil(self.retry_after), 1)))
-            out.append((b"retry-after-ms", b"%d" % _ceil(self.retry_after * 1000)))
+            out.append((b"retry-after", str(max(_ceil(self.retry_after), 1)).encode()))
+            out.append((b"retry-after-ms", str(_ceil(self.retry_after * 1000)).encode()))
         return out
 
     def message(self) -> str:
@@ -329,17 +335,11 @@ _TOKEN_HEADERS = (
 
 
 def _quota_headers(
-    names: tuple[bytes, bytes, bytes], capacity: int, left: float
-) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes], tuple[bytes, bytes]]:
-    # The reset is what OpenAI means by it: when the limit is back to full, rounded up to the
-    # millisecond. With limits.headers: always this runs for every answer, so it formats
-    # straight to bytes, the usual sub-second reset without the general duration format.
-    ms = math.ceil((capacity - left) * 60_000 / capacity - 1e-6) if left < capacity else 0
-    return (
-        (names[0], b"%d" % capacity),
-        (names[1], b"%d" % left if left > 0 else b"0"),
-        (names[2], b"%dms" % ms if 0 < ms < 1000 else _format_ms(ms).encode()),
-    )
+    out: list[tuple[bytes, bytes]], names: tuple[bytes, bytes, bytes], capacity: int, left: float
+) -> None:
+    out.append((names[0], b"%d" % capacity))
+    out.append((names[1], b"%d" % (left if left > 0 else 0)))
+    out.append((names[2], format_duration(seconds_to_full(left, capacity)).encode()))
 
 
 def format_duration(seconds: float) -> str:
@@ -347,10 +347,7 @@ def format_duration(seconds: float) -> str:
 
     Rounded up to the millisecond so that a client waiting exactly this long is never early.
     """
-    return _format_ms(_ceil(seconds * 1000))
-
-
-def _format_ms(ms: int) -> str:
+    ms = _ceil(seconds * 1000)
     if ms < 1000:
         return f"{ms}ms" if ms else "0s"
     hours, ms = divmod(ms, 3_600_000)
