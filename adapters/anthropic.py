@@ -14,20 +14,44 @@ Every other request (OpenAI chat, Responses) is translated both ways by
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Mapping
 
 import aiohttp
+import msgspec
 
 from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, UpstreamRequest
-from adapters.openai_compat import SSEStream, mapped_client_errors, open_event_stream
+from adapters.openai_compat import (
+    SSEStream,
+    mapped_client_errors,
+    open_event_stream,
+    whole_answer_timeout,
+)
 from gateway.config import Provider
-from gateway.errors import UpstreamError, UpstreamStatus
-from gateway.translate import encode, native_of, raw
+from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamStatus
+from gateway.translate import FIELDS, encode, native_of, raw
 from gateway.translate.anthropic_upstream import ChatChunks, chat_reply, messages_body
 
 ANTHROPIC_VERSION = "2023-06-01"
+
+# What Anthropic's count_tokens accepts; it refuses anything else ("Extra inputs are not
+# permitted"), and a Messages body carries more (max_tokens, stream, temperature, metadata...).
+_COUNT_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "mcp_servers",
+        "context_management",
+        "output_config",
+        "output_format",
+    }
+)
 
 
 class AnthropicStream:
@@ -71,6 +95,7 @@ class AnthropicAdapter:
         base = provider.base_url.rstrip("/")
         root = base.removesuffix("/v1")
         self._messages_url = root + "/v1/messages"
+        self._count_url = root + "/v1/messages/count_tokens"
         self._models_url = root + "/v1/models"
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         headers.update({k.lower(): v for k, v in provider.headers.items()})
@@ -78,10 +103,8 @@ class AnthropicAdapter:
             headers["x-api-key"] = provider.api_key
         self._headers = headers
         t = provider.timeouts
-        self._send_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=t.connect, sock_read=t.first_byte
-        )
-        # Streaming reads are bounded per read inside SSEStream instead.
+        self._send_timeout = whole_answer_timeout(t)
+        # Streams are bounded by SSEStream's deadlines instead.
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=t.connect, sock_read=None
         )
@@ -127,11 +150,29 @@ class AnthropicAdapter:
     async def open_stream(self, request: UpstreamRequest) -> AnthropicStream:
         body, headers, native = self._encode(request)
         t = self.provider.timeouts
+        started = asyncio.get_running_loop().time()
         response = await open_event_stream(
             self._session, self._messages_url, body, headers, self._stream_timeout, t
         )
-        events = SSEStream(response, None, t.first_byte, t.idle)
+        events = SSEStream(response, None, t, started)
         return AnthropicStream(events, None if native else ChatChunks(int(time.time())))
+
+    async def count_tokens(self, request: UpstreamRequest) -> int:
+        """Anthropic's own count (``/v1/messages/count_tokens``): free, and exact for its models."""
+        body, headers, _ = self._encode(request)
+        fields = FIELDS.decode(body)
+        count = encode({k: v for k, v in fields.items() if k in _COUNT_FIELDS})
+        with mapped_client_errors():
+            async with self._session.post(
+                self._count_url, data=count, headers=headers, timeout=self._send_timeout
+            ) as response:
+                data = await response.read()
+                if response.status >= 400:
+                    raise UpstreamStatus(response.status, data, retry_after=_retry_after(response))
+        tokens = _input_tokens(data)
+        if tokens is None:
+            raise UpstreamProtocolError("count_tokens answered no input_tokens")
+        return tokens
 
     async def probe(self) -> Probe:
         if self.provider.missing_env:
@@ -167,6 +208,15 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def _input_tokens(data: bytes) -> int | None:
+    try:
+        value = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    tokens = value.get("input_tokens") if isinstance(value, dict) else None
+    return tokens if isinstance(tokens, int) and tokens >= 0 else None
 
 
 def _factory(name: str, provider: Provider, session: aiohttp.ClientSession) -> AnthropicAdapter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import aiohttp
 import msgspec
@@ -65,7 +65,11 @@ class Probe:
 
 
 class Adapter(Protocol):
-    """One upstream provider. Raises only ``gateway.errors.UpstreamError`` subclasses."""
+    """One upstream provider.
+
+    Raises only ``gateway.errors.UpstreamError`` subclasses, and ``ContextExceeded`` when the
+    upstream says the prompt is longer than its context (no other target would be asked).
+    """
 
     name: str
     provider: Provider
@@ -79,6 +83,29 @@ class Adapter(Protocol):
     async def probe(self) -> Probe: ...
 
     async def close(self) -> None: ...
+
+
+# --- optional capabilities ----------------------------------------------------------------------
+# An adapter offers one by having the method; callers test with ``isinstance`` (the protocols are
+# runtime-checkable), so no caller ever branches on a provider's kind.
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """Counts a request's prompt tokens the way its upstream will (its tokenizer and template)."""
+
+    async def count_tokens(self, request: UpstreamRequest) -> int:
+        """The prompt's token count; raises ``UpstreamError`` when the upstream cannot say."""
+        ...
+
+
+@runtime_checkable
+class ContextReporter(Protocol):
+    """Knows the context window the upstream actually runs with (not what a config claims)."""
+
+    async def context_window(self, model: str) -> int | None:
+        """Tokens of context for ``model`` as loaded now; None when the upstream does not say."""
+        ...
 
 
 AdapterFactory = Callable[[str, Provider, aiohttp.ClientSession], Adapter]

@@ -30,8 +30,9 @@ import aiohttp
 import msgspec
 
 from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, UpstreamRequest
-from adapters.openai_compat import mapped_client_errors
-from gateway.config import Provider
+from adapters.openai_compat import mapped_client_errors, whole_answer_timeout
+from adapters.streams import Framer, StreamDeadlines, refuse_unknown_encoding
+from gateway.config import Provider, Timeouts
 from gateway.errors import (
     BadRequest,
     UpstreamError,
@@ -104,6 +105,8 @@ class _Running(msgspec.Struct):
     size: int = 0
     size_vram: int = 0
     expires_at: datetime | None = None
+    # The context the model was loaded with (num_ctx), not the one it was trained for.
+    context_length: int = 0
 
 
 class _RunningList(msgspec.Struct):
@@ -619,39 +622,47 @@ class TextChunks(_ChunkWriter):
 class NDJSONStream:
     """Frames Ollama's NDJSON body into lines and yields the OpenAI events they translate to.
 
-    Timeouts are per read, as in ``SSEStream``: ``first_byte`` for the first line (Ollama may be
-    loading the model), ``idle`` for every gap after it.
+    Deadlines as in ``SSEStream`` (``StreamDeadlines``): the first line within ``first_byte``
+    of ``started`` (Ollama may be loading the model), each next one within ``idle``, the
+    whole stream within ``max_stream``; a line is at most ``max_event_bytes``.
     """
 
-    __slots__ = ("_chunks", "_first_byte", "_idle", "_response")
+    __slots__ = ("_chunks", "_deadlines", "_limit", "_response")
 
     def __init__(
-        self, response: aiohttp.ClientResponse, chunks: _Chunks, first_byte: float, idle: float
+        self, response: aiohttp.ClientResponse, chunks: _Chunks, timeouts: Timeouts, started: float
     ) -> None:
+        refuse_unknown_encoding(response)
         self._response = response
         self._chunks = chunks
-        self._first_byte = first_byte
-        self._idle = idle
+        self._deadlines = StreamDeadlines(timeouts, started, asyncio.get_running_loop().time)
+        self._limit = timeouts.max_event_bytes
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
         chunks = self._chunks
-        pending = b""
-        limit = self._first_byte
+        deadlines = self._deadlines
+        framer = Framer(b"\n", self._limit, "line")
         with mapped_client_errors():
             # Stop at the done line: waiting for the body's end could only add an idle timeout
             # after the client already has [DONE].
             while not chunks.done:
-                async with asyncio.timeout(limit):
-                    data = await content.readany()
+                try:
+                    async with asyncio.timeout_at(deadlines.next()):
+                        data = await content.readany()
+                except TimeoutError:
+                    raise deadlines.expired() from None
                 if not data:
                     break
-                *lines, pending = (pending + data).split(b"\n")
+                lines = [line for line in framer.feed(data) if line.strip()]
+                if lines:
+                    deadlines.content()
                 for line in lines:
-                    if line.strip() and not chunks.done:
-                        limit = self._idle
-                        for event in chunks.feed(_stream_line(line)):
-                            yield event
+                    if chunks.done:
+                        break
+                    for event in chunks.feed(_stream_line(line)):
+                        yield event
+            pending = framer.tail()
             if pending.strip() and not chunks.done:  # a last line without its newline
                 for event in chunks.feed(_stream_line(pending)):
                     yield event
@@ -703,9 +714,7 @@ class OllamaAdapter:
             headers["Authorization"] = f"Bearer {provider.api_key}"
         self._headers = headers
         t = provider.timeouts
-        self._send_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=t.connect, sock_read=t.first_byte
-        )
+        self._send_timeout = whole_answer_timeout(t)
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=t.connect, sock_read=None
         )
@@ -741,6 +750,7 @@ class OllamaAdapter:
         else:
             raise BadRequest(f"{request.op.value} cannot stream", param="stream")
         t = self.provider.timeouts
+        started = asyncio.get_running_loop().time()
         with mapped_client_errors():
             async with asyncio.timeout(t.connect + t.first_byte):
                 response = await self._session.post(
@@ -756,7 +766,7 @@ class OllamaAdapter:
                 finally:
                     response.release()
                 raise UpstreamStatus(response.status, data)
-        return NDJSONStream(response, chunks, t.first_byte, t.idle)
+        return NDJSONStream(response, chunks, t, started)
 
     async def probe(self) -> Probe:
         if self.provider.missing_env:
@@ -782,6 +792,15 @@ class OllamaAdapter:
         return [
             LoadedModel(m.name, m.size, m.size_vram, m.expires_at) for m in running.models or ()
         ]
+
+    async def context_window(self, model: str) -> int | None:
+        """The loaded model's context (``/api/ps``); None while it is not loaded."""
+        running = await self._get("/api/ps", _RUNNING, self._send_timeout)
+        names = (model, f"{model}:latest")
+        for loaded in running.models or ():
+            if loaded.name in names and loaded.context_length > 0:
+                return loaded.context_length
+        return None
 
     async def load(self, model: str, keep_alive: KeepAlive | None = None) -> None:
         """Load ``model`` into memory; returns once Ollama answers that it is loaded.

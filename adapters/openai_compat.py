@@ -16,8 +16,11 @@ import aiohttp
 import msgspec
 
 from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, UpstreamRequest
+from adapters.connections import connection_reused
+from adapters.streams import Framer, StreamDeadlines, refuse_unknown_encoding
 from gateway.config import Provider, Timeouts
 from gateway.errors import (
+    StaleConnection,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -43,11 +46,28 @@ def mapped_client_errors() -> Iterator[None]:
         reason = exc.os_error.strerror or str(exc.os_error)
         raise UpstreamConnectError(f"cannot connect to {exc.host}:{exc.port}: {reason}") from None
     except aiohttp.ServerDisconnectedError:
+        if connection_reused():
+            raise StaleConnection("upstream closed a kept-alive connection") from None
         raise UpstreamProtocolError("upstream closed the connection") from None
     except aiohttp.ClientPayloadError:
         raise UpstreamProtocolError("upstream response was cut off") from None
+    except aiohttp.ClientOSError as exc:
+        # ECONNRESET or EPIPE writing onto a pooled connection the server just closed.
+        if connection_reused():
+            raise StaleConnection(f"kept-alive connection failed: {exc}") from None
+        raise UpstreamConnectError(f"{exc.__class__.__name__}: {exc}") from None
     except aiohttp.ClientError as exc:
         raise UpstreamConnectError(f"{exc.__class__.__name__}: {exc}") from None
+
+
+def whole_answer_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
+    """Non-streaming calls: one deadline for connect, headers and the whole body.
+
+    aiohttp's ``total`` runs from the request to the last body byte, so a body dripping a byte
+    at a time cannot outlive it the way it outlives a per-read ``sock_read``; and it costs no
+    await of its own on the success path.
+    """
+    return aiohttp.ClientTimeout(total=t.connect + t.first_byte, sock_connect=t.connect)
 
 
 class SSEStream:
@@ -56,20 +76,28 @@ class SSEStream:
     A plain async iterator rather than an async generator: the relay may be cancelled while
     it waits for the next event (a client disconnect), and closing a generator suspended in
     an await is exactly what Python refuses ("asynchronous generator is already running").
-    Timeouts are per read: the first event may take ``first_byte`` seconds (prompt processing
-    on a local engine can be slow), later gaps at most ``idle`` seconds.
+    Deadlines (``StreamDeadlines``) count content only: the first data event within
+    ``first_byte`` of ``started`` (prompt processing on a local engine can be slow), each next
+    one within ``idle``, the whole stream within ``max_stream``. Comments and pings never
+    reset them; they are dropped (the gateway sends its own keep-alives), pings only before
+    the first content, so the forwarder's "first event" is always a real one.
     """
 
-    __slots__ = ("_done", "_events", "_fix", "_idle", "_index", "_limit", "_pending", "_response")
+    __slots__ = ("_cr", "_deadlines", "_done", "_events", "_fix", "_framer", "_index", "_response")
 
     def __init__(
-        self, response: aiohttp.ClientResponse, fix: EventFix | None, first_byte: float, idle: float
+        self,
+        response: aiohttp.ClientResponse,
+        fix: EventFix | None,
+        timeouts: Timeouts,
+        started: float,
     ) -> None:
+        refuse_unknown_encoding(response)
         self._response = response
         self._fix = fix
-        self._limit = first_byte
-        self._idle = idle
-        self._pending = b""
+        self._deadlines = StreamDeadlines(timeouts, started, asyncio.get_running_loop().time)
+        self._framer = Framer(b"\n\n", timeouts.max_event_bytes, "event")
+        self._cr = False  # a chunk ended in "\r": its "\n" may start the next one
         self._events: list[bytes] = []
         self._index = 0
         self._done = False
@@ -87,22 +115,32 @@ class SSEStream:
         return event
 
     async def _read(self) -> None:
+        deadlines = self._deadlines
         with mapped_client_errors():
-            async with asyncio.timeout(self._limit):
-                chunk = await self._response.content.readany()
+            try:
+                async with asyncio.timeout_at(deadlines.next()):
+                    chunk = await self._response.content.readany()
+            except TimeoutError:
+                raise deadlines.expired() from None
         if not chunk:
             self._done = True
             return
-        if self._pending:
-            chunk = self._pending + chunk
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
-        *events, self._pending = chunk.split(b"\n\n")
+        if b"\r" in chunk or self._cr:
+            chunk = self._normalised(chunk)
         fix = self._fix
         ready: list[bytes] = []
-        for event in events:
-            # Upstream comments (MLX's keep-alives) are dropped: the gateway sends its own.
-            if not event or event[0] == 0x3A:
+        content = False
+        for event in self._framer.feed(chunk):
+            if not event:
+                continue
+            if event[0] == 0x3A:  # starts with a comment (MLX's keep-alives are whole events)
+                event = _without_comments(event)
+                if not event:
+                    continue
+            # Content is any event but an Anthropic ping (first byte b"e": cheap for "data:").
+            if content or event[0] != 0x65 or not event.startswith(b"event: ping"):
+                content = True
+            elif not deadlines.seen:
                 continue
             if fix is not None:
                 fixed = fix(event)
@@ -110,15 +148,29 @@ class SSEStream:
                     continue
                 event = fixed
             ready.append(event + b"\n\n")
-        if ready:
-            self._limit = self._idle
+        if content:
+            deadlines.content()
         self._events = ready
         self._index = 0
+
+    def _normalised(self, chunk: bytes) -> bytes:
+        """CRLF line ends as LF, including a pair split between two reads."""
+        if self._cr:
+            chunk = b"\r" + chunk
+            self._cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._cr = True
+        return chunk.replace(b"\r\n", b"\n")
 
     async def aclose(self) -> None:
         # release() would drain the rest of a possibly endless body; close() drops the connection.
         if not self._response.closed:
             self._response.close()
+
+
+def _without_comments(event: bytes) -> bytes:
+    return b"\n".join(line for line in event.split(b"\n") if not line.startswith(b":"))
 
 
 class OpenAICompatAdapter:
@@ -136,10 +188,8 @@ class OpenAICompatAdapter:
             headers["Authorization"] = f"Bearer {provider.api_key}"
         self._headers = headers
         t = provider.timeouts
-        self._send_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=t.connect, sock_read=t.first_byte
-        )
-        # Streaming reads are bounded per read inside SSEStream instead.
+        self._send_timeout = whole_answer_timeout(t)
+        # Streams are bounded by SSEStream's deadlines instead.
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=t.connect, sock_read=None
         )
@@ -185,6 +235,7 @@ class OpenAICompatAdapter:
 
     async def open_stream(self, request: UpstreamRequest) -> SSEStream:
         t = self.provider.timeouts
+        started = asyncio.get_running_loop().time()
         response = await open_event_stream(
             self._session,
             self._urls[request.op],
@@ -193,7 +244,7 @@ class OpenAICompatAdapter:
             self._stream_timeout,
             t,
         )
-        return SSEStream(response, self.event_fix(request.op), t.first_byte, t.idle)
+        return SSEStream(response, self.event_fix(request.op), t, started)
 
     async def probe(self) -> Probe:
         if self.provider.missing_env:

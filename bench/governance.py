@@ -38,31 +38,23 @@ import argparse
 import functools
 import json
 import sqlite3
-import statistics
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from bench import instructions as callgrind
 from bench import wrk
-from bench.cells import NOISY, log, write_scripts
+from bench.cells import log, write_scripts
+from bench.pair import CONNECTIONS, Pair, side_by_side_line, summary
 from bench.payloads import chat_body
-from bench.procs import (
-    Processes,
-    cpu_seconds,
-    exit_on_sigterm,
-    thread_cpu_seconds,
-    wait_quiet,
-)
+from bench.procs import Processes, exit_on_sigterm, wait_ready
 from bench.report import RESULTS, machine, write_results
-from bench.stacks import UPSTREAM_MODEL, Stack, start_upstream, wait_ready, working_tree_build
+from bench.stacks import UPSTREAM_MODEL, Stack, start_upstream, working_tree_build
 from tests.gateway_server import free_port
 
 KINDS = ("json", "stream")
 MODES = ("off", "on")
-CONNECTIONS = 64
 
 
 def config(
@@ -195,71 +187,6 @@ def usage_rows(database: Path) -> int:
         return int(connection.execute("SELECT COUNT(*) FROM usage").fetchone()[0])
 
 
-class Bench:
-    """Both servers, their wrk scripts, and how many requests each has been sent."""
-
-    def __init__(self, stacks: dict[str, Stack], scripts: dict[str, dict[str, Path]]) -> None:
-        self.stacks = stacks
-        self.scripts = scripts
-        self.answered = dict.fromkeys(MODES, 0)
-
-    def load(self, mode: str, kind: str, seconds: float) -> wrk.WrkResult:
-        stack = self.stacks[mode]
-        result = wrk.run(stack.chat_url, self.scripts[mode][kind], CONNECTIONS, seconds)
-        self.answered[mode] += result.requests
-        if result.errors:
-            log(f"  {mode} {kind}: {result.errors} errors {result.error_detail}")
-        return result
-
-    def alternating(self, kind: str, seconds: float, rounds: int) -> list[dict[str, float]]:
-        out = []
-        for round_number in range(rounds):
-            order = MODES if round_number % 2 == 0 else MODES[::-1]
-            wait_quiet(30, NOISY)
-            rps = {mode: self.load(mode, kind, seconds).rps for mode in order}
-            out.append({**rps, "ratio": rps["on"] / rps["off"]})
-            log(
-                f"alternating {kind} round {round_number + 1}: off {rps['off']:,.0f} req/s, "
-                f"on {rps['on']:,.0f} req/s, on/off {out[-1]['ratio']:.3f}"
-            )
-        return out
-
-    def side_by_side(self, kind: str, seconds: float, rounds: int) -> list[dict[str, float]]:
-        out = []
-        with ThreadPoolExecutor(len(MODES)) as pool:
-            for round_number in range(rounds):
-                wait_quiet(30, NOISY)
-                pids = {mode: self.stacks[mode].proc.pid for mode in MODES}
-                main0 = {m: thread_cpu_seconds(p) for m, p in pids.items()}
-                all0 = {m: cpu_seconds(p) for m, p in pids.items()}
-                runs = {m: pool.submit(self.load, m, kind, seconds) for m in MODES}
-                results = {m: f.result() for m, f in runs.items()}
-                row: dict[str, float] = {}
-                for mode, result in results.items():
-                    n = max(result.requests, 1)
-                    row[f"{mode}_rps"] = result.rps
-                    row[f"{mode}_main_us"] = (
-                        (thread_cpu_seconds(pids[mode]) - main0[mode]) / n * 1e6
-                    )
-                    row[f"{mode}_process_us"] = (cpu_seconds(pids[mode]) - all0[mode]) / n * 1e6
-                row["rps_ratio"] = row["on_rps"] / row["off_rps"]
-                row["main_cpu_ratio"] = row["off_main_us"] / row["on_main_us"]
-                row["process_cpu_ratio"] = row["off_process_us"] / row["on_process_us"]
-                out.append(row)
-                log(
-                    f"side by side {kind} round {round_number + 1}: on/off throughput "
-                    f"{row['rps_ratio']:.3f}, event-loop CPU per request "
-                    f"{row['main_cpu_ratio']:.3f}, process CPU per request "
-                    f"{row['process_cpu_ratio']:.3f}"
-                )
-        return out
-
-
-def summary(rounds: list[dict[str, float]]) -> dict[str, float]:
-    keys = rounds[0].keys() if rounds else ()
-    return {k: round(statistics.median(r[k] for r in rounds), 3) for k in keys}
-
-
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     alternating: dict[str, dict[str, Any]] = {}
     together: dict[str, dict[str, Any]] = {}
@@ -268,10 +195,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         stacks, databases = {}, {}
         for mode in MODES:
             stacks[mode], databases[mode] = start(procs, upstream, work, mode == "on", args.headers)
-        bench = Bench(stacks, {m: write_scripts(s, work) for m, s in stacks.items()})
-        for kind in KINDS:
-            for mode in MODES:  # fill connection pools and caches; counted, not reported
-                bench.load(mode, kind, 2)
+        bench = Pair(MODES, stacks, {m: write_scripts(s, work) for m, s in stacks.items()})
+        bench.warm(KINDS)
         for kind in KINDS:
             rounds = bench.alternating(kind, args.seconds, args.rounds)
             alternating[kind] = {"rounds": rounds, "median": summary(rounds)}
@@ -304,14 +229,11 @@ def report(result: dict[str, Any]) -> str:
     lines = []
     for kind in KINDS:
         a = result["alternating"][kind]["median"]
-        t = result["side_by_side"][kind]["median"]
         lines.append(
             f"{kind}@{CONNECTIONS}: alternating off {a['off']:,.0f} req/s, on {a['on']:,.0f} "
-            f"req/s, on/off {a['ratio']:.3f} | side by side: throughput {t['rps_ratio']:.3f}, "
-            f"event-loop CPU/request {t['main_cpu_ratio']:.3f} "
-            f"({t['off_main_us']:.0f} vs {t['on_main_us']:.0f} µs), process CPU/request "
-            f"{t['process_cpu_ratio']:.3f} ({t['off_process_us']:.0f} vs {t['on_process_us']:.0f} µs)"
+            f"req/s, on/off {a['ratio']:.3f}"
         )
+        lines.append(side_by_side_line(MODES, kind, result["side_by_side"][kind]["median"]))
     for kind, count in result["instructions_per_request"].items():
         off, on, ratio = count["off"], count["on"], count["off_over_on"]
         lines.append(

@@ -4,7 +4,7 @@
 
 Everything runs in one event loop (uvloop when installed, as ``turnout serve`` does) against a
 real SQLite file in a temporary directory, with the shipped defaults (batch 2000, flush every
-0.5 s) and a small price table, so the writer prices every row as it would in production.
+0.1 s) and a small price table, so the writer prices every row as it would in production.
 
 burst   ``--rows`` rows submitted back to back, then the time until the last one is committed:
         rows/s (the issue's target: at least 10,000) and submit()'s cost per call in µs.

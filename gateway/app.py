@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,11 +28,15 @@ from gateway.api.usage import UsageController
 from gateway.api.websocket import chat_socket
 from gateway.asgi import Receive, Scope, Send, header
 from gateway.config import Config
-from gateway.errors import ErrorBody, ErrorEnvelope, GatewayError
+from gateway.errors import BadRequest, ErrorBody, ErrorEnvelope, GatewayError
+from gateway.nesting import check_depth
 from gateway.plugins.memory.api import memory_controllers
 from gateway.plugins.tools.api import tool_controllers
 from gateway.state import GatewayState
+from gateway.translate.anthropic_replies import error_body as anthropic_error_body
 from gateway.ui import DashboardController
+
+log = logging.getLogger("turnout.app")
 
 # The raw-ASGI endpoints mounted on the hot path (see gateway/asgi.py).
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -80,7 +85,12 @@ def create_app(config: Config, registry: AdapterRegistry | None = None) -> Lites
         lifespan=[lifespan],
         # For tests and embedders: the running app's GatewayState (app.state.gateway).
         state=State({"gateway": state}),
-        exception_handlers={HTTPException: _http_error, GatewayError: _gateway_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            GatewayError: _gateway_error,
+            Exception: _internal_error,
+        },
+        before_request=_refuse_deep_json,
         before_send=[_add_request_id],
         openapi_config=None,
         debug=False,
@@ -107,20 +117,69 @@ async def _add_request_id(message: Any, scope: Any) -> None:
         message["headers"] = [*headers, (b"x-request-id", request_id[:128])]
 
 
-def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[ErrorEnvelope]:
+def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+    return _answer(request, exc)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Litestar's own errors (unknown path, wrong method) in the protocol's envelope."""
+    if exc.status_code >= 500:
+        return _internal_error(request, exc)
+    error = BadRequest(str(exc.detail), headers=exc.headers)
+    error.status = exc.status_code
+    error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return _answer(request, error)
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Anything unexpected: logged with its request id, answered as a 500 envelope.
+
+    Without this Litestar answered ``{"status_code": 500, ...}`` and, with its logging off
+    (``logging_config=None``), nobody heard of it. Raw-ASGI endpoints that let an exception
+    escape before answering land here too.
+    """
+    request_id = _request_id(request)
+    log.error(
+        "request %s (%s %s) failed inside the gateway",
+        request_id,
+        request.method,
+        request.scope.get("path", "?"),
+        exc_info=exc,
+    )
+    error = GatewayError("the gateway failed to handle this request; see its log")
+    return _answer(request, error, request_id)
+
+
+def _answer(
+    request: Request[Any, Any, Any], error: GatewayError, request_id: str = ""
+) -> Response[Any]:
+    """``error`` in the envelope of the protocol its path speaks: Anthropic's on /v1/messages*."""
+    headers = dict(error.headers)
+    if request.scope.get("path", "").startswith("/v1/messages"):
+        request_id = request_id or _request_id(request)
+        headers["x-request-id"] = request_id
+        body = anthropic_error_body(error, request_id)
+        return Response(body, status_code=error.status, headers=headers, media_type=_JSON)
+    if request_id:
+        headers["x-request-id"] = request_id
     return Response(
-        ErrorEnvelope(ErrorBody(exc.message, exc.type, exc.param, exc.code)),
-        status_code=exc.status,
-        headers=exc.headers,
+        ErrorEnvelope(ErrorBody(error.message, error.type, error.param, error.code)),
+        status_code=error.status,
+        headers=headers,
     )
 
 
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorEnvelope]:
-    """Litestar's own errors (unknown path, wrong method) in OpenAI's envelope."""
-    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return Response(
-        ErrorEnvelope(ErrorBody(str(exc.detail), kind, None, code)),
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
+def _request_id(request: Request[Any, Any, Any]) -> str:
+    return request.headers.get("x-request-id", "")[:128] or new_request_id()
+
+
+_JSON = "application/json"
+
+
+async def _refuse_deep_json(request: Request[Any, Any, Any]) -> None:
+    """Controllers decode their JSON bodies after this; see gateway/nesting.py for why."""
+    if request.method in _WITH_BODY:
+        check_depth(await request.body())
+
+
+_WITH_BODY = frozenset(("POST", "PUT", "PATCH"))

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from gateway.errors import BodyTooLarge
+from gateway.nesting import check_depth
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -46,7 +47,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     if not message.get("more_body"):
         if len(body) > limit:
             raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        return body
+        return check_depth(body)
     parts = [body]
     size = len(body)
     while True:
@@ -59,7 +60,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
         parts.append(chunk)
         if not message.get("more_body"):
-            return b"".join(parts)
+            return check_depth(b"".join(parts))
 
 
 async def send_bytes(

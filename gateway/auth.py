@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import socket
 from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ import msgspec
 from gateway.asgi import Scope, header
 from gateway.config import Auth
 from gateway.errors import GatewayError
+from gateway.hosts import HostPolicy
 from gateway.identity import Identity
 from gateway.keys import KeyCache, KeyRecord
 
@@ -38,6 +40,12 @@ class Forbidden(GatewayError):
     code = "permission_denied"
 
 
+class HostNotAllowed(Forbidden):
+    """A keyless gateway addressed by a name that is not this machine's (see gateway/hosts.py)."""
+
+    code = "host_not_allowed"
+
+
 def is_loopback(host: str) -> bool:
     # The common answers first: this runs for every keyless request.
     if host == "127.0.0.1" or host == "::1":
@@ -55,16 +63,18 @@ _CROSS_SITE = (
 
 
 def cross_site(scope: Scope) -> bool:
-    """A browser request from another site (its Origin is not this host).
+    """A browser request from another site (its Origin is not this host)."""
+    return _foreign_origin(header(scope, b"origin"), header(scope, b"host"))
 
-    Keyless trust rests on "the caller is on this machine", which any web page open in a local
+
+def _foreign_origin(origin: bytes | None, host: bytes | None) -> bool:
+    """Keyless trust rests on "the caller is on this machine", which any web page open in a local
     browser also satisfies; browsers always send Origin on such cross-site requests.
     """
-    origin = header(scope, b"origin")
     if origin is None or origin == b"null":
         return origin == b"null"
-    host = header(scope, b"host") or b""
-    return urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") != host
+    netloc = urlsplit(origin.decode("latin-1")).netloc.lower()
+    return netloc != (host or b"").decode("latin-1").lower()
 
 
 def presented_key(scope: Scope) -> str | None:
@@ -85,6 +95,14 @@ class Authenticator:
         self._keys = keys
         self._admin = config.admin_key
         self._identities: dict[str, tuple[KeyRecord, Identity]] = {}
+        self._hosts = HostPolicy(
+            config.allowed_hosts,
+            open_network=config.allow_open_network,
+            machine=socket.gethostname(),
+        )
+        # Host values already found acceptable, so the common case is one dict lookup. Only
+        # accepted values are kept (a bounded set of real names); refusals are not cached.
+        self._local_hosts: set[bytes] = set()
 
     @property
     def embedded(self) -> bool:
@@ -100,8 +118,7 @@ class Authenticator:
             if record is not None:
                 return self._identity(record)
         if self.embedded:
-            if cross_site(scope):
-                raise Forbidden(_CROSS_SITE)
+            self.check_local_request(scope)
             client = scope.get("client")
             if self._config.allow_open_network or (client is not None and is_loopback(client[0])):
                 return Identity(
@@ -111,6 +128,40 @@ class Authenticator:
         if secret is None:
             raise Unauthorized("missing API key: send Authorization: Bearer <key> (or x-api-key)")
         raise Unauthorized("invalid API key")
+
+    def check_local_request(self, scope: Scope) -> None:
+        """Before trusting a caller for being local: refuse what a web page could have sent.
+
+        Two ways a page in a local browser reaches a keyless gateway: a cross-site request (its
+        Origin names another site) and DNS rebinding (its own name now resolves here; the Host
+        header still carries that name). Every path that trusts loopback without a key comes here.
+        """
+        # Two scans, the first one short: clients send Host first. (One scan comparing every
+        # name twice cost more: this runs for every keyless request.)
+        headers = scope["headers"]
+        host = origin = None
+        for name, value in headers:
+            if name == b"host":
+                host = value
+                break
+        for name, value in headers:
+            if name == b"origin":
+                origin = value
+                break
+        if host is not None and host not in self._local_hosts:
+            text = bytes(host).decode("latin-1")
+            if not self._hosts.permits(text):
+                raise HostNotAllowed(self._hosts.refusal(text))
+            if len(self._local_hosts) < 64:
+                self._local_hosts.add(bytes(host))
+        if origin is not None and _foreign_origin(origin, host):
+            raise Forbidden(_CROSS_SITE)
+
+    def check_local_page(self, scope: Scope) -> None:
+        """For endpoints open to everyone with keys (metrics, dashboard files): a keyless
+        gateway still answers only its own names, so a rebound page cannot read them."""
+        if self.embedded:
+            self.check_local_request(scope)
 
     def _identity(self, record: KeyRecord) -> Identity:
         # One Identity per key record, not one per request; a refreshed record (new limits, a
@@ -140,8 +191,7 @@ class Authenticator:
             raise Forbidden(
                 "this endpoint needs the admin key (auth.admin_key), not an ordinary key"
             )
-        if cross_site(scope):
-            raise Forbidden(_CROSS_SITE)
+        self.check_local_request(scope)
         client = scope.get("client")
         if client is not None and is_loopback(client[0]):
             return ADMIN

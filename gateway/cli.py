@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="turnout",
         description="An OpenAI-compatible LLM gateway: run it (serve), check its routing file, "
         "manage its keys, and talk to a running one (chat, status, models, switch, tool, "
-        "usage, batch; --url/--key, $TURNOUT_URL/$TURNOUT_API_KEY or ~/.config/turnout/cli.toml).",
+        "usage, batch) or start a coding agent pointed at one (launch; --url/--key, "
+        "$TURNOUT_URL/$TURNOUT_API_KEY or ~/.config/turnout/cli.toml).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -50,11 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_parser(commands)
     batch.add_parser(commands, common)
 
-    from gateway import keys_cli
+    from gateway import keys_cli, launch
 
     keys_cli.add_parser(commands)
+    launch.add_parser(commands)
 
-    args = parser.parse_args(argv)
+    own, passthrough = launch.split_passthrough(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(own)
+    if passthrough:
+        args.client_args = passthrough
     if args.command == "keys":
         return keys_cli.run(args)
     if args.command == "check":
@@ -90,10 +95,22 @@ def _check(path: Path, *, as_json: bool = False) -> int:
     from gateway.engines.process import missing_parts
 
     notes = list(warnings(config))
+    errors: list[str] = []
     for name, role in config.roles.items():
         problem = missing_parts(role)
-        if problem:
+        if problem.startswith("model "):
+            # The engine is installed, so this role is meant to run here, and its first request
+            # would fail. (Without the engine, e.g. the shipped example on a fresh machine, the
+            # role just reports itself unavailable: a warning.)
+            errors.append(f"roles.{name}.model: file {role.model!r} does not exist")
+        elif problem:
             notes.append(f"roles.{name}: cannot start until fixed: {problem}")
+    if errors:
+        message = f"{path}: " + "; ".join(errors)
+        if as_json:
+            print(json.dumps({"ok": False, "path": str(path), "error": message}))
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     counts = {
         "providers": len(config.providers),
         "roles": len(config.roles),

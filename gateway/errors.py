@@ -31,6 +31,28 @@ class BadRequest(GatewayError):
     type = "invalid_request_error"
 
 
+class ContextExceeded(BadRequest):
+    """The prompt does not fit the serving engine's context window (the engine said so).
+
+    Worded the way clients recover from it: Claude Code compacts its conversation on
+    Anthropic's "prompt is too long: N tokens > M maximum"; OpenAI clients (Codex, litellm)
+    look for the code ``context_length_exceeded``. Deliberately not an ``UpstreamError``: the
+    forwarder neither falls back nor puts the target in cooldown; a smaller prompt is the fix.
+    (Routing to a role with a larger context happens before the call, in the engine gate.)
+    """
+
+    code = "context_length_exceeded"
+
+    def __init__(self, prompt_tokens: int, context: int) -> None:
+        super().__init__(
+            f"prompt is too long: {prompt_tokens} tokens > {context} maximum "
+            f"(this model's maximum context length is {context} tokens)",
+            param="messages",
+        )
+        self.prompt_tokens = prompt_tokens
+        self.context = context
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -105,6 +127,14 @@ class UpstreamProtocolError(UpstreamError):
     """The upstream answered 200 with something that is not the protocol (bad JSON, cut stream)."""
 
     code = "upstream_protocol_error"
+
+
+class StaleConnection(UpstreamProtocolError):
+    """A pooled connection the server had already closed failed before any response byte.
+
+    Not the target's fault: the forwarder sends the request again on a new connection, without
+    using a retry, cooling the target down or falling back (see ``adapters/connections.py``).
+    """
 
 
 class AllTargetsFailed(UpstreamError):

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
+
+import msgspec
 
 from adapters.base import Adapter, UpstreamReply, UpstreamRequest, UpstreamStream
 from gateway.config import Model, Provider, Routing, Target
@@ -21,6 +24,7 @@ from gateway.engines.supervisor import Lease
 from gateway.errors import (
     AllTargetsFailed,
     NoTargetAvailable,
+    StaleConnection,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatus,
@@ -28,9 +32,17 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.router import backoff_delay, plan, should_fall_back, target_key
 from gateway.targets import TargetBook
+from gateway.translate import sse_fields
+from gateway.translate.prefix import request_shapers
 from gateway.wire import ClientRequest
 
 T = TypeVar("T")
+
+log = logging.getLogger("turnout.forwarder")
+
+# Sending again on a new connection after a pooled one turned out closed: more than one in a
+# row happens when several idle connections were closed together; past this, it is a failure.
+MAX_RESENDS = 3
 
 
 @dataclass(slots=True)
@@ -41,6 +53,8 @@ class Trace:
     upstream_seconds: float = 0.0
     target: Target | None = None
     failures: list[str] = field(default_factory=list)
+    # Set when a local target failed and a cloud one answered (response header, usage notes).
+    fallback: str = ""
     # Held while a local engine serves this request; released with the answer.
     lease: Lease | None = None
     released: bool = False
@@ -92,6 +106,8 @@ class Forwarder:
         self._book = book
         self._metrics = metrics
         self._rng = rng or random.Random()
+        # Per provider, what its requests go through first (see gateway/translate/prefix.py).
+        self._shapers = request_shapers(providers)
 
     async def send(
         self, model: Model, request: ClientRequest, request_id: str, trace: Trace
@@ -125,6 +141,7 @@ class Forwarder:
         attempt: Callable[[Adapter, UpstreamRequest], Awaitable[T]],
     ) -> T:
         last: UpstreamError | None = None
+        local_failure: Target | None = None
         for pass_number in range(self._routing.retries + 1):
             if pass_number:
                 retry_after = last.retry_after if isinstance(last, UpstreamStatus) else None
@@ -139,12 +156,35 @@ class Forwarder:
                 if not isinstance(outcome, UpstreamError):
                     if trace.attempts > 1:
                         self._metrics.child(self._metrics.fallbacks, model.name).inc()
+                        if local_failure is not None:
+                            self._left_local(model, local_failure, target, request_id, trace)
                     return outcome
                 if not should_fall_back(outcome):
                     raise outcome
                 last = outcome
+                if local_failure is None and self._providers[target.provider].is_local:
+                    local_failure = target
         assert last is not None
         raise _all_failed(model, trace, last)
+
+    def _left_local(
+        self, model: Model, local: Target, served: Target, request_id: str, trace: Trace
+    ) -> None:
+        """A local target failed and a cloud one answered: the user pays for it, so say so."""
+        if self._providers[served.provider].is_local:
+            return
+        local_key, served_key = target_key(local), target_key(served)
+        trace.fallback = f"{local_key} failed; served by cloud {served_key}"
+        why = next((f for f in trace.failures if f.startswith(local_key + ": ")), local_key)
+        log.warning(
+            "request %s for model %s: local target failed (%s); served by cloud target %s",
+            request_id,
+            model.name,
+            why,
+            served_key,
+        )
+        m = self._metrics
+        m.child(m.cloud_fallbacks, model.name, local.provider, served.provider).inc()
 
     async def _try(
         self,
@@ -186,15 +226,26 @@ class Forwarder:
     ) -> T | UpstreamError:
         key = target_key(target)
         adapter = self._adapters[target.provider]
-        upstream = UpstreamRequest(
-            request.op, request.fields, target.model, request.stream, request_id
-        )
+        shape = self._shapers.get(target.provider)
+        fields = request.fields if shape is None else shape(request.fields)
+        upstream = UpstreamRequest(request.op, fields, target.model, request.stream, request_id)
         trace.attempts += 1
         self._book.started(key)
         started = time.perf_counter()
         m = self._metrics
+        resends = 0
         try:
-            result = await attempt(adapter, upstream)
+            while True:
+                try:
+                    result = await attempt(adapter, upstream)
+                    break
+                except StaleConnection:
+                    # A pooled connection the upstream had closed; it never answered (see
+                    # adapters/connections.py). Inline, so success pays no extra await.
+                    if resends == MAX_RESENDS:
+                        raise
+                    resends += 1
+                    m.child(m.reconnects, target.provider).inc()
         except UpstreamError as exc:
             self._book.finished(key)
             self._book.failed(key, time.monotonic(), exc.message)
@@ -214,8 +265,33 @@ class Forwarder:
         return result
 
 
+class _AnyObject(msgspec.Struct):
+    """Decodes any JSON object and builds nothing: msgspec validates and skips every field."""
+
+
+_JSON_OBJECT = msgspec.json.Decoder(_AnyObject)
+
+
+def _problem(data: bytes) -> str | None:
+    """Why ``data`` is not one JSON object, or None when it is."""
+    try:
+        _JSON_OBJECT.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return f"{exc} (starts {data[:60]!r})"
+    return None
+
+
 async def _send(adapter: Adapter, request: UpstreamRequest) -> UpstreamReply:
-    return await adapter.send(request)
+    reply = await adapter.send(request)
+    # A 200 that is not JSON (cut short, a proxy's HTML error page) is the upstream's failure,
+    # found here while another target can still answer. One validating pass that builds
+    # nothing; the body is decoded for real only after the commit.
+    problem = _problem(reply.body)
+    if problem is not None:
+        raise UpstreamProtocolError(
+            f"upstream answered 200 with a body that is not JSON: {problem}"
+        )
+    return reply
 
 
 async def _open_with_first_event(adapter: Adapter, request: UpstreamRequest) -> OpenStream:
@@ -223,6 +299,7 @@ async def _open_with_first_event(adapter: Adapter, request: UpstreamRequest) -> 
     events = aiter(stream)
     try:
         first = await anext(events)
+        _check_first_event(first)
     except StopAsyncIteration:
         await stream.aclose()
         raise UpstreamProtocolError("stream ended before its first event") from None
@@ -230,6 +307,23 @@ async def _open_with_first_event(adapter: Adapter, request: UpstreamRequest) -> 
         await stream.aclose()
         raise
     return OpenStream(stream, events, first)
+
+
+def _check_first_event(event: bytes) -> None:
+    """The first event commits the stream to this upstream, so it must be real SSE data.
+
+    Only this one event is decoded; the relay passes the rest through untouched.
+    """
+    name, data = sse_fields(event)
+    if name == b"error":
+        raise UpstreamProtocolError(f"upstream stream began with an error: {data[:300]!r}")
+    if data == b"[DONE]":
+        return
+    if not data:
+        raise UpstreamProtocolError(f"upstream stream began with no data event: {event[:100]!r}")
+    problem = _problem(data)
+    if problem is not None:
+        raise UpstreamProtocolError(f"upstream stream began with an invalid event: {problem}")
 
 
 def _no_target_message(model: Model, providers: Mapping[str, Provider]) -> str:

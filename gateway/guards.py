@@ -23,3 +23,8 @@ def api_caller(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandl
 def administrator(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """/engine/* and admin endpoints: the admin key, or a local caller when none is set."""
     _state(connection).auth.require_admin(connection.scope)  # type: ignore[arg-type]
+
+
+def local_page(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Open endpoints (metrics, dashboard files): a keyless gateway answers only its own names."""
+    _state(connection).auth.check_local_page(connection.scope)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ import logging
 import secrets
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,9 @@ class KeyCache:
         self._ever = False
         self._seen_until = 0.0
         self._task: asyncio.Task[None] | None = None
+        # Its own thread, never the loop's default executor: that one is shared with code we do
+        # not control, and a few stuck threads there once held a revocation back for 24 s.
+        self._thread: ThreadPoolExecutor | None = None
 
     def lookup(self, secret: str) -> KeyRecord | None:
         return self._by_hash.get(hash_key(secret))
@@ -190,7 +194,8 @@ class KeyCache:
 
 
     async def start(self) -> None:
-        self._apply(await asyncio.to_thread(self._fetch, self._seen_until))
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="turnout-keys")
+        self._apply(await self._fetch_changed())
         self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     async def stop(self) -> None:
@@ -198,12 +203,18 @@ class KeyCache:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+
+    async def _fetch_changed(self) -> list[tuple[Any, ...]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._fetch, self._seen_until)
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self._refresh)
             try:
-                self._apply(await asyncio.to_thread(self._fetch, self._seen_until))
+                self._apply(await self._fetch_changed())
             except sqlite3.Error as exc:
                 log.warning("refreshing keys from %s failed: %s", self._database, exc)
 

@@ -69,10 +69,33 @@ class Metrics:
             ("model",),
             registry=r,
         )
+        self.cloud_fallbacks = Counter(
+            "turnout_cloud_fallbacks",
+            "Requests a local target failed and a cloud target answered, by logical model, "
+            "local provider and cloud provider.",
+            ("model", "local_provider", "cloud_provider"),
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "turnout_upstream_reconnects",
+            "Requests sent again on a new connection because a kept-alive one had been closed "
+            "by the upstream (not failures: no retry, cooldown or fallback), by provider.",
+            ("provider",),
+            registry=r,
+        )
         self.tokens = Counter(
             "turnout_tokens",
             "Tokens reported by upstreams, by logical model and type.",
             ("model", "type"),
+            registry=r,
+        )
+        # Next to turnout_tokens_total{type="prompt"} (which includes them): their ratio is the
+        # prompt-cache hit rate, per logical model and per provider (a local role's provider
+        # is named after the role).
+        self.cached_tokens = Counter(
+            "turnout_prompt_tokens_cached",
+            "Prompt tokens the upstream served from its prompt cache, by logical model and provider.",
+            ("model", "provider"),
             registry=r,
         )
         self.inflight = Gauge(
@@ -126,6 +149,38 @@ class Metrics:
             "Time requests waited for their role's engine (swaps, loads).",
             ("role",),
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        # KV caches kept across swaps (engines.kv_cache): saved on stop, restored on start.
+        self.kv_cache_saves = Counter(
+            "turnout_kv_cache_saves",
+            "KV cache saves when a role stopped, by outcome (ok, error, timeout).",
+            ("role", "outcome"),
+            registry=r,
+        )
+        self.kv_cache_restores = Counter(
+            "turnout_kv_cache_restores",
+            "Saved slot files read back when a role started, by outcome (ok, error, timeout; "
+            "stale, damaged: discarded unread).",
+            ("role", "outcome"),
+            registry=r,
+        )
+        self.kv_cache_saved_bytes = Counter(
+            "turnout_kv_cache_saved_bytes",
+            "Bytes of KV cache written to disk, by role.",
+            ("role",),
+            registry=r,
+        )
+        self.kv_cache_bytes = Gauge(
+            "turnout_kv_cache_bytes",
+            "Bytes of KV cache stored on disk now, by role.",
+            ("role",),
+            registry=r,
+        )
+        self.kv_cache_evictions = Counter(
+            "turnout_kv_cache_evictions",
+            "KV cache files deleted to keep the byte caps (least recently used first).",
+            ("role",),
             registry=r,
         )
         # The usage writer's two gauges are read from the writer when scraped

@@ -8,6 +8,7 @@ import random
 import socket
 import tempfile
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -16,10 +17,12 @@ import aiohttp
 import psutil
 
 from adapters.base import Adapter, AdapterRegistry, Probe
+from adapters.connections import ENGINE_KEEPALIVE_SECONDS, PoolConnector, sibling_session
 from gateway.auth import Authenticator
 from gateway.config import ROLE_PREFIX, Config, Provider, Role, role_provider_name
 from gateway.db import prepare as prepare_database
 from gateway.engines.gate import EngineGate
+from gateway.engines.kv_slots import KvCacheKeeper
 from gateway.engines.process import (
     EngineDriver,
     ExternalDriver,
@@ -72,7 +75,11 @@ class GatewayState:
     probes: dict[str, Probe] = field(default_factory=dict)
     forwarder: Forwarder = field(init=False)
     supervisor: Supervisor | None = None
+    # KV caches kept across swaps (engines.kv_cache); None without local roles.
+    kv_cache: KvCacheKeeper | None = None
     session: aiohttp.ClientSession | None = None
+    # Local providers' adapters: the same settings, a shorter keep-alive (see start()).
+    engine_session: aiohttp.ClientSession | None = None
     # The usage log; None when ``usage.enabled`` is false.
     usage: UsageWriter | None = None
     keys: KeyCache = field(init=False)
@@ -132,14 +139,26 @@ class GatewayState:
     async def start(self) -> None:
         # One pooled session for every upstream: keep-alive connections are the biggest single
         # win on the hot path. No per-host limit: a slow local engine must not starve others.
-        connector = aiohttp.TCPConnector(
+        # PoolConnector notes reused connections, so one the upstream closed is resent.
+        connector = PoolConnector(
             limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
         )
+        # aiohttp offers "gzip, deflate" unless told otherwise, and an upstream that took the
+        # offer had its compressed bytes relayed raw. Ask for identity on every call (chat,
+        # probes, engine health); one that compresses anyway is decoded (gzip, deflate: a
+        # no-op cost without Content-Encoding), and any other coding fails as a protocol
+        # error before the answer is committed, so the next target is tried.
         self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            headers={"Accept-Encoding": "identity"},
+            skip_auto_headers=("User-Agent",),
         )
+        # Local engines close idle connections after a few seconds (llama-server: 5): their
+        # adapters get the same session settings over a pool that lets go of them sooner.
+        self.engine_session = sibling_session(self.session, ENGINE_KEEPALIVE_SECONDS)
         for name, provider in self.providers.items():
-            self.adapters[name] = self.registry.create(name, provider, self.session)
+            session = self.engine_session if provider.is_local else self.session
+            self.adapters[name] = self.registry.create(name, provider, session)
         await prepare_database(self.config.server.database)
         await self.keys.start()
         await self.limiter.start()
@@ -171,18 +190,28 @@ class GatewayState:
 
     def _drivers(self, session: aiohttp.ClientSession) -> dict[str, EngineDriver]:
         log_dir = Path(self.config.engines.log_dir or tempfile.mkdtemp(prefix="turnout-engines-"))
+        keeper = self.kv_cache = KvCacheKeeper(self.config.engines.kv_cache, self.metrics)
         drivers: dict[str, EngineDriver] = {}
         for name, role in self.config.roles.items():
             if role.engine in ("llamacpp", "mlx"):
-                drivers[name] = ProcessDriver(
-                    name, role, self.role_ports[name], log_dir / f"{name}.log", session
-                )
+
+                def process(
+                    extra: Sequence[str], name: str = name, role: Role = role
+                ) -> EngineDriver:
+                    log_path = log_dir / f"{name}.log"
+                    port = self.role_ports[name]
+                    return ProcessDriver(name, role, port, log_path, session, extra_args=extra)
+
+                # Engine kinds whose adapter can save slots keep their KV cache across stops.
+                adapter = self.adapters.get(role_provider_name(name))
+                drivers[name] = keeper.wrap(name, role, adapter, process)
             elif role.engine == "ollama":
                 # The Ollama adapter doubles as the model host: load and unload are API calls.
                 host = cast(ModelHost, self.adapters[role_provider_name(name)])
                 drivers[name] = HostedModelDriver(role, host)
             else:
                 drivers[name] = ExternalDriver(role, session)
+        keeper.refresh()
         return drivers
 
     async def stop(self) -> None:
@@ -197,6 +226,8 @@ class GatewayState:
             await adapter.close()
         if self.session is not None:
             await self.session.close()
+        if self.engine_session is not None:
+            await self.engine_session.close()
         await self.keys.stop()
         await self.limiter.close()
         # Last, so rows from requests that finished while everything else stopped are written.

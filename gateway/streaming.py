@@ -8,6 +8,11 @@ from gateway.asgi import EVENT_STREAM, Headers, Send
 from gateway.forwarder import OpenStream
 
 KEEPALIVE = b": keepalive\n\n"
+# Writes larger than this go out in slices, each waiting for the socket to drain: the server
+# copies every body it sends (chunked framing) and the socket buffers what the client has not
+# read yet, so one 80 MB write (a Responses stream's final events repeat a 20 MB answer four
+# times) would briefly cost two more copies of it.
+SLICE = 1 << 20
 
 
 class SSEResponse:
@@ -31,7 +36,16 @@ class SSEResponse:
         await self._send({"type": "http.response.start", "status": 200, "headers": self.headers})
 
     async def write(self, data: bytes) -> None:
+        if len(data) > SLICE:
+            await self._write_slices(data)
+            return
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def _write_slices(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(data), SLICE):
+            piece = bytes(view[start : start + SLICE])
+            await self._send({"type": "http.response.body", "body": piece, "more_body": True})
 
     async def end(self) -> None:
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -64,6 +64,32 @@ def test_unknown_provider_reference_lists_known_ones() -> None:
         parse(text)
 
 
+def test_stream_deadlines_and_event_size_are_validated_with_their_key_paths() -> None:
+    text = MINIMAL.replace(
+        '"http://127.0.0.1:9/v1"}',
+        '"http://127.0.0.1:9/v1", timeouts: {idle: 0, max_stream: -1, max_event_bytes: 10}}',
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    message = str(caught.value)
+    assert "providers.local.timeouts.idle: expected a number > 0" in message
+    assert "providers.local.timeouts.max_stream: expected seconds >= 0 (0 = unlimited)" in message
+    assert "providers.local.timeouts.max_event_bytes: expected at least 1024 bytes" in message
+    defaults = parse(MINIMAL).providers["local"].timeouts
+    assert (defaults.max_stream, defaults.max_event_bytes) == (1800.0, 16 * 1024 * 1024)
+
+
+def test_usage_flush_interval_and_python_tool_threads_are_validated_with_their_key_paths() -> None:
+    text = MINIMAL + "\nusage: {flush_interval_seconds: 0}\ntools: {python_threads: 0}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    message = str(caught.value)
+    assert "usage.flush_interval_seconds: expected a number > 0" in message
+    assert "tools.python_threads: expected a number >= 1" in message
+    defaults = parse(MINIMAL)
+    assert (defaults.usage.flush_interval_seconds, defaults.tools.python_threads) == (0.1, 8)
+
+
 def test_duplicate_alias_is_rejected() -> None:
     text = (
         MINIMAL

@@ -286,6 +286,9 @@ async def test_dashboard_switches_and_unloads_real_engines_and_charts_traffic(
         assert await page.locator("#chart-latency circle.point").count() >= 1
         assert await page.locator("#chart-limits rect.bar").count() == 1
         assert await page.locator("[data-kpi=requests] .kpi-value").inner_text() == "4"
+        # The same prompt three times: llama-server served the repeats from its prompt cache.
+        assert (await page.locator("[data-kpi=cache] .kpi-value").inner_text()).endswith("%")
+        assert "cached" in await page.locator("[data-kpi=cache] .kpi-sub").inner_text()
         assert await page.locator("#recent tr[data-status='429']").count() == 1
         assert "model" in await page.locator("#rejections").inner_text()
         await page.click("#group-by [data-by=agent]")

@@ -234,3 +234,61 @@ async def test_timeouts_and_oversized_answers(server: HttpToolServer) -> None:
     server.big_bytes = 4096
     big = await call(server.url("/big"), max_response_bytes=1000)
     assert big.code == "tool_error" and "max_response_bytes" in (big.error or "")
+
+
+# Every spelling of a loopback, private or link-local destination an attacker might put in a
+# tool URL: IPv4 in decimal, octal, hex and short forms (resolved by getaddrinfo, which accepts
+# them all) and IPv6 addresses that carry an IPv4 address (compatible, mapped, translated,
+# 6to4, NAT64). None may reach the tool server listening on 127.0.0.1.
+DISGUISED = [
+    "2130706433",  # 127.0.0.1 in decimal
+    "0x7f000001",
+    "017700000001",
+    "0177.0.0.1",
+    "0x7f.0.0.1",
+    "0x7f.0x0.0x0.0x1",
+    "127.000.000.001",
+    "127.1",
+    "127.0.1",
+    "0177.1",
+    "0x7f.1",
+    "0",
+    "0.0.0.0",
+    "167772161",  # 10.0.0.1
+    "0xa9fea9fe",  # 169.254.169.254
+    "2852039166",
+    "[::1]",
+    "[::127.0.0.1]",
+    "[::7f00:1]",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]",
+    "[0:0:0:0:0:ffff:127.0.0.1]",
+    "[::ffff:0:127.0.0.1]",
+    "[2002:7f00:1::]",
+    "[64:ff9b::7f00:1]",
+    "[64:ff9b:1::7f00:1]",
+    "[::169.254.169.254]",
+    "[::ffff:a9fe:a9fe]",
+    "[::10.0.0.1]",
+]
+
+
+@pytest.mark.parametrize("host", DISGUISED)
+async def test_disguised_internal_addresses_are_refused(server: HttpToolServer, host: str) -> None:
+    outcome = await call(f"http://{host}:{server.port}/weather", allow=())
+    assert outcome.code == "tool_error"
+    assert "not a public address" in (outcome.error or "")
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "address", ["::127.0.0.1", "::10.0.0.1", "::ffff:0:127.0.0.1", "64:ff9b:1::7f00:1", "::8.8.8.8"]
+)
+def test_ipv4_compatible_and_translated_addresses_are_internal(address: str) -> None:
+    assert is_internal(ipaddress.ip_address(address))
+
+
+def test_an_allow_listed_ipv4_network_covers_its_ipv6_spellings() -> None:
+    allow = Destinations(["127.0.0.0/8"])
+    for spelling in ("::ffff:127.0.0.1", "::ffff:0:127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::"):
+        assert allow.permits("x", ipaddress.ip_address(spelling)), spelling

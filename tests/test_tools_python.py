@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from gateway.config import ToolDefinition
 from gateway.plugins.tools.calls import call_tool
-from gateway.plugins.tools.python import load_function, python_tool
+from gateway.plugins.tools.python import ToolThreads, load_function, python_tool
 from gateway.plugins.tools.registry import Caller, ToolRegistry
 
 FUNCTIONS = "tests.tools_fixtures.functions"
@@ -85,3 +87,35 @@ async def test_failures_and_timeouts() -> None:
     assert odd.code == "invalid_output"
     shaped = await call_tool(tools, "shaped", {}, SOFIA)
     assert shaped.code == "invalid_output"
+
+
+async def test_a_full_tool_pool_refuses_calls_until_a_stuck_tool_returns() -> None:
+    threads = ToolThreads(2)
+    tools = ToolRegistry()
+    tools.add(python_tool(tool("slow", "slow", timeout_seconds=0.05), threads))
+    tools.add(python_tool(tool("weather", "get_weather"), threads))
+    for _ in range(2):
+        stuck = await call_tool(tools, "slow", {"seconds": 0.6}, SOFIA)
+        assert stuck.code == "timeout"
+    assert threads.running == 2  # both still sleeping past their timeout
+    refused = await call_tool(tools, "weather", {"city": "Oslo"}, SOFIA)
+    assert refused.code == "tool_error"
+    assert "all 2 python tool threads are busy" in (refused.error or "")
+    for _ in range(100):
+        if threads.running == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert threads.running == 0
+    again = await call_tool(tools, "weather", {"city": "Oslo"}, SOFIA)
+    assert again.ok and again.result["thread"] == "turnout-tool"
+
+
+async def test_sync_tools_never_use_the_loops_default_executor() -> None:
+    loop = asyncio.get_running_loop()
+    default = ThreadPoolExecutor(1)
+    loop.set_default_executor(default)
+    tools = registry(tool("slow", "slow", timeout_seconds=0.05))
+    assert (await call_tool(tools, "slow", {"seconds": 0.5}, SOFIA)).code == "timeout"
+    # The default executor's only thread is free: the stuck tool is elsewhere.
+    ran = await asyncio.wait_for(loop.run_in_executor(None, threading.current_thread), 0.3)
+    assert ran.name != "turnout-tool"

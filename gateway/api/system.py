@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
+from gateway.guards import local_page
 from gateway.metrics import CONTENT_TYPE
 from gateway.state import GatewayState
 
@@ -15,6 +16,6 @@ class SystemController(Controller):
         # Liveness only: the process answers. Readiness of local engines is /engine/health.
         return {"status": "ok"}
 
-    @get("/metrics")
+    @get("/metrics", guards=[local_page])
     async def metrics(self, gateway: NamedDependency[GatewayState]) -> Response[bytes]:
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)

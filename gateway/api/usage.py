@@ -29,6 +29,9 @@ from gateway.errors import BadRequest, NotFound
 from gateway.guards import administrator
 from gateway.state import GatewayState
 
+# The largest ``limit``: SQLite's largest integer (and far beyond any real log).
+MAX_ROWS = 2**63 - 1
+
 # group_by name → SQL expression over the usage table. Days and hours are UTC.
 GROUPS: dict[str, str] = {
     "agent": "agent_id",
@@ -96,21 +99,34 @@ def parse_time(text: str, now: float, param: str) -> float:
     text = text.strip()
     relative = _RELATIVE.match(text)
     if relative:
-        return now - float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+        return _in_range(now - float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)], param)
     try:
-        return float(text)
+        return _in_range(float(text), param)
     except ValueError:
         pass
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    except (ValueError, OverflowError):
         raise BadRequest(
-            f"{param}: expected unix seconds, ISO 8601 or an age like 24h, got {text!r}",
+            f"{param}: expected unix seconds, ISO 8601 or an age like 24h, got {text[:100]!r}",
             param=param,
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+
+
+def _in_range(seconds: float, param: str) -> float:
+    """A finite time within ±``_MAX_SECONDS``: nan and inf once reached SQLite and int() (500s)."""
+    if not -_MAX_SECONDS <= seconds <= _MAX_SECONDS:  # also false for nan
+        raise BadRequest(
+            f"{param}: expected a time within ±{_MAX_SECONDS:.0f} unix seconds", param=param
+        )
+    return seconds
+
+
+# Year 5138; ages and timestamps beyond it are typos or probes.
+_MAX_SECONDS = 1e11
 
 
 def parse_group_by(values: Iterable[str]) -> tuple[str, ...]:
@@ -204,10 +220,28 @@ async def usage_report(connection: aiosqlite.Connection, query: UsageQuery) -> d
 def to_csv(data: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     if data:
-        writer = csv.DictWriter(out, fieldnames=list(data[0]), lineterminator="\n")
+        # RFC 4180's CRLF: the writer then quotes a cell holding either \r or \n (with "\n"
+        # alone, an id holding \r went out unquoted and split its row in two).
+        writer = csv.DictWriter(out, fieldnames=list(data[0]), lineterminator="\r\n")
         writer.writeheader()
-        writer.writerows(data)
+        writer.writerows({k: inert_cell(v) for k, v in row.items()} for row in data)
     return out.getvalue()
+
+
+def inert_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula gets a leading ``'`` (OWASP's advice).
+
+    Agent ids, projects and models are chosen by callers: ``=HYPERLINK(...)`` in an agent id
+    became a live link in whoever opened the export. Numbers stay numbers (a negative cost is
+    no formula); only strings starting with ``= + - @``, tab or carriage return change.
+    """
+    # A lone "-" (the log's "no model") cannot be a formula.
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS) and value != "-":
+        return "'" + value
+    return value
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _groups_first(group: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -248,8 +282,8 @@ class UsageController(Controller):
             raise NotFound("the usage log is off (usage.enabled: false in routing.yaml)")
         if format not in ("json", "csv"):
             raise BadRequest("format: expected json or csv", param="format")
-        if limit < 0:
-            raise BadRequest("limit: expected 0 (no limit) or more", param="limit")
+        if not 0 <= limit <= MAX_ROWS:  # SQLite integers are 64-bit: 1e23 raised OverflowError
+            raise BadRequest(f"limit: expected 0 (no limit) to {MAX_ROWS}", param="limit")
         now = time.time()
         query = UsageQuery(
             agent=agent,

@@ -34,8 +34,10 @@ Server to client::
 - Auth: the same keys as HTTP, either on the upgrade request (``Authorization: Bearer`` or
   ``x-api-key``) or, for browsers, which cannot set headers, in an ``auth`` message that applies
   to every later chat on the socket. Keys are checked per chat, like per HTTP request. A keyless
-  gateway (embedded mode) refuses cross-site upgrades (an ``Origin`` that is not the ``Host``), so
-  a web page you visit cannot use your local models.
+  gateway (embedded mode) refuses upgrades a web page could have made: cross-site ones (an
+  ``Origin`` that is not the ``Host``) and those addressed to a name that is not this machine's
+  (DNS rebinding, see gateway/hosts.py), with an HTTP 403 and OpenAI's error envelope, so a web
+  page you visit cannot use your local models.
 
 Why the chat goes through the HTTP pipeline: each chat message is replayed into the very
 endpoint that serves ``POST /v1/chat/completions`` (``create_app`` hands it over), with a synthesised ASGI http scope,
@@ -53,17 +55,18 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import msgspec
 from litestar import WebSocket, websocket
 from litestar.di import NamedDependency
 from litestar.handlers import WebsocketRouteHandler
+from litestar.types import WebSocketResponseBodyEvent, WebSocketResponseStartEvent
 from msgspec import UNSET, UnsetType
 
-from gateway.asgi import EVENT_STREAM, Headers, Message, Receive, Scope, Send, header
+from gateway.asgi import EVENT_STREAM, Headers, Message, Receive, Scope, Send
 from gateway.auth import Unauthorized
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest, GatewayError, openai_envelope
+from gateway.nesting import check_depth
 from gateway.state import GatewayState
 
 log = logging.getLogger("turnout.websocket")
@@ -124,22 +127,38 @@ def chat_socket(chat: Endpoint) -> WebsocketRouteHandler:
     async def chat_over_websocket(
         socket: WebSocket[Any, Any, Any], gateway: NamedDependency[GatewayState]
     ) -> None:
-        if gateway.auth.embedded and cross_site(cast(Scope, socket.scope)):
-            await socket.close(code=REFUSED, reason="cross-site WebSocket to a keyless gateway")
-            return
+        if gateway.auth.embedded:
+            try:
+                gateway.auth.check_local_request(cast(Scope, socket.scope))
+            except GatewayError as exc:
+                await refuse(socket, exc)
+                return
         await socket.accept()
         await ChatSocket(socket, chat, gateway).serve()
 
     return chat_over_websocket
 
 
-def cross_site(scope: Scope) -> bool:
-    """A browser page from another site: its Origin names a host other than the one it called."""
-    origin = header(scope, b"origin")
-    host = header(scope, b"host")
-    if origin is None or host is None:
-        return False
-    return urlsplit(origin.decode("latin-1")).netloc.lower() != host.decode("latin-1").lower()
+async def refuse(socket: WebSocket[Any, Any, Any], error: GatewayError) -> None:
+    """Deny the upgrade with an HTTP answer carrying the error envelope where the server can
+    send one (ASGI's websocket.http.response extension), else close with ``REFUSED``."""
+    if "websocket.http.response" not in (socket.scope.get("extensions") or {}):
+        await socket.close(code=REFUSED, reason=error.message[:120])
+        return
+    await socket.receive()  # websocket.connect
+    body = openai_envelope(error)
+    start: WebSocketResponseStartEvent = {
+        "type": "websocket.http.response.start",
+        "status": error.status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+    }
+    end: WebSocketResponseBodyEvent = {
+        "type": "websocket.http.response.body",
+        "body": body,
+        "more_body": False,
+    }
+    await socket.send(start)
+    await socket.send(end)
 
 
 class ChatSocket:
@@ -182,9 +201,12 @@ class ChatSocket:
 
     async def _dispatch(self, raw: bytes) -> None:
         try:
-            incoming = _decode_incoming(raw)
+            incoming = _decode_incoming(check_depth(raw))
         except msgspec.DecodeError as exc:
             await self.error(None, BadRequest(f"unreadable message: {exc}"))
+            return
+        except BadRequest as exc:  # nested too deeply to decode: refused, the socket stays open
+            await self.error(None, exc)
             return
         if incoming.type == "chat":
             await self._start(incoming)

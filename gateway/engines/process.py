@@ -100,9 +100,11 @@ class ProcessDriver:
         log_path: Path,
         session: aiohttp.ClientSession,
         host: str = "127.0.0.1",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self._role = role
-        self._command = render_command(role_name, role, host, port)
+        # Extra arguments come from capabilities of the engine kind (a KV cache directory).
+        self._command = [*render_command(role_name, role, host, port), *extra_args]
         self._health_url = f"http://{host}:{port}{role.health}"
         self._warmup_url = f"http://{host}:{port}/v1/chat/completions"
         self._warmup_model = role_upstream_model(role_name, role)

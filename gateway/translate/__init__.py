@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from gateway.errors import BadRequest, UpstreamProtocolError
+from gateway.wire import PromptDetails as WirePromptDetails
 from gateway.wire import Usage
 
 Fields = dict[str, msgspec.Raw]
@@ -84,11 +85,16 @@ class Translated(dict[str, msgspec.Raw]):
     through OpenAI's shape (thinking signatures, cache breakpoints, beta features).
     """
 
-    __slots__ = ("native",)
+    __slots__ = ("native", "volatile_prefix")
 
-    def __init__(self, fields: Fields, native: Native | None = None) -> None:
+    def __init__(
+        self, fields: Fields, native: Native | None = None, volatile_prefix: bool = False
+    ) -> None:
         super().__init__(fields)
         self.native = native
+        # The client opened its system prompt with per-request text (Claude Code's billing
+        # line): gateway.translate.prefix looks for it past the first bytes too.
+        self.volatile_prefix = volatile_prefix
 
 
 def native_of(fields: Mapping[str, msgspec.Raw], protocol: str) -> Native | None:
@@ -177,7 +183,10 @@ class ChatUsage(msgspec.Struct):
         return (details.reasoning_tokens or 0) if details else 0
 
     def wire(self) -> Usage:
-        return Usage(self.prompt, self.completion, self.prompt + self.completion)
+        # Cached prompt tokens travel on: the usage row, metrics and prices need them.
+        cached = self.cached
+        details = WirePromptDetails(cached) if cached else None
+        return Usage(self.prompt, self.completion, self.prompt + self.completion, details)
 
 
 class Chat(msgspec.Struct):

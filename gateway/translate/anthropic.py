@@ -30,6 +30,7 @@ from gateway.translate import (
     tool_arguments,
 )
 from gateway.translate.anthropic_replies import MessageStream, render_message
+from gateway.translate.prefix import BILLING_LINE_START
 from gateway.wire import ClientRequest, Usage
 
 PROTOCOL = "anthropic"
@@ -144,9 +145,15 @@ def prepare(body: bytes, headers: Mapping[str, str], ids: IdFactory = new_id) ->
     request = decode_client(_REQUEST, body)
     thinking = request.thinking is not None and request.thinking.type != "disabled"
     native = Native(PROTOCOL, body, headers, _native_rewrite(request))
-    chat = Translated(chat_fields(request), native)
+    chat = Translated(chat_fields(request), native, opens_with_billing_line(request.system))
     client = ClientRequest(Operation.CHAT, request.model, bool(request.stream), True, chat)
     return MessagesExchange(client, request.model, thinking, ids)
+
+
+def opens_with_billing_line(system: str | list[Block] | None) -> bool:
+    """Whether the system prompt starts with Claude Code's per-request billing line."""
+    first = system if isinstance(system, str) else (system[0].text if system else None)
+    return first is not None and first.startswith(BILLING_LINE_START)
 
 
 def _native_rewrite(request: MessagesRequest) -> Callable[[Fields], Fields] | None:

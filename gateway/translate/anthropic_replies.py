@@ -28,7 +28,7 @@ from gateway.translate import (
     sse,
     sse_fields,
 )
-from gateway.wire import Usage
+from gateway.wire import PromptDetails, Usage
 
 # --- replies -----------------------------------------------------------------------------------
 
@@ -142,7 +142,44 @@ def _native_usage(start: _NativeUsage | None, end: _NativeUsage | None) -> Usage
         return None
     prompt = start.prompt() if start else 0
     completion = (end.output_tokens if end else None) or 0
-    return Usage(prompt, completion, prompt + completion)
+    cached = (start.cache_read_input_tokens if start else None) or 0
+    details = PromptDetails(cached) if cached else None
+    return Usage(prompt, completion, prompt + completion, details)
+
+
+class _PromptProgress(msgspec.Struct):
+    total: int = 0
+    cache: int = 0
+
+
+class _FirstChunk(msgspec.Struct):
+    prompt_progress: _PromptProgress | None = None
+
+
+_FIRST_CHUNK = msgspec.json.Decoder(_FirstChunk)
+
+
+def _start_usage(first: bytes) -> dict[str, int]:
+    """message_start's usage from the first upstream chunk, decoded once per stream.
+
+    llama.cpp's first chunk says the prompt's size before prefill starts (``prompt_progress``,
+    asked for by its adapter on translated streams): split like message_delta's usage, cached
+    tokens apart. Other upstreams tell nothing until the end: 0, and message_delta has the truth.
+    """
+    if b'"prompt_progress"' in first:
+        try:
+            progress = _FIRST_CHUNK.decode(first).prompt_progress
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            progress = None
+        if progress is not None and progress.total > 0:
+            cached = min(progress.cache, progress.total)
+            return {
+                "input_tokens": progress.total - cached,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": cached,
+                "output_tokens": 0,
+            }
+    return {"input_tokens": 0, "output_tokens": 0}
 
 
 @dataclass(slots=True)
@@ -222,7 +259,7 @@ class MessageStream:
             return self._text_head + encode(text) + b"}}\n\n"
         out: list[bytes] = []
         if not self._started:
-            out.append(self._message_start())
+            out.append(self._message_start(data))
         if chunk.usage is not None:
             self._chat_usage = chunk.usage
         choice = chunk.first()
@@ -305,7 +342,7 @@ class MessageStream:
             return len(self._tools)
         return max(self._tools, default=0)
 
-    def _message_start(self) -> bytes:
+    def _message_start(self, first: bytes = b"") -> bytes:
         self._started = True
         message: dict[str, Any] = {
             "id": self._ids("msg_"),
@@ -315,7 +352,7 @@ class MessageStream:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": _start_usage(first),
         }
         return sse(b"message_start", encode({"type": "message_start", "message": message}))
 

@@ -146,7 +146,11 @@ def prepare(body: bytes, created_at: int, ids: IdFactory = new_id) -> ResponsesE
             "Send the whole conversation in 'input' (store: false).",
             param="previous_response_id",
         )
-    fields = FIELDS.decode(body)
+    try:
+        # The typed decode skips unknown keys unchecked; this one reads them all.
+        fields = FIELDS.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
     tools, names = chat_tools(request.tools or ())
     chat = {"model": raw(request.model), "messages": raw(chat_messages(request))}
     if request.stream:

@@ -6,6 +6,7 @@ tools were flattened into chat functions on the way in).
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,11 +171,15 @@ def render_response(body: bytes, template: ResponseTemplate) -> tuple[bytes, Usa
     return encode(response), chat.usage.wire() if chat.usage else None
 
 
-def _text_part(text: str) -> dict[str, Any]:
+# A closed item's text, as its slot in an event (see ``ResponseStream._emit``).
+Text = str | msgspec.Raw
+
+
+def _text_part(text: Text) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _message_item(item_id: str, status: str, text: str | None) -> dict[str, Any]:
+def _message_item(item_id: str, status: str, text: Text | None) -> dict[str, Any]:
     content = [] if text is None else [_text_part(text)]
     return {
         "id": item_id,
@@ -185,7 +190,7 @@ def _message_item(item_id: str, status: str, text: str | None) -> dict[str, Any]
     }
 
 
-def _reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
+def _reasoning_item(item_id: str, text: Text | None) -> dict[str, Any]:
     content = [] if text is None else [{"type": "reasoning_text", "text": text}]
     return {"id": item_id, "type": "reasoning", "summary": [], "content": content}
 
@@ -203,7 +208,9 @@ class _Open:
 
     index: int
     id: str
-    parts: list[str] = field(default_factory=list)
+    # One growing buffer, not a list of deltas: a list holds ~60 bytes per token (the str
+    # object and its slot), twelve times the text of a typical 5-character token.
+    text: io.StringIO = field(default_factory=io.StringIO)
 
 
 @dataclass(slots=True)
@@ -220,6 +227,11 @@ class ResponseStream:
 
     Function-call items stay open until the answer ends (each event names its item, so
     interleaved calls are fine); a text or reasoning item closes when something else starts.
+
+    A closed text is repeated by protocol in up to four events (``*.done``, the part, the item,
+    the final Response). It is encoded once and kept as bytes; events carry a slot for it
+    (``_slot``) and are spliced around the one copy, so a 20 MB answer costs 20 MB of encoded
+    text plus the bytes actually sent, not one copy per event and per join.
     """
 
     def __init__(self, template: ResponseTemplate) -> None:
@@ -236,6 +248,8 @@ class ResponseStream:
         self._chat_usage: ChatUsage | None = None
         # What follows the sequence number in the open message's text deltas.
         self._text_mid = b""
+        # Closed items' texts, JSON-encoded; events refer to them by slot.
+        self._texts: list[bytes] = []
         self.usage: Usage | None = None
         self.done = False
         self.failed = False
@@ -262,7 +276,7 @@ class ResponseStream:
         text = plain_text(chunk) if message is not None else None
         if text is not None and message is not None:
             # Most chunks: one more piece of the open message's text.
-            message.parts.append(text)
+            message.text.write(text)
             seq = self._seq
             self._seq += 1
             return _TEXT_HEAD + b"%d" % seq + self._text_mid + encode(text) + b',"logprobs":[]}\n\n'
@@ -308,7 +322,24 @@ class ResponseStream:
     def _emit(self, out: list[bytes], kind: str, payload: dict[str, Any]) -> None:
         event = {"type": kind, "sequence_number": self._seq, **payload}
         self._seq += 1
-        out.append(sse(kind.encode(), encode(event)))
+        data = encode(event)
+        if not self._texts or b"\x00" not in data:
+            out.append(sse(kind.encode(), data))
+            return
+        # msgspec escapes control characters in every string it encodes, so a raw NUL can
+        # only come from a slot: "\x00<n>\x00" splits into [head, n, mid, n, ..., tail].
+        pieces = data.split(b"\x00")
+        out.append(b"event: " + kind.encode() + b"\ndata: " + pieces[0])
+        for i in range(1, len(pieces), 2):
+            out.append(self._texts[int(pieces[i])])
+            out.append(pieces[i + 1])
+        out.append(b"\n\n")
+
+    def _slot(self, text: io.StringIO) -> msgspec.Raw:
+        """Encode a closed item's text once; the slot that stands for it in events."""
+        self._texts.append(encode(text.getvalue()))
+        text.close()  # the encoded copy is the only one kept
+        return msgspec.Raw(b"\x00%d\x00" % (len(self._texts) - 1))
 
     def _start(self, out: list[bytes]) -> None:
         self._started = True
@@ -352,7 +383,7 @@ class ResponseStream:
 
     def _text_delta(self, out: list[bytes], kind: str, item: _Open, text: str) -> None:
         # The per-token path: bytes assembled directly (ids are ours, plain ASCII).
-        item.parts.append(text)
+        item.text.write(text)
         name = kind.encode()
         tail = b',"logprobs":[]}' if kind == "response.output_text.delta" else b"}"
         data = b'{"type":"%s","sequence_number":%d,"item_id":"%s","output_index":%d,' % (
@@ -381,7 +412,7 @@ class ResponseStream:
         item, self._message = self._message, None
         if item is None:
             return
-        text = "".join(item.parts)
+        text = self._slot(item.text)
         where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
         self._emit(out, "response.output_text.done", {**where, "text": text, "logprobs": []})
         self._emit(out, "response.content_part.done", {**where, "part": _text_part(text)})
@@ -391,7 +422,7 @@ class ResponseStream:
         item, self._reasoning = self._reasoning, None
         if item is None:
             return
-        text = "".join(item.parts)
+        text = self._slot(item.text)
         where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
         self._emit(out, "response.reasoning_text.done", {**where, "text": text})
         self._done_item(out, item.index, _reasoning_item(item.id, text))
@@ -426,7 +457,7 @@ class ResponseStream:
 
     def _arguments_delta(self, out: list[bytes], call: _Call, fragment: str) -> None:
         assert call.item is not None
-        call.item.parts.append(fragment)
+        call.item.text.write(fragment)
         if self._template.tools.get(call.name, ToolName("")).custom:
             return  # a custom tool's input is the JSON's "input" string, known only at the end
         data = b'{"type":"%s","sequence_number":%d,"item_id":"%s","output_index":%d,"delta":' % (
@@ -449,7 +480,7 @@ class ResponseStream:
     def _close_call(self, out: list[bytes], call: _Call) -> None:
         item = call.item
         assert item is not None and call.call_id is not None
-        arguments = "".join(item.parts)
+        arguments = item.text.getvalue()
         final = self._template.call_item(call.name, call.call_id, arguments, item.id, "completed")
         where = {"item_id": item.id, "output_index": item.index}
         if final["type"] == "custom_tool_call":

@@ -34,6 +34,10 @@ request's ``model`` if it names one, else ``ok``):
 ======================  ======================================================================
 
 Usage always reports ``fake.cache_read`` and ``fake.cache_creation`` cache tokens.
+
+``POST /v1/messages/count_tokens`` checks its body like the real API (the Messages rules minus
+``max_tokens``; any field it does not take is "Extra inputs are not permitted") and answers
+``{"input_tokens": N}`` with the same N a message's usage reports for those messages.
 """
 
 from __future__ import annotations
@@ -182,6 +186,33 @@ def validate(body: Any) -> None:
             pending = {b.get("id") for b in blocks if b.get("type") == "tool_use"}
 
 
+# What POST /v1/messages/count_tokens accepts; anything else is refused, as the real API does.
+COUNT_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "mcp_servers",
+        "context_management",
+        "output_config",
+        "output_format",
+    }
+)
+
+
+def validate_count(body: Any) -> None:
+    """count_tokens: the Messages checks, without max_tokens, and no field it does not take."""
+    if not isinstance(body, dict):
+        raise Invalid("There was an error parsing the body of your request.")
+    for key in body:
+        if key not in COUNT_FIELDS:
+            raise Invalid(f"{key}: Extra inputs are not permitted")
+    validate({**body, "max_tokens": 1})
+
+
 def _check_text_blocks(blocks: list[Any], where: str) -> None:
     for j, block in enumerate(blocks):
         if block.get("type") == "text" and not (
@@ -327,8 +358,11 @@ class FakeAnthropic:
         if self.api_key is not None and key != self.api_key:
             return self._error(401, request_id, "authentication_error", "invalid x-api-key")
         if request.path.endswith("/count_tokens"):
-            text = raw.decode("utf-8", "replace")
-            return self._json({"input_tokens": 1 + len(text) // 4}, request_id)
+            try:
+                validate_count(body)
+            except Invalid as exc:
+                return self._error(400, request_id, "invalid_request_error", str(exc))
+            return self._json({"input_tokens": self._input_tokens(body or {})}, request_id)
         try:
             validate(body)
         except Invalid as exc:
@@ -353,10 +387,15 @@ class FakeAnthropic:
 
     # --- answers ---
 
-    def _usage(self, body: dict[str, Any], output_tokens: int) -> dict[str, Any]:
+    @staticmethod
+    def _input_tokens(body: dict[str, Any]) -> int:
+        """The fake's tokenizer: the same count for count_tokens and a message's usage."""
         text = "".join(_text_of(m.get("content")) for m in body["messages"])
+        return 1 + len(text) // 4
+
+    def _usage(self, body: dict[str, Any], output_tokens: int) -> dict[str, Any]:
         return {
-            "input_tokens": 1 + len(text) // 4,
+            "input_tokens": self._input_tokens(body),
             "cache_creation_input_tokens": self.cache_creation,
             "cache_read_input_tokens": self.cache_read,
             "output_tokens": output_tokens,

@@ -50,6 +50,10 @@ The behaviour of each POST request is a *scenario*, picked by the first rule tha
 A name in ``script``/``scenario`` that is not a scenario gets a 500 so typos are loud.
 GET endpoints are never scripted; ``fake.healthy = False`` makes ``/health`` answer 503.
 
+``fake.compress``: None (default) answers uncompressed; ``"honour"`` compresses API answers
+(JSON and SSE) with the first coding the request's ``Accept-Encoding`` offers, as servers behind
+nginx or a CDN do; ``"gzip"`` compresses with gzip whatever the request asked for.
+
 Flavors (``FakeOpenAI(flavor=...)``), from /work/shared/reference/engines/samples/
 ---------------------------------------------------------------------------------
 ``openai``    OpenAI's documented format (default).
@@ -787,6 +791,7 @@ class FakeOpenAI:
         self.script: list[str] = []
         self.scenario: str | None = None
         self.healthy = True
+        self.compress: str | None = None  # None, "honour" or "gzip" (see the module docstring)
         self._port = port
         self._runner: web.ServerRunner | None = None
         self._stopping: asyncio.Event | None = None
@@ -1064,7 +1069,7 @@ class FakeOpenAI:
     async def _json(self, request: web.BaseRequest, scenario: str | None, obj: Any) -> web.StreamResponse:
         body = self._fmt.encode(obj)
         if scenario not in MID_STREAM:
-            return web.Response(body=body, headers=self._fmt.json_headers)
+            return self._compressed(web.Response(body=body, headers=self._fmt.json_headers))
         # A non-stream reply broken halfway: the promised Content-Length never arrives.
         resp = web.StreamResponse(headers=self._fmt.json_headers)
         resp.content_length = len(body)
@@ -1078,7 +1083,7 @@ class FakeOpenAI:
         return self._drop(request, resp)
 
     async def _stream(self, request: web.BaseRequest, scenario: str | None, events: list[bytes]) -> web.StreamResponse:
-        resp = web.StreamResponse(headers=self._fmt.sse_headers)
+        resp = self._compressed(web.StreamResponse(headers=self._fmt.sse_headers))
         try:
             await resp.prepare(request)
             await self._write_events(request, resp, scenario, events)
@@ -1103,6 +1108,13 @@ class FakeOpenAI:
             if scenario == STALL_MID_STREAM:
                 await self._until_stopped()
             self._drop(request, resp)
+
+    def _compressed(self, resp: web.StreamResponse) -> web.StreamResponse:
+        if self.compress == "honour":
+            resp.enable_compression()  # aiohttp picks a coding from the request's Accept-Encoding
+        elif self.compress == "gzip":
+            resp.enable_compression(force=web.ContentCoding.gzip)
+        return resp
 
     async def _until_stopped(self) -> None:
         assert self._stopping is not None

@@ -364,9 +364,14 @@ def _limit(value: int | None, default: int) -> int:
 
 def _parse_id(text: str) -> int:
     digits = text[len(ID_PREFIX) :] if text.startswith(ID_PREFIX) else text
-    if not digits.isdigit():
-        raise NotFound(f"no memory item {text!r}")
+    # ASCII only ("²".isdigit() is true, int() refuses it) and within SQLite's 64-bit
+    # integers (a longer number raised OverflowError in the driver: a 500).
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19 or int(digits) > _MAX_ROWID:
+        raise NotFound(f"no memory item {text[:80]!r}")
     return int(digits)
+
+
+_MAX_ROWID = 2**63 - 1
 
 
 def _public_id(item_id: int) -> str:

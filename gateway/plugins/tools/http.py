@@ -5,8 +5,10 @@ Private, loopback, link-local and other non-public addresses are refused unless
 is chosen: a resolver in front of aiohttp's connector drops every address the policy refuses,
 and aiohttp connects only to what the resolver returned, so a name that resolves to a public
 address when checked and a private one when used (DNS rebinding) has no second lookup to
-exploit. Literal IP hosts never reach a resolver, so they are checked before the request;
-redirects are not followed, since each hop would need the same checks.
+exploit. Literal IP hosts never reach a resolver, so they are checked before the request, in
+every spelling that leads to the same place: numeric IPv4 forms (2130706433, 0x7f.1, 0177.0.0.1)
+and IPv6 addresses carrying an IPv4 one (::127.0.0.1, ::ffff:7f00:1, 6to4, NAT64). Redirects
+are not followed, since each hop would need the same checks.
 
 The request body is seed 004's ToolCallRequest: ``{tool_id, agent_id, microdao_id, args,
 context}``. An answer shaped like a ToolCallResult (``{ok, result, error}``) is unwrapped;
@@ -16,6 +18,7 @@ any other JSON is the result as it stands.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,25 +39,62 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder()
 
 
-# NAT64's well-known prefix: the last 32 bits are an IPv4 address the translator connects to.
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# IPv6 prefixes whose last 32 bits are an IPv4 address: these addresses are other spellings of
+# that IPv4 destination (IPv4-mapped ::ffff:a.b.c.d, SIIT's IPv4-translated ::ffff:0:a.b.c.d,
+# NAT64's well-known prefix, whose translator connects to the IPv4 address).
+_CARRIES_IPV4 = (
+    ipaddress.IPv6Network("::ffff:0:0/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+    ipaddress.IPv6Network("64:ff9b::/96"),
+)
+# Never a public destination, whatever follows the prefix: IPv4-compatible addresses (::a.b.c.d,
+# deprecated since RFC 4291, still routed to the IPv4 address by some stacks; Python 3.11
+# calls ::127.0.0.1 global), the rest of ::/8, and NAT64's local-use prefix (RFC 8215).
+_NEVER_PUBLIC = (ipaddress.IPv6Network("::/8"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 destination an IPv6 address spells, if it is one of those spellings."""
+    if any(address in prefix for prefix in _CARRIES_IPV4):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
 
 
 def is_internal(address: Address) -> bool:
     """Not a public unicast address: private, loopback, link-local, shared, reserved, multicast.
 
-    IPv6 addresses that carry an IPv4 address (mapped, 6to4, NAT64) are internal when that
-    IPv4 address is: they are other spellings of the same destination.
+    IPv6 addresses that carry an IPv4 address (mapped, translated, 6to4, NAT64) are internal
+    when that IPv4 address is: they are other spellings of the same destination.
     """
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return is_internal(address.ipv4_mapped)
-        embedded = address.sixtofour
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None and is_internal(embedded):
+        embedded = embedded_ipv4(address)
+        if embedded is not None:
+            return is_internal(embedded)
+        if any(address in prefix for prefix in _NEVER_PUBLIC):
             return True
     return not address.is_global or address.is_multicast
+
+
+# What getaddrinfo reads as an IPv4 address without asking DNS (inet_aton's forms).
+_NUMERIC_IPV4 = re.compile(r"[0-9][0-9a-fx.]*", re.IGNORECASE)
+
+
+def literal_address(host: str) -> Address | None:
+    """The address a URL's host names without DNS, in any spelling the connection would accept.
+
+    Besides IP literals: inet_aton's numeric forms (2130706433, 0x7f.1, 0177.0.0.1, 127.1),
+    which aiohttp would otherwise hand to getaddrinfo as names. Real names go to the resolver.
+    """
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if not _NUMERIC_IPV4.fullmatch(host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 class Destinations:
@@ -72,8 +112,8 @@ class Destinations:
         self._hosts = frozenset(hosts)
 
     def permits(self, host: str, address: Address) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        if isinstance(address, ipaddress.IPv6Address):
+            address = embedded_ipv4(address) or address
         if not is_internal(address):
             return True
         # Allowing a name trusts whatever it resolves to: the operator's explicit choice.
@@ -143,9 +183,8 @@ class HttpClient:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ToolFailed(f"tool target {url!r} is not an http(s) URL")
-        try:
-            address = ipaddress.ip_address(parts.hostname)
-        except ValueError:
+        address = literal_address(parts.hostname)
+        if address is None:
             return
         if not self._destinations.permits(parts.hostname, address):
             raise ToolFailed(

@@ -16,7 +16,7 @@ from gateway.plugins.hookspecs import hookimpl
 from gateway.plugins.tools.http import HttpClient, http_kind
 from gateway.plugins.tools.mcp import McpServers, mcp_kind
 from gateway.plugins.tools.metrics import ToolMetrics
-from gateway.plugins.tools.python import python_tool
+from gateway.plugins.tools.python import ToolThreads, python_kind
 from gateway.plugins.tools.registry import ToolRegistry
 
 
@@ -28,7 +28,7 @@ def register_tools(tools: ToolRegistry, context: PluginContext) -> None:
     http = HttpClient(settings.http)
     mcp = McpServers(settings.mcp_servers, tools, tools.metrics)
     tools.register_kind("http", http_kind(http))
-    tools.register_kind("python", python_tool)
+    tools.register_kind("python", python_kind(ToolThreads(settings.python_threads)))
     tools.register_kind("mcp", mcp_kind(mcp))
     tools.add_service(http)
     tools.add_service(mcp)

@@ -243,6 +243,7 @@ function renderTotals(totals) {
   const requests = totals.requests || 0;
   setKpi("requests", compact(requests), `in the last ${state.range}`);
   setKpi("tokens", compact(totals.prompt_tokens + totals.completion_tokens), `${compact(totals.prompt_tokens || 0)} in · ${compact(totals.completion_tokens || 0)} out`);
+  setKpi("cache", ...cacheHits(totals.prompt_tokens || 0, totals.cached_tokens || 0));
   setKpi("latency", duration(totals.latency_ms_p50), `p95 ${duration(totals.latency_ms_p95)}`);
   setKpi("ttft", duration(totals.ttft_ms_p50), `p95 ${duration(totals.ttft_ms_p95)}`);
   const errors = totals.errors || 0;
@@ -250,6 +251,12 @@ function renderTotals(totals) {
   setKpi("limited", compact(limited), limited ? "refused with 429" : "none refused");
   document.querySelector('[data-kpi="limited"]').classList.toggle("alert", limited > 0);
   document.querySelector('[data-kpi="errors"]').classList.toggle("warn", errors > limited);
+}
+
+// The prompt-cache hit rate: cached / prompt tokens (prompt tokens include the cached ones).
+function cacheHits(prompt, cached) {
+  if (!prompt) return ["–", "no prompt tokens"];
+  return [`${((100 * cached) / prompt).toFixed(1)}%`, `${compact(cached)} of ${compact(prompt)} in cached`];
 }
 
 function buckets(series) {
@@ -336,7 +343,8 @@ function renderRecent(fresh) {
     ...state.recent.map((r) => {
       const when = new Date(r.ts * 1000);
       const target = r.provider ? `${r.role ? r.role : r.provider}${r.upstream_model && r.upstream_model !== r.role ? ` · ${r.upstream_model}` : ""}` : "–";
-      const tokens = r.prompt_tokens || r.completion_tokens ? `${compact(r.prompt_tokens)} → ${compact(r.completion_tokens)}${r.estimated ? " ≈" : ""}` : "–";
+      const cached = r.cached_tokens ? ` (${compact(r.cached_tokens)} cached)` : "";
+      const tokens = r.prompt_tokens || r.completion_tokens ? `${compact(r.prompt_tokens)}${cached} → ${compact(r.completion_tokens)}${r.estimated ? " ≈" : ""}` : "–";
       return el(
         "tr",
         { class: fresh.has(r.seq) ? "fresh" : "", "data-status": r.status, title: r.notes || null },

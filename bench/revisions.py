@@ -1,0 +1,173 @@
+"""What a change costs on the hot path: turnout at a git ref (before) vs the working tree (after).
+
+Both run the same plain config (``bench.stacks.turnout_config``: one model, one fake upstream,
+metrics on, nothing else) and stay up for the whole run; see ``bench/pair.py`` for the
+alternating and side-by-side measures, reported as after/before (throughput) and
+before/after (CPU per request: below 1, the change costs more). Then, with
+``--instructions N``, each build under callgrind: instructions per request on the event-loop
+thread, the steadiest of the three on this noisy two-core machine.
+
+    .venv/bin/python -m bench.revisions --ref <before> [--seconds 4] [--rounds 8]
+                                         [--together-rounds 6] [--instructions 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench import instructions as callgrind
+from bench import wrk
+from bench.cells import log, write_scripts
+from bench.pair import CONNECTIONS, Pair, side_by_side_line, summary
+from bench.payloads import chat_body
+from bench.procs import Processes, exit_on_sigterm
+from bench.report import RESULTS, machine, write_results
+from bench.stacks import (
+    Stack,
+    TurnoutBuild,
+    ref_build,
+    start_turnout,
+    start_upstream,
+    working_tree_build,
+    write_turnout_config,
+)
+from tests.gateway_server import free_port
+
+KINDS = ("json", "stream")
+MODES = ("before", "after")
+
+
+def builds(ref: str, work: Path) -> dict[str, TurnoutBuild]:
+    return {"before": ref_build(ref, work), "after": working_tree_build()}
+
+
+def start(procs: Processes, build: TurnoutBuild, upstream: Stack, work: Path, mode: str) -> Stack:
+    where = work / mode
+    where.mkdir(exist_ok=True)
+    stack = start_turnout(procs, build, upstream, where, name=f"turnout-{mode}")
+    stack.name = mode
+    return stack
+
+
+def instructions(
+    procs: Processes,
+    upstream: Stack,
+    work: Path,
+    builds_: dict[str, TurnoutBuild],
+    requests: int,
+) -> dict[str, dict[str, dict[str, float]]]:
+    counts: dict[str, dict[str, dict[str, float]]] = {}
+    for kind in KINDS:
+        for mode in MODES:
+            where = work / f"count-{kind}-{mode}"
+            where.mkdir(exist_ok=True)
+            config = write_turnout_config(upstream, where)
+            port = free_port()
+            build = builds_[mode]
+            log(f"instructions: {mode} {kind}, {requests} requests under callgrind")
+            counted = callgrind.count(
+                procs,
+                f"{mode}-{kind}",
+                build.argv(config, port),
+                f"http://127.0.0.1:{port}",
+                dict(upstream.headers),
+                chat_body("bench", kind == "stream"),
+                requests=requests,
+                cwd=build.cwd or where,
+            )
+            counts.setdefault(kind, {})[mode] = counted.as_dict()
+        before, after = counts[kind]["before"], counts[kind]["after"]
+        counts[kind]["before_over_after"] = {
+            "main_thread": round(before["main_thread"] / after["main_thread"], 3),
+            "process": round(before["process"] / after["process"], 3),
+        }
+    return counts
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    alternating: dict[str, dict[str, Any]] = {}
+    together: dict[str, dict[str, Any]] = {}
+    chosen = builds(args.ref, work)
+    with Processes(RESULTS / "logs") as procs:
+        upstream = start_upstream(procs)
+        stacks = {mode: start(procs, chosen[mode], upstream, work, mode) for mode in MODES}
+        pair = Pair(MODES, stacks, {m: write_scripts(s, work) for m, s in stacks.items()})
+        pair.warm(KINDS)
+        for kind in KINDS:
+            rounds = pair.alternating(kind, args.seconds, args.rounds)
+            alternating[kind] = {"rounds": rounds, "median": summary(rounds)}
+            if args.together_rounds:
+                rounds = pair.side_by_side(kind, args.seconds, args.together_rounds)
+                together[kind] = {"rounds": rounds, "median": summary(rounds)}
+        for stack in stacks.values():
+            procs.stop(stack.proc)
+        counts = (
+            instructions(procs, upstream, work, chosen, args.instructions)
+            if args.instructions
+            else {}
+        )
+    ratios = {kind: alternating[kind]["median"]["ratio"] for kind in KINDS}
+    return {
+        "machine": machine(),
+        "settings": vars(args),
+        "builds": {mode: build.label for mode, build in chosen.items()},
+        "alternating": alternating,
+        "side_by_side": together,
+        "instructions_per_request": counts,
+        "after_over_before": ratios,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [f"before: {result['builds']['before']}, after: {result['builds']['after']}"]
+    for kind in KINDS:
+        a = result["alternating"][kind]["median"]
+        lines.append(
+            f"{kind}@{CONNECTIONS}: alternating before {a['before']:,.0f} req/s, after "
+            f"{a['after']:,.0f} req/s, after/before {a['ratio']:.3f}"
+        )
+        if kind in result["side_by_side"]:
+            lines.append(side_by_side_line(MODES, kind, result["side_by_side"][kind]["median"]))
+    for kind, count in result["instructions_per_request"].items():
+        before, after, ratio = count["before"], count["after"], count["before_over_after"]
+        lines.append(
+            f"{kind} instructions/request (callgrind): event loop {before['main_thread']:,.0f} "
+            f"before, {after['main_thread']:,.0f} after, before/after {ratio['main_thread']:.3f}; "
+            f"whole process {before['process']:,.0f} before, {after['process']:,.0f} after, "
+            f"before/after {ratio['process']:.3f}"
+        )
+    lines.append("after/before throughput: " + json.dumps(result["after_over_before"]))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ref", required=True, help="the git ref to compare against")
+    parser.add_argument("--seconds", type=float, default=4, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating rounds per kind")
+    parser.add_argument("--together-rounds", type=int, default=6, help="side-by-side rounds")
+    parser.add_argument(
+        "--instructions", type=int, default=0, help="requests counted under callgrind; 0: skip"
+    )
+    args = parser.parse_args()
+    exit_on_sigterm()
+    wrk.require_wrk()
+    if args.instructions:
+        callgrind.require_valgrind()
+    with tempfile.TemporaryDirectory(prefix="turnout-revisions-") as tmp:
+        result = run(args, Path(tmp))
+    path = write_results("revisions", result)
+    print(report(result))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
