@@ -4,10 +4,11 @@
     .venv/bin/python -m bench.campaign                      # ~5-8 minutes
     .venv/bin/python -m bench.campaign --ref c44189c --quick   # the code before the fixes
 
-Starts a misbehaving upstream (``bench/campaign_upstream.py``) and three real ``turnout serve``
+Starts a misbehaving upstream (``bench/campaign_upstream.py``) and five real ``turnout serve``
 processes on loopback: a keyless one (rebinding, slowloris, upstream faults, fuzz), one with
-keys (count_tokens, /v1/models, usage CSV), and a fresh one for the memory-hungry cases (a
-large Responses stream, a huge event), whose peak RSS is read from /proc. Every case is bounded
+keys (count_tokens, /v1/models, usage CSV), a fresh one for the memory-hungry cases (a large
+Responses stream, a huge event), whose peak RSS is read from /proc, and two that are loaded and
+then killed (usage rows lost to SIGKILL and SIGTERM). Every case is bounded
 by its category's timeout and comes out ``clean`` (refused, fell back, clean error, closed),
 ``failed`` (served, relayed raw or broken, a 500, no envelope) or ``hung``. Prints a table per
 category and writes bench/results/campaign-latest.json.

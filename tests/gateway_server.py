@@ -51,10 +51,15 @@ class RunningGateway:
 
 def config_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> Config:
     """A config for tests; its database is a fresh temporary file unless the test names one."""
+    scratch = Path(tempfile.mkdtemp(prefix="turnout-test-"))
     server = dict(raw.get("server") or {})
-    if "database" not in server:
-        server["database"] = str(Path(tempfile.mkdtemp(prefix="turnout-test-")) / "turnout.db")
-    return from_mapping({**raw, "server": server}, "test", env or {})
+    server.setdefault("database", str(scratch / "turnout.db"))
+    # Saved KV caches stay with the test: one test's slots must never warm another's engine.
+    engines = dict(raw.get("engines") or {})
+    kv_cache = dict(engines.get("kv_cache") or {})
+    kv_cache.setdefault("dir", str(scratch / "kv-cache"))
+    engines["kv_cache"] = kv_cache
+    return from_mapping({**raw, "server": server, "engines": engines}, "test", env or {})
 
 
 @asynccontextmanager
