@@ -37,7 +37,7 @@ import yaml
 
 from bench import campaign_edge as edge
 from bench import campaign_faults as faults
-from bench.campaign_crash import usage_after_kill
+from bench.campaign_crash import BLOCKING_TOOL, blocking_tools, usage_after_kill
 from bench.campaign_fuzz import fuzz
 from bench.campaign_http import Category, session
 from bench.procs import Proc, Processes, exit_on_sigterm, free_port, wait_ready
@@ -45,7 +45,8 @@ from bench.report import RESULTS, machine, table, write_results
 from bench.stacks import ROOT, TurnoutBuild, ref_build, working_tree_build
 
 ADMIN_KEY = "sk-campaign-admin"
-FAULTS = ("comments", "drip", "trickle", "gzip", "deflate", "truncated", "html", "badsse")
+FAULTS = ("comments", "drip", "trickle", "gzip", "deflate", "forcegzip", "truncated", "html",
+          "badsse")  # fmt: skip
 # Short deadlines for the fault provider, so a hang shows within a case timeout.
 FAULT_TIMEOUTS = {"connect": 2, "first_byte": 2, "idle": 2, "max_stream": 4,
                   "max_event_bytes": 1 << 20}  # fmt: skip
@@ -107,7 +108,7 @@ def gateway_config(
     }
     if plugins:
         config["plugins"] = {"enabled": ["memory", "tools"]}
-        config["tools"] = {"python_threads": 4}
+        config["tools"] = {"python_threads": 4, "registry": [BLOCKING_TOOL]}
     return config
 
 
@@ -179,7 +180,10 @@ def start_gateway(
     path = work / f"{name}.yaml"
     dropped = runner.write_config(config, path)
     port = free_port()
-    proc = procs.spawn(name, runner.build.argv(path, port), cwd=runner.build.cwd or work)
+    # PYTHONPATH: the blocking tool (bench.campaign_blocking). A ref's export stays first on
+    # sys.path: ``python -m`` puts its working directory ahead of PYTHONPATH.
+    env = {"PYTHONPATH": str(ROOT)}
+    proc = procs.spawn(name, runner.build.argv(path, port), env=env, cwd=runner.build.cwd or work)
     origin = f"http://127.0.0.1:{port}"
     wait_ready(proc, origin + "/health", timeout=60, interval=0.05)
     return Started(proc, origin, path, dropped, Path(config["server"]["database"]))
@@ -263,6 +267,7 @@ async def run_campaign(
             ("models per key", stacks.keyed, lambda: edge.models_per_key(b, 10)),
             ("usage CSV", stacks.keyed, lambda: edge.csv_injection(b, formulas, admin, 10)),
             ("fuzz", stacks.plain, lambda: fuzz(a, sizes is QUICK, 15)),
+            ("blocking tools", stacks.plain, lambda: blocking_tools(a, 15)),
             ("large responses stream", stacks.fresh, lambda: faults.bulk(c, sizes.bulk_mb, 120)),
             ("huge event", stacks.fresh,
              lambda: faults.huge(c, sizes.huge_mb, sizes.huge_ingress, 30)),

@@ -1,8 +1,11 @@
-"""Usage rows across a crash: load a gateway, kill it, count answered requests without a row.
+"""Resource categories: usage rows across a crash, and tools that hold their threads.
 
-Rows are written by a batching background writer, so a SIGKILL loses what was not committed
-yet: bounded by ``usage.flush_interval_seconds`` (plus the batch being committed). A SIGTERM
-drains the writer and loses nothing.
+Usage rows are written by a batching background writer, so a SIGKILL loses what was not
+committed yet: bounded by ``usage.flush_interval_seconds`` (plus the batch being committed). A
+SIGTERM drains the writer and loses nothing.
+
+Plain python tools run on threads; one stuck past its ``timeout_seconds`` keeps its thread.
+Issue 11 saw them starve the pool the control plane shares (``GET /v1/models`` took 14 s).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.campaign_faults import body_for
-from bench.campaign_http import Case, Category, run_cases
+from bench.campaign_faults import Gateway, body_for
+from bench.campaign_http import Case, Category, post_json, request, run_cases
 from bench.procs import Proc, Processes
 
 # At most this much traffic may be missing from the usage table while it runs, or be lost to a
@@ -104,4 +107,45 @@ async def usage_after_kill(
     ]
     await run_cases(category, cases, seconds + 40, concurrency=1)
     category.notes["max_lost_seconds"] = MAX_LOST_SECONDS
+    return category
+
+
+BLOCKING_TOOL = {
+    "id": "block",
+    "executor": "python",
+    "target": "bench.campaign_blocking:block",
+    "timeout_seconds": 1,
+}
+STUCK_TOOLS = 16  # more than the default thread pool's workers on a small machine
+
+
+async def blocking_tools(gw: Gateway, limit: float) -> Category:
+    """16 calls of a tool that blocks 20 s (timeout 1 s), then the control plane must answer."""
+    category = Category("blocking tools")
+    call = {"tool": "block", "arguments": {"seconds": 20}}
+    stuck = [
+        asyncio.create_task(post_json(gw.client, gw.url("/v1/tools/call"), call))
+        for _ in range(STUCK_TOOLS)
+    ]
+    await asyncio.sleep(1.5)  # past the tools' timeout: their threads are still held
+
+    def timed_get(path: str) -> Case:
+        async def check() -> tuple[bool, str]:
+            started = time.monotonic()
+            answer = await request(gw.client, "GET", gw.url(path))
+            took = time.monotonic() - started
+            return answer.status == 200 and took < 2.0, f"{answer.status} in {took:.2f} s"
+
+        return Case(f"GET {path} with {STUCK_TOOLS} tools stuck", check)
+
+    def tool_answer() -> Case:
+        async def check() -> tuple[bool, str]:
+            answers = await asyncio.gather(*stuck)
+            refused = sum(1 for a in answers if b'"ok":false' in a.body.replace(b" ", b""))
+            return refused == len(answers), f"{refused} of {len(answers)} ended as tool errors"
+
+        return Case("stuck calls answered with a tool error", check)
+
+    cases = [timed_get("/v1/models"), timed_get("/engine/status"), timed_get("/v1/usage?limit=1")]
+    await run_cases(category, [*cases, tool_answer()], limit)
     return category

@@ -126,13 +126,15 @@ def _gzip_cases(gw: Gateway) -> Iterator[Case]:
     combos = [(e, i, s) for e in ("gzip", "deflate") for i in MAIN_INGRESS for s in (False, True)]
     combos += [("gzip", "completions", False), ("gzip", "completions", True)]
     combos += [("gzip", "embeddings", False)]
+    # gzip sent unasked: decoded, or a clean error; never raw bytes to the client.
+    combos += [("forcegzip", i, s) for i in MAIN_INGRESS for s in (False, True)]
     for encoding, ingress, stream in combos:
 
         async def check(encoding: str = encoding, ingress: str = ingress, stream: bool = stream) -> tuple[bool, str]:  # fmt: skip
             answer = await gw.ask(ingress, encoding, stream)
             sent = answer.headers.get("Content-Encoding", "identity").lower()
             if answer.status != 200:
-                return False, answer.brief()
+                return errored(answer) if encoding == "forcegzip" else (False, answer.brief())
             if sent != "identity":
                 return False, f"answer in {sent} to a client that asked for identity"
             if stream:

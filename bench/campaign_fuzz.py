@@ -30,7 +30,7 @@ POST_BODIES: dict[str, dict[str, Any]] = {
     "/v1/responses": body_for("responses", "ok", False),
     "/engine/switch/fast": {},
     "/engine/unload": {"role": "fast"},
-    "/v1/tools/call": {"tool_id": "none", "args": {}},
+    "/v1/tools/call": {"tool": "none", "arguments": {}},
     "/internal/tools/call": {"tool_id": "none", "agent_id": "a", "args": {}},
     "/v1/memory/query": {"query": "hi", "agent_id": "a"},
     "/v1/memory/store": {"text": "hi", "agent_id": "a"},

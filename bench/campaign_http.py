@@ -82,6 +82,8 @@ async def run_cases(
                 verdict, detail = "hung", f"no answer within {limit:.0f} s"
             except (aiohttp.ClientError, OSError, ValueError) as exc:
                 verdict, detail = "failed", f"{type(exc).__name__}: {exc}"[:300]
+            except Exception as exc:  # a bug in the case itself: counted, named, not fatal
+                verdict, detail = "failed", f"case error {type(exc).__name__}: {exc}"[:300]
             return Result(category.name, case.name, verdict, detail, time.monotonic() - started)
 
     category.results.extend(await asyncio.gather(*(one(c) for c in cases)))

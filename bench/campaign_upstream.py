@@ -12,6 +12,7 @@ ingress. The request's ``model`` picks the behaviour (``huge-64`` carries a size
 ``trickle``     A content event every 0.3 s, for ever.
 ``gzip``        A normal answer (``ZIP_TEXT``), gzip-encoded when the request accepts gzip;
 ``deflate``     the same with deflate. Identity when not asked, as a real server does.
+``forcegzip``   gzip whatever the request asked for (a misbehaving server or proxy).
 ``truncated``   200 application/json, the body cut in the middle of a key.
 ``html``        200 text/html: a proxy's error page.
 ``badsse``      200 text/event-stream whose first event is not JSON, then ``[DONE]``.
@@ -93,13 +94,15 @@ async def ok(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
 
 
 async def compressed(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-    encoding = str(body.get("model"))
+    model = str(body.get("model"))
+    forced = model == "forcegzip"
+    encoding = "gzip" if forced else model
     if body.get("stream"):
         raw, headers = stream_bytes(ZIP_TEXT, request.path), dict(SSE_HEADERS)
     else:
         raw = json.dumps(completion(ZIP_TEXT, request.path)).encode()
         headers = {"Content-Type": "application/json"}
-    if encoding in request.headers.get("Accept-Encoding", "").lower():
+    if forced or encoding in request.headers.get("Accept-Encoding", "").lower():
         # wbits 31: a gzip container; 15: zlib (what HTTP calls deflate).
         packer = zlib.compressobj(wbits=31 if encoding == "gzip" else 15)
         raw = packer.compress(raw) + packer.flush()
@@ -182,6 +185,7 @@ BEHAVIOURS: dict[str, Handler] = {
     "ok": ok,
     "gzip": compressed,
     "deflate": compressed,
+    "forcegzip": compressed,
     "comments": comments,
     "trickle": trickle,
     "drip": drip,
