@@ -3,27 +3,41 @@
 An adapter turns one gateway request into one upstream call and hands back answers in
 OpenAI's canonical wire form: a JSON body for non-streaming calls, complete SSE events
 (``data: {...}\\n\\n``) for streaming ones. Upstream quirks never leave the adapter.
+The one exception is explicit: an adapter that speaks a client protocol natively
+(``SpeaksNative``) is handed the client's original body as ``UpstreamRequest.native`` and
+answers in that protocol, saying so in ``UpstreamReply.protocol``.
+
+This module knows no implementation: ``adapters/builtin.py`` lists the built-in kinds.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 import aiohttp
 import msgspec
 
 from gateway.config import Provider
+from gateway.contract import Native, Operation, WireProtocol
 
-
-class Operation(StrEnum):
-    """The OpenAI endpoints a request can be for; the value is the path under ``/v1``."""
-
-    CHAT = "chat/completions"
-    COMPLETIONS = "completions"
-    EMBEDDINGS = "embeddings"
+__all__ = [
+    "Adapter",
+    "AdapterFactory",
+    "AdapterRegistry",
+    "ContextReporter",
+    "Native",
+    "Operation",
+    "Probe",
+    "SpeaksNative",
+    "TokenCounter",
+    "UpstreamReply",
+    "UpstreamRequest",
+    "UpstreamStream",
+    "WireProtocol",
+    "native_for",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +46,9 @@ class UpstreamRequest:
 
     ``fields`` is the client's JSON body decoded one level deep: values stay raw JSON so
     everything the gateway does not understand reaches the upstream byte for byte.
+    ``native`` is the client's original body, given only to an adapter that speaks its
+    protocol (``SpeaksNative``) and only while no plugin edited ``fields``; the adapter then
+    sends it instead of ``fields`` and answers in ``native.protocol``.
     """
 
     op: Operation
@@ -39,19 +56,30 @@ class UpstreamRequest:
     model: str
     stream: bool
     request_id: str
+    native: Native | None = None
+    # The gateway translates the answer for a client of another protocol (Anthropic Messages,
+    # Responses): the adapter may ask its upstream for extras an OpenAI chat client would not
+    # expect (llama.cpp's prompt_progress chunks).
+    translated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamReply:
-    """A complete non-streaming answer, already in OpenAI's shape."""
+    """A complete non-streaming answer, in OpenAI's shape unless ``protocol`` says otherwise."""
 
     status: int
     body: bytes
     content_type: str = "application/json"
+    protocol: WireProtocol = WireProtocol.OPENAI
 
 
 class UpstreamStream(Protocol):
-    """An open streaming answer: iterate for complete, canonical SSE events; always ``aclose``."""
+    """An open streaming answer: iterate for complete SSE events; always ``aclose``.
+
+    The events are OpenAI chunks, or ``native.protocol``'s own events when the request carried
+    a native body: the rule itself is the declaration (``gateway.forwarder.OpenStream.protocol``
+    records it), so stream classes written for plain OpenAI, a plugin's included, need nothing.
+    """
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
@@ -108,6 +136,20 @@ class ContextReporter(Protocol):
         ...
 
 
+@runtime_checkable
+class SpeaksNative(Protocol):
+    """Speaks client protocols besides OpenAI's: requests in them arrive with ``native`` set."""
+
+    native_protocols: frozenset[WireProtocol]
+
+
+def native_for(adapter: Adapter, native: Native | None) -> Native | None:
+    """``native`` when ``adapter`` speaks its protocol, else None (the adapter gets ``fields``)."""
+    if native is None or not isinstance(adapter, SpeaksNative):
+        return None
+    return native if native.protocol in adapter.native_protocols else None
+
+
 AdapterFactory = Callable[[str, Provider, aiohttp.ClientSession], Adapter]
 
 
@@ -133,13 +175,3 @@ class AdapterRegistry:
                 f"(known: {', '.join(self.kinds())})"
             )
         return factory(name, provider, session)
-
-
-def default_registry() -> AdapterRegistry:
-    """A registry holding every adapter that ships with turnout."""
-    from adapters import anthropic, llamacpp, mlx, ollama, openai_compat
-
-    registry = AdapterRegistry()
-    for module in (openai_compat, llamacpp, mlx, ollama, anthropic):
-        module.register(registry)
-    return registry

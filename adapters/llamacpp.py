@@ -20,16 +20,11 @@ import aiohttp
 import msgspec
 
 from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, UpstreamRequest
+from adapters.http import decode_json_object, mapped_client_errors, probe_timeout
 from adapters.llamacpp_slots import LlamaCppSlots
-from adapters.openai_compat import (
-    OpenAICompatAdapter,
-    SSEStream,
-    decode_json_object,
-    mapped_client_errors,
-)
+from adapters.openai_compat import OpenAICompatAdapter, SSEStream
 from gateway.config import Provider
 from gateway.errors import ContextExceeded, UpstreamProtocolError, UpstreamStatus
-from gateway.translate import Translated
 
 _encode = msgspec.json.Encoder().encode
 
@@ -63,7 +58,7 @@ class LlamaCppAdapter(LlamaCppSlots, OpenAICompatAdapter):
 
     def encode_body(self, request: UpstreamRequest) -> bytes:
         body = super().encode_body(request)
-        if request.stream and isinstance(request.fields, Translated):
+        if request.stream and request.translated:
             # The first chunk then carries prompt_progress (total and cached prompt tokens,
             # sent before prefill starts), so a translated stream can say its input tokens in
             # message_start at no cost. Only for translated streams: a chat client that did
@@ -105,7 +100,7 @@ class LlamaCppAdapter(LlamaCppSlots, OpenAICompatAdapter):
 
     async def context_window(self, model: str) -> int | None:
         """``n_ctx`` of a slot from ``/props``: what one request may fill (prompt + answer)."""
-        timeout = aiohttp.ClientTimeout(total=min(2.0, self.provider.timeouts.connect + 1))
+        timeout = probe_timeout(self.provider.timeouts)
         with mapped_client_errors():
             async with self._session.get(self._root + "/props", timeout=timeout) as response:
                 data = await response.read()

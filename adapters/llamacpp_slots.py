@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import msgspec
 
-from adapters.openai_compat import mapped_client_errors
+from adapters.http import mapped_client_errors
 from gateway.config import Provider
 from gateway.errors import UpstreamProtocolError, UpstreamStatus
 

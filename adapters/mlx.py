@@ -15,7 +15,8 @@ import aiohttp
 import msgspec
 
 from adapters.base import AdapterRegistry, Operation, Probe
-from adapters.openai_compat import EventFix, OpenAICompatAdapter, decode_json_object
+from adapters.http import decode_json_object
+from adapters.openai_compat import EventFix, OpenAICompatAdapter
 from gateway.config import Provider
 
 _encode = msgspec.json.Encoder().encode

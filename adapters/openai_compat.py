@@ -8,66 +8,32 @@ says a quirk needs fixing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+import re
+from collections.abc import Callable
 
 import aiohttp
 import msgspec
 
 from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, UpstreamRequest
-from adapters.connections import connection_reused
-from adapters.streams import Framer, StreamDeadlines, refuse_unknown_encoding
-from gateway.config import Provider, Timeouts
-from gateway.errors import (
-    StaleConnection,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamProtocolError,
-    UpstreamStatus,
-    UpstreamTimeout,
+from adapters.http import (
+    bearer_headers,
+    open_event_stream,
+    post_for_body,
+    probe_url,
+    stream_timeout,
+    unprobed,
+    upstream_error,
+    whole_answer_timeout,
 )
+from adapters.streams import Expiry, Framer, StreamDeadlines, refuse_unknown_encoding
+from gateway.config import Provider, Timeouts
+from gateway.errors import ContextExceeded, UpstreamStatus
 
 _encode = msgspec.json.Encoder().encode
 _INCLUDE_USAGE = msgspec.Raw(b'{"include_usage":true}')
 
 # Rewrites one canonical SSE event (without its trailing blank line); None drops it.
 EventFix = Callable[[bytes], bytes | None]
-
-
-@contextmanager
-def mapped_client_errors() -> Iterator[None]:
-    """Translate aiohttp's exceptions into the gateway's error tree, once, at this boundary."""
-    try:
-        yield
-    except TimeoutError:
-        raise UpstreamTimeout("upstream timed out") from None
-    except aiohttp.ClientConnectorError as exc:
-        reason = exc.os_error.strerror or str(exc.os_error)
-        raise UpstreamConnectError(f"cannot connect to {exc.host}:{exc.port}: {reason}") from None
-    except aiohttp.ServerDisconnectedError:
-        if connection_reused():
-            raise StaleConnection("upstream closed a kept-alive connection") from None
-        raise UpstreamProtocolError("upstream closed the connection") from None
-    except aiohttp.ClientPayloadError:
-        raise UpstreamProtocolError("upstream response was cut off") from None
-    except aiohttp.ClientOSError as exc:
-        # ECONNRESET or EPIPE writing onto a pooled connection the server just closed.
-        if connection_reused():
-            raise StaleConnection(f"kept-alive connection failed: {exc}") from None
-        raise UpstreamConnectError(f"{exc.__class__.__name__}: {exc}") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamConnectError(f"{exc.__class__.__name__}: {exc}") from None
-
-
-def whole_answer_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
-    """Non-streaming calls: one deadline for connect, headers and the whole body.
-
-    aiohttp's ``total`` runs from the request to the last body byte, so a body dripping a byte
-    at a time cannot outlive it the way it outlives a per-read ``sock_read``; and it costs no
-    await of its own on the success path.
-    """
-    return aiohttp.ClientTimeout(total=t.connect + t.first_byte, sock_connect=t.connect)
 
 
 class SSEStream:
@@ -83,7 +49,17 @@ class SSEStream:
     the first content, so the forwarder's "first event" is always a real one.
     """
 
-    __slots__ = ("_cr", "_deadlines", "_done", "_events", "_fix", "_framer", "_index", "_response")
+    __slots__ = (
+        "_cr",
+        "_deadlines",
+        "_done",
+        "_events",
+        "_fix",
+        "_framer",
+        "_index",
+        "_loop",
+        "_response",
+    )
 
     def __init__(
         self,
@@ -95,7 +71,8 @@ class SSEStream:
         refuse_unknown_encoding(response)
         self._response = response
         self._fix = fix
-        self._deadlines = StreamDeadlines(timeouts, started, asyncio.get_running_loop().time)
+        self._loop = asyncio.get_running_loop()
+        self._deadlines = StreamDeadlines(timeouts, started, self._loop.time)
         self._framer = Framer(b"\n\n", timeouts.max_event_bytes, "event")
         self._cr = False  # a chunk ended in "\r": its "\n" may start the next one
         self._events: list[bytes] = []
@@ -116,21 +93,43 @@ class SSEStream:
 
     async def _read(self) -> None:
         deadlines = self._deadlines
-        with mapped_client_errors():
-            try:
-                async with asyncio.timeout_at(deadlines.next()):
-                    chunk = await self._response.content.readany()
-            except TimeoutError:
+        # A plain try and an Expiry, not ``mapped_client_errors()`` and ``asyncio.timeout_at``:
+        # the same mapping and deadline, 50,000 instructions fewer per 20-chunk bench stream
+        # (callgrind, event loop: 2,178,000 -> 2,128,000).
+        expiry = Expiry(self._loop, deadlines.next())
+        try:
+            chunk = await self._response.content.readany()
+        except asyncio.CancelledError:
+            if expiry.expired():
                 raise deadlines.expired() from None
+            raise
+        except TimeoutError:
+            raise deadlines.expired() from None
+        except aiohttp.ClientError as exc:
+            raise upstream_error(exc) from None
+        finally:
+            expiry.disarm()
         if not chunk:
             self._done = True
             return
         if b"\r" in chunk or self._cr:
             chunk = self._normalised(chunk)
         fix = self._fix
-        ready: list[bytes] = []
+        frames = self._framer.feed(chunk)
+        if fix is None and frames and frames[0][:1] == b"d":
+            # The common read: only "data:" events (OpenAI-format streams), which are content
+            # and pass untouched. One comprehension instead of the loop's tests per event:
+            # about 4,000 instructions fewer per 20-chunk stream (callgrind; index, not slice:
+            # a slice builds two objects per event and cost as much as it saved).
+            ready = [frame + b"\n\n" for frame in frames if frame and frame[0] == 0x64]
+            if len(ready) == len(frames):
+                deadlines.content()
+                self._events = ready
+                self._index = 0
+                return
+        ready = []
         content = False
-        for event in self._framer.feed(chunk):
+        for event in frames:
             if not event:
                 continue
             if event[0] == 0x3A:  # starts with a comment (MLX's keep-alives are whole events)
@@ -183,16 +182,10 @@ class OpenAICompatAdapter:
         base = provider.base_url.rstrip("/")
         self._urls = {op: f"{base}/{op.value}" for op in Operation}
         self._models_url = f"{base}/models"
-        headers = {"Content-Type": "application/json", **provider.headers}
-        if provider.api_key:
-            headers["Authorization"] = f"Bearer {provider.api_key}"
-        self._headers = headers
-        t = provider.timeouts
-        self._send_timeout = whole_answer_timeout(t)
+        self._headers = bearer_headers(provider)
+        self._send_timeout = whole_answer_timeout(provider.timeouts)
         # Streams are bounded by SSEStream's deadlines instead.
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=t.connect, sock_read=None
-        )
+        self._stream_timeout = stream_timeout(provider.timeouts)
 
     # --- hooks for subclasses with quirks -----------------------------------------------------
 
@@ -223,88 +216,65 @@ class OpenAICompatAdapter:
         return _encode(fields)
 
     async def send(self, request: UpstreamRequest) -> UpstreamReply:
-        body = self.encode_body(request)
-        with mapped_client_errors():
-            async with self._session.post(
-                self._urls[request.op], data=body, headers=self._headers, timeout=self._send_timeout
-            ) as response:
-                data = await response.read()
-                if response.status >= 400:
-                    raise UpstreamStatus(response.status, data, retry_after=_retry_after(response))
-        return UpstreamReply(response.status, self.fix_reply(request.op, data))
+        # A plain try (free in Python 3.11+): only the error path pays for the mapping.
+        try:
+            status, data = await post_for_body(
+                self._session,
+                self._urls[request.op],
+                self.encode_body(request),
+                self._headers,
+                self._send_timeout,
+                self.provider.timeouts.max_body_bytes,
+            )
+        except UpstreamStatus as exc:
+            raise context_error(exc) from None
+        return UpstreamReply(status, self.fix_reply(request.op, data))
 
     async def open_stream(self, request: UpstreamRequest) -> SSEStream:
         t = self.provider.timeouts
         started = asyncio.get_running_loop().time()
-        response = await open_event_stream(
-            self._session,
-            self._urls[request.op],
-            self.encode_body(request),
-            self._headers,
-            self._stream_timeout,
-            t,
-        )
+        # A plain try (free in Python 3.11+): only the error path pays for the mapping.
+        try:
+            response = await open_event_stream(
+                self._session,
+                self._urls[request.op],
+                self.encode_body(request),
+                self._headers,
+                self._stream_timeout,
+                t,
+            )
+        except UpstreamStatus as exc:
+            raise context_error(exc) from None
         return SSEStream(response, self.event_fix(request.op), t, started)
 
     async def probe(self) -> Probe:
-        if self.provider.missing_env:
-            return Probe(
-                False, f"environment variable {', '.join(self.provider.missing_env)} not set"
-            )
-        if not self.provider.is_local:
-            # Probing a cloud API costs the user a request; a configured key is the best we know.
-            return Probe(True, "cloud provider with API key configured")
-        return await self._probe_url(self._models_url)
+        return unprobed(self.provider) or await self._probe_url(self._models_url)
 
     async def _probe_url(self, url: str) -> Probe:
-        timeout = aiohttp.ClientTimeout(total=min(2.0, self.provider.timeouts.connect + 1))
-        try:
-            with mapped_client_errors():
-                async with self._session.get(
-                    url, headers=self._headers, timeout=timeout
-                ) as response:
-                    await response.read()
-                    if response.status == 200:
-                        return Probe(True, "ready")
-                    return Probe(False, f"{url} answered HTTP {response.status}")
-        except UpstreamError as exc:
-            return Probe(False, exc.message)
+        return await probe_url(self._session, url, self._headers, self.provider.timeouts)
 
     async def close(self) -> None:
         # The session is shared and owned by the app state.
         return None
 
 
-async def open_event_stream(
-    session: aiohttp.ClientSession,
-    url: str,
-    body: bytes,
-    headers: dict[str, str],
-    client_timeout: aiohttp.ClientTimeout,
-    timeouts: Timeouts,
-) -> aiohttp.ClientResponse:
-    """POST for an SSE answer; return once the upstream accepted it with an event stream.
+_CONTEXT_NUMBERS = re.compile(
+    rb"maximum context length is (\d+) tokens.{0,80}?(?:resulted in|requested) (\d+) tokens", re.S
+)
 
-    Errors raise before any byte reaches the client, so the forwarder can still fall back:
-    an error status with its body, or a 200 that is not a stream at all.
+
+def context_error(exc: UpstreamStatus) -> UpstreamStatus | ContextExceeded:
+    """OpenAI's own 400 ``context_length_exceeded`` → ContextExceeded, numbers from its message.
+
+    Without this, the client got ``upstream_rejected`` and an OpenAI client (Codex, litellm)
+    did not know to shorten its conversation.
     """
-    with mapped_client_errors():
-        async with asyncio.timeout(timeouts.connect + timeouts.first_byte):
-            response = await session.post(url, data=body, headers=headers, timeout=client_timeout)
-        if response.status >= 400:
-            try:
-                async with asyncio.timeout(timeouts.idle):
-                    data = await response.read()
-            finally:
-                response.release()
-            raise UpstreamStatus(response.status, data, retry_after=_retry_after(response))
-    content_type = response.headers.get("Content-Type", "")
-    if not content_type.startswith("text/event-stream"):
-        response.close()
-        raise UpstreamProtocolError(
-            f"asked for a stream but got Content-Type {content_type or '(none)'}"
-        )
-    return response
+    if exc.upstream_status != 400 or b"context_length_exceeded" not in exc.body:
+        return exc
+    found = _CONTEXT_NUMBERS.search(exc.body)
+    if found is None:
+        return exc
+    return ContextExceeded(int(found[2]), int(found[1]))
 
 
 def _with_usage(client_value: msgspec.Raw | None) -> msgspec.Raw:
@@ -318,25 +288,6 @@ def _with_usage(client_value: msgspec.Raw | None) -> msgspec.Raw:
         return _INCLUDE_USAGE
     options["include_usage"] = True
     return msgspec.Raw(_encode(options))
-
-
-def _retry_after(response: aiohttp.ClientResponse) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def decode_json_object(data: bytes) -> dict[str, Any] | None:
-    """Decode a JSON object, or None when the bytes are not one (quirk fixers must not raise)."""
-    try:
-        value = msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _factory(name: str, provider: Provider, session: aiohttp.ClientSession) -> OpenAICompatAdapter:

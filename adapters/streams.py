@@ -6,6 +6,7 @@ reader; neither awaits anything, so the relay still costs one await per upstream
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 
@@ -30,6 +31,39 @@ def refuse_unknown_encoding(response: aiohttp.ClientResponse) -> None:
     if coding is not None and coding.strip().lower() not in _DECODED:
         response.close()
         raise UpstreamProtocolError(f"upstream answered in Content-Encoding {coding!r}")
+
+
+class Expiry:
+    """Cancels the current task at ``when`` (loop time) unless disarmed first, and tells that
+    cancellation apart from any other: ``asyncio.timeout``'s contract, at a fraction of its cost.
+
+    On Python 3.11 ``asyncio.timeout`` checks its state through ``EnumType.__getattr__`` and
+    runs two coroutines per use: around each upstream read (three per 20-chunk bench stream)
+    it cost, with ``mapped_client_errors()``, 16,000 instructions per read (callgrind); an
+    Expiry is one ``call_at`` and one ``cancel``, about 2,800 with its checks.
+    """
+
+    __slots__ = ("_cancelling", "_fired", "_handle", "_task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        task = asyncio.current_task(loop)
+        assert task is not None
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._fired = False
+        self._handle = loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._fired = True
+        self._task.cancel()
+
+    def expired(self) -> bool:
+        """Whether the ``CancelledError`` being handled is this deadline's (asyncio's test:
+        the task was cancelled no more often than when the deadline was set)."""
+        return self._fired and self._task.uncancel() <= self._cancelling
+
+    def disarm(self) -> None:
+        self._handle.cancel()
 
 
 class StreamDeadlines:

@@ -31,14 +31,16 @@ from typing import Any
 
 import msgspec
 
-from adapters.base import Operation, UpstreamReply, default_registry
-from gateway.config import AgentLoop, Config, Model, ToolDefinition, from_mapping
+from adapters.base import Operation, UpstreamReply
+from adapters.builtin import default_registry
+from gateway.config import Config, Model, from_mapping
 from gateway.forwarder import Trace
 from gateway.identity import Identity
-from gateway.plugins.tools.agent import agent_forwarder, run_agent_loop
+from gateway.plugins.tools.agent import run_agent_loop
 from gateway.plugins.tools.plan import plan_agent
 from gateway.plugins.tools.python import python_tool
 from gateway.plugins.tools.registry import Caller, ToolRegistry
+from gateway.plugins.tools.settings import AgentLoop, ToolDefinition
 from gateway.state import GatewayState
 from gateway.wire import ClientRequest, decode_request
 
@@ -220,7 +222,7 @@ async def e2e(loops: int, rounds: int, system_bytes: int, client_tools: int) -> 
             for i in range(loops + 20):
                 started = time.perf_counter()
                 request = decode_request(Operation.CHAT, encoded)
-                forwarder = agent_forwarder(state, AGENT, "b", model, request)
+                forwarder = state.plugins.forwarder_for(state.forwarder, AGENT, "b", model, request)
                 assert forwarder is not None
                 trace = Trace()
                 answer = await forwarder.send(model, request, "b", trace)

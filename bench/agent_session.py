@@ -95,7 +95,8 @@ def anthropic_usage(events: list[dict[str, Any]]) -> tuple[int, int]:
 
 def responses_usage(events: list[dict[str, Any]]) -> tuple[int, int]:
     for event in events:
-        if event.get("type") == "response.completed":
+        # A reply cut at max_output_tokens ends with response.incomplete, usage included.
+        if event.get("type") in ("response.completed", "response.incomplete"):
             usage = event["response"].get("usage") or {}
             details = usage.get("input_tokens_details") or {}
             return usage.get("input_tokens") or 0, details.get("cached_tokens") or 0
@@ -429,7 +430,9 @@ async def run(args: argparse.Namespace) -> tuple[list[Turn], dict[str, Any]]:
     if binary is None:
         raise SystemExit("no llama-server: run tests/engines/build_llama_server.sh")
     models = ensure_models()
-    names = ["claude"] if args.quick else sorted(p.stem for p in SESSIONS.glob("*.json"))
+    names = args.sessions or (
+        ["claude"] if args.quick else sorted(p.stem for p in SESSIONS.glob("*.json"))
+    )
     sessions = {n: load_session(SESSIONS / f"{n}.json") for n in names}
     roles = {"a": role(binary, models[MODEL_A]), "b": role(binary, models[MODEL_B])}
     turns: list[Turn] = []
@@ -462,6 +465,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="Claude Code only, 200 requests")
     parser.add_argument("--requests", type=int, default=None, help="back-to-back requests")
     parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument(
+        "--sessions",
+        nargs="+",
+        help="recorded sessions to replay (default: all; claude with --quick)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.requests is None:

@@ -261,7 +261,8 @@ class Footprint:
 
 
 async def huge(gw: Gateway, megabytes: int, ingresses: tuple[str, ...], limit: float) -> Category:
-    """One SSE event of ``megabytes`` MB and no terminator: a clean error, not a stall or a relay."""
+    """One SSE event of ``megabytes`` MB and no terminator, and a non-stream answer of that size
+    (over the provider's ``max_body_bytes``): a clean error, not a stall or a relay."""
     category = Category("huge upstream event")
 
     def case(ingress: str) -> Case:
@@ -278,7 +279,15 @@ async def huge(gw: Gateway, megabytes: int, ingresses: tuple[str, ...], limit: f
 
         return Case(f"{megabytes} MB event {ingress}", check)
 
-    await run_cases(category, [case(i) for i in ingresses], limit, concurrency=1)
+    async def whole() -> tuple[bool, str]:
+        answer = await gw.ask("chat", f"bigjson-{megabytes}", False)
+        relayed = len(answer.body) > megabytes * 2**20 // 2
+        clean, detail = errored(answer)
+        return clean and not relayed, f"{len(answer.body)} bytes to the client: {detail[:200]}"
+
+    cases = [case(i) for i in ingresses]
+    cases.append(Case(f"{megabytes} MB non-stream answer over max_body_bytes (4 MB)", whole))
+    await run_cases(category, cases, limit, concurrency=1)
     return category
 
 

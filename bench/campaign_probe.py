@@ -16,6 +16,7 @@ PYTHONPATH), so ``import gateway`` is the build's, not the working tree's.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ipaddress
 import json
 import socket
@@ -51,20 +52,50 @@ def prune(raw: Any, kind: msgspec.inspect.Type, path: str, dropped: list[str]) -
     return raw
 
 
+def plugin_sections(raw: dict[str, Any], config_type: type) -> dict[str, Any]:
+    """Top-level sections a build hands to its plugins (``tools:``, ``memory:``) unchecked by
+    ``Config``: builds whose Config has ``sections`` take any installed plugin's name."""
+    fields = getattr(config_type, "__struct_fields__", ())
+    if "sections" not in fields:
+        return {}
+    from importlib.metadata import entry_points
+
+    plugins = {entry.name for entry in entry_points(group="turnout")}
+    return {k: v for k, v in raw.items() if k not in fields and k in plugins}
+
+
 def prune_main() -> None:
     from gateway.config import Config
 
     raw = json.load(sys.stdin)
     dropped: list[str] = []
-    kept = prune(raw, msgspec.inspect.type_info(Config), "", dropped)
-    json.dump({"config": kept, "dropped": dropped}, sys.stdout)
+    sections = plugin_sections(raw, Config)
+    rest = {k: v for k, v in raw.items() if k not in sections}
+    kept = prune(rest, msgspec.inspect.type_info(Config), "", dropped)
+    # A plugin section is checked by its plugin, whose settings type this probe cannot see:
+    # it goes through whole.
+    json.dump({"config": {**kept, **sections}, "dropped": dropped}, sys.stdout)
+
+
+def first_found(*places: tuple[str, str]) -> Any:
+    """The first ``(module, name)`` that imports: names move between builds."""
+    for module, name in places:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"none of {places} in this build")
 
 
 async def refused(url: str) -> tuple[bool, str]:
-    from gateway.config import HttpTools
     from gateway.plugins.tools.http import Destinations, GuardedResolver, HttpClient
-    from gateway.plugins.tools.registry import ToolFailed
 
+    ToolFailed = first_found(
+        ("gateway.errors", "ToolFailed"), ("gateway.plugins.tools.registry", "ToolFailed")
+    )
+    HttpTools = first_found(
+        ("gateway.plugins.tools.settings", "HttpTools"), ("gateway.config", "HttpTools")
+    )
     try:
         HttpClient(HttpTools()).check_url(url)
     except ToolFailed as exc:

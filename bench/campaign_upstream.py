@@ -18,6 +18,7 @@ ingress. The request's ``model`` picks the behaviour (``huge-64`` carries a size
 ``badsse``      200 text/event-stream whose first event is not JSON, then ``[DONE]``.
 ``huge-N``      One SSE event of N MB with no terminator, then silence until the client leaves.
 ``bulk-N``      N MB of content in 16 KB deltas as fast as possible, then a normal end.
+``bigjson-N``   A non-stream answer whose content is N MB.
 ==============  ==================================================================================
 """
 
@@ -181,6 +182,11 @@ async def bulk(request: web.Request, body: dict[str, Any]) -> web.StreamResponse
     return response
 
 
+async def bigjson(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    size = int(str(body.get("model")).split("-")[1]) * 2**20
+    return web.json_response(completion("j" * size, request.path))
+
+
 BEHAVIOURS: dict[str, Handler] = {
     "ok": ok,
     "gzip": compressed,
@@ -194,6 +200,7 @@ BEHAVIOURS: dict[str, Handler] = {
     "badsse": badsse,
     "huge": huge,
     "bulk": bulk,
+    "bigjson": bigjson,
 }
 
 

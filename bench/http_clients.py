@@ -18,33 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.cells import KINDS, Cells, Plan, cell_key, log, run_stack
-from bench.procs import Processes, exit_on_sigterm, free_port, wait_ready
+from bench.procs import Processes, exit_on_sigterm
 from bench.report import RESULTS, machine, ratio, table, write_results
-from bench.stacks import ROOT, UPSTREAM_MODEL, Stack, start_upstream
+from bench.stacks import start_mini_proxy, start_upstream
 
 VARIANTS = ("litestar-httpx", "litestar-aiohttp", "asgi-aiohttp")
 BASELINE = "litestar-aiohttp"
-
-
-def start_mini_proxy(procs: Processes, variant: str, upstream: Stack) -> Stack:
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "bench.mini_proxy",
-        "--variant",
-        variant,
-        "--upstream",
-        upstream.origin,
-        "--port",
-        str(port),
-    ]
-    proc = procs.spawn(f"mini-{variant}", argv, cwd=ROOT)
-    origin = f"http://127.0.0.1:{port}"
-    ready = wait_ready(proc, origin + "/health", timeout=30)
-    return Stack(
-        variant, origin + "/v1/chat/completions", UPSTREAM_MODEL, proc, origin, ready_seconds=ready
-    )
 
 
 def rows(cells: dict[str, Cells], connections: int) -> list[list[object]]:

@@ -46,12 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from gateway.config import Memory, MemoryEmbeddings
 from gateway.plugins.memory.driver import find_driver
 from gateway.plugins.memory.embeddings import LocalEmbedder
 from gateway.plugins.memory.items import NewItem, Scope
 from gateway.plugins.memory.ranking import CANDIDATES_PER_SHARD
 from gateway.plugins.memory.service import MemoryService
+from gateway.plugins.memory.settings import Memory, MemoryEmbeddings
 from gateway.plugins.memory.store import SHARD_SIZE, SqliteVecStore
 
 RESULTS = Path(__file__).resolve().parent / "results"

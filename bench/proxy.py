@@ -1,13 +1,23 @@
-"""turnout vs the upstream directly (vs LiteLLM), side by side, in one run.
+"""turnout vs the upstream directly, vs the minimal proxy (vs LiteLLM), side by side, in one run.
 
     .venv/bin/python -m bench.proxy [--litellm] [--seconds 10] [--quick] [--ref HEAD]
+                                    [--ungoverned]
 
-Every server runs in its own process: the fast fake upstream, turnout as shipped (metrics on),
-and optionally the LiteLLM proxy (one worker). wrk, in its own process with one thread, loads
-each stack with a ~2 KB non-streaming chat request and with a 20-chunk stream, at 1 and 64
-connections. Then: time to first token through a small aiohttp client (direct vs turnout),
-turnout's RSS after >=100k requests on a fresh process, and ``turnout serve`` time to ready.
-Results: a table on stdout and JSON in bench/results/.
+Every server runs in its own process: the fast fake upstream, the minimal raw-ASGI + aiohttp
+proxy (``bench/mini_proxy.py --variant asgi-aiohttp``, the Python limit on this machine),
+turnout, and optionally the LiteLLM proxy (one worker). turnout runs governed, as issue 13's
+targets are stated: a virtual key on every request, rate limits per key, agent and model (high
+enough that nothing is refused), the usage log and metrics on (``bench/governance.py``'s
+``on`` mode); ``--ungoverned`` runs the shipped defaults instead (no keys, no limits).
+
+wrk, in its own process with one thread, loads each stack with a ~2 KB non-streaming chat
+request and with a 20-chunk stream, at 1 and 64 connections. Then: time to first token through
+a small aiohttp client, turnout's RSS after >=100k requests on a fresh process, and ``turnout
+serve`` time to ready with the memory and tools plugins enabled (``--ready-plugins``).
+Throughput targets are ratios to the minimal proxy's in the same run (absolute numbers drift by
+tens of percent on a shared machine); added latency and time to first token are turnout's minus
+the upstream's own. Results: tables and the targets with PASS/MISS on stdout, JSON in
+bench/results/.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import ttft, wrk
+from bench import governance, ttft, wrk
 from bench.cells import NOISY, Plan, log, run_stack, write_scripts
 from bench.procs import (
     Processes,
@@ -32,7 +42,7 @@ from bench.procs import (
     memory_kb,
     wait_quiet,
 )
-from bench.proxy_report import derive, render, targets
+from bench.proxy_report import MINI, derive, render, targets
 from bench.report import RESULTS, machine, write_results
 from bench.stacks import (
     Stack,
@@ -40,6 +50,7 @@ from bench.stacks import (
     litellm_python,
     ref_build,
     start_litellm,
+    start_mini_proxy,
     start_turnout,
     start_upstream,
     turnout_ready_seconds,
@@ -66,6 +77,25 @@ def scrape_turnout(stack: Stack) -> dict[str, float]:
     return totals
 
 
+def start_measured_turnout(
+    procs: Processes,
+    build: TurnoutBuild,
+    upstream: Stack,
+    work: Path,
+    args: argparse.Namespace,
+    name: str = "turnout",
+) -> Stack:
+    """turnout governed (a virtual key, limits, usage log; see the module doc) or as shipped."""
+    if args.ungoverned:
+        return start_turnout(procs, build, upstream, work, name=name)
+    database = work / f"{name}.db"
+    headers = dict(upstream.headers)
+    headers["Authorization"] = f"Bearer {governance.create_key(database)}"
+    config = work / f"{name}.yaml"
+    config.write_text(governance.config(upstream, database, governed=True, headers="refusals"))
+    return start_turnout(procs, build, upstream, work, name=name, config=config, headers=headers)
+
+
 def rss_run(
     procs: Processes,
     build: TurnoutBuild,
@@ -75,7 +105,7 @@ def rss_run(
     rps_hint: float,
 ) -> dict[str, Any]:
     """A fresh turnout, loaded with non-streaming requests at c=64 until >= ``rss_requests``."""
-    stack = start_turnout(procs, build, upstream, work, name="turnout-rss")
+    stack = start_measured_turnout(procs, build, upstream, work, args, name="turnout-rss")
     script = write_scripts(stack, work)["json"]
     rss_ready = memory_kb(stack.proc.pid)
     served, runs = 0, 0
@@ -98,9 +128,15 @@ def rss_run(
     return out
 
 
-def ready_times(build: TurnoutBuild, upstream: Stack, work: Path, runs: int) -> dict[str, Any]:
-    times = turnout_ready_seconds(build, upstream, work, runs)
-    return {"runs_s": [round(t, 3) for t in times], "median_s": round(statistics.median(times), 3)}
+def ready_times(
+    build: TurnoutBuild, upstream: Stack, work: Path, runs: int, plugins: list[str]
+) -> dict[str, Any]:
+    times = turnout_ready_seconds(build, upstream, work, runs, plugins)
+    return {
+        "plugins": plugins,
+        "runs_s": [round(t, 3) for t in times],
+        "median_s": round(statistics.median(times), 3),
+    }
 
 
 def bench_stack(
@@ -143,12 +179,14 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         upstream = start_upstream(procs, chunks=args.chunks)
         log(f"fake upstream at {upstream.origin}; turnout from the {build.label}")
         if args.ready_runs:
-            log(f"turnout serve time to ready, {args.ready_runs} runs")
+            plugins = [p for p in args.ready_plugins.split(",") if p]
+            log(f"turnout serve time to ready, {args.ready_runs} runs, plugins {plugins}")
             wait_quiet(args.quiet_wait, NOISY)
-            results["ready"] = ready_times(build, upstream, work, args.ready_runs)
+            results["ready"] = ready_times(build, upstream, work, args.ready_runs, plugins)
         starts: list[Callable[[], Stack]] = [
             lambda: upstream,
-            lambda: start_turnout(procs, build, upstream, work),
+            lambda: start_mini_proxy(procs, MINI, upstream),
+            lambda: start_measured_turnout(procs, build, upstream, work, args),
         ]
         if args.litellm:
             python = litellm_python()
@@ -174,6 +212,11 @@ def plan_of(args: argparse.Namespace) -> Plan:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__.split("\n")[0])
     p.add_argument("--litellm", action="store_true", help="also benchmark the LiteLLM proxy")
+    p.add_argument(
+        "--ungoverned",
+        action="store_true",
+        help="turnout with the shipped defaults (no keys, no limits) instead of governed",
+    )
     p.add_argument("--ref", help="benchmark turnout at this git ref instead of the working tree")
     p.add_argument("--seconds", type=float, default=10, help="wrk duration per cell")
     p.add_argument("--warmup", type=float, default=2, help="unrecorded wrk seconds per kind")
@@ -181,6 +224,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rss-requests", type=int, default=100_000)
     p.add_argument("--rss-max-seconds", type=float, default=240)
     p.add_argument("--ready-runs", type=int, default=5)
+    p.add_argument(
+        "--ready-plugins",
+        default="memory,tools",
+        help="plugins enabled while timing `turnout serve` to ready (issue 13: memory and tools)",
+    )
     p.add_argument("--chunks", type=int, default=20, help="content chunks per streamed reply")
     p.add_argument(
         "--quiet-wait",

@@ -7,6 +7,9 @@ from typing import Any
 from bench.cells import CONNECTIONS, KINDS, Cells, cell_key
 from bench.report import Target, ratio, table, targets_table
 
+# The minimal proxy (bench/mini_proxy.py) that issue 13's throughput targets are ratios to.
+MINI = "asgi-aiohttp"
+
 
 def _get(cells: dict[str, Cells], stack: str, key: str, field: str) -> float | None:
     value = cells.get(stack, {}).get(key, {}).get(field)
@@ -30,6 +33,12 @@ def derive(cells: dict[str, Cells], ttfts: dict[str, dict[str, float]]) -> dict[
             key = cell_key(kind, c)
             t = _get(cells, "turnout", key, "rps")
             d[f"ratio_turnout_direct_{key}"] = ratio(t, _get(cells, "direct", key, "rps"))
+            d[f"ratio_turnout_mini_{key}"] = ratio(t, _get(cells, MINI, key, "rps"))
+            # What turnout's event loop spends per request beyond the minimal proxy's.
+            d[f"cpu_us_added_over_mini_{key}"] = _minus(
+                _get(cells, "turnout", key, "cpu_us_per_req"),
+                _get(cells, MINI, key, "cpu_us_per_req"),
+            )
             d[f"ratio_turnout_litellm_{key}"] = ratio(t, _get(cells, "litellm", key, "rps"))
     if "turnout" in ttfts and "direct" in ttfts:
         d["ttft_added_p50_ms"] = _minus(ttfts["turnout"]["p50_ms"], ttfts["direct"]["p50_ms"])
@@ -38,14 +47,21 @@ def derive(cells: dict[str, Cells], ttfts: dict[str, dict[str, float]]) -> dict[
 
 
 def targets(results: dict[str, Any]) -> list[Target]:
-    cells, d = results["cells"], results["derived"]
+    d = results["derived"]
     rss, ready = results.get("rss") or {}, results.get("ready") or {}
     return [
         Target(
-            "non-stream req/s at c=64",
-            _get(cells, "turnout", "json@64", "rps"),
-            2000,
-            "req/s",
+            f"non-stream req/s at c=64 / {MINI}'s",
+            d.get("ratio_turnout_mini_json@64"),
+            0.70,
+            "x",
+            at_least=True,
+        ),
+        Target(
+            f"20-chunk stream req/s at c=64 / {MINI}'s",
+            d.get("ratio_turnout_mini_stream@64"),
+            0.60,
+            "x",
             at_least=True,
         ),
         Target("added latency p50 at c=1 (non-stream)", d.get("added_p50_ms_json_c1"), 0.5, "ms"),
@@ -53,7 +69,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
         Target("streaming TTFT added (p50)", d.get("ttft_added_p50_ms"), 1, "ms"),
         Target(f"RSS after {rss.get('requests', 0):,} requests", rss.get("rss_mb"), 80, "MB"),
         Target(
-            f"turnout serve ready (median of {len(ready.get('runs_s', []))})",
+            f"turnout serve ready, plugins {ready.get('plugins', [])} "
+            f"(median of {len(ready.get('runs_s', []))})",
             ready.get("median_s"),
             1,
             "s",
@@ -83,6 +100,7 @@ def cell_rows(cells: dict[str, Cells]) -> list[list[object]]:
                         cell["errors"],
                         cell.get("other_cores_busy"),
                         ratio(cell["rps"], _get(cells, "direct", key, "rps")),
+                        ratio(cell["rps"], _get(cells, MINI, key, "rps")),
                     ]
                 )
     return rows
@@ -94,7 +112,13 @@ def ratio_rows(d: dict[str, Any]) -> list[list[object]]:
         for c in CONNECTIONS:
             key = cell_key(kind, c)
             rows.append(
-                [key, d.get(f"ratio_turnout_direct_{key}"), d.get(f"ratio_turnout_litellm_{key}")]
+                [
+                    key,
+                    d.get(f"ratio_turnout_direct_{key}"),
+                    d.get(f"ratio_turnout_mini_{key}"),
+                    d.get(f"ratio_turnout_litellm_{key}"),
+                    d.get(f"cpu_us_added_over_mini_{key}"),
+                ]
             )
     return rows
 
@@ -102,8 +126,10 @@ def ratio_rows(d: dict[str, Any]) -> list[list[object]]:
 def render(results: dict[str, Any]) -> str:
     d = results["derived"]
     parts = [
-        f"turnout: {results['turnout_build']}; wrk 1 thread, {results['settings']['seconds']:g} s "
-        "per cell; 'other load' = cores used by processes outside the benchmark",
+        f"turnout: {results['turnout_build']}, "
+        f"{'shipped defaults' if results['settings'].get('ungoverned') else 'governed'}; "
+        f"wrk 1 thread, {results['settings']['seconds']:g} s per cell; "
+        "'other load' = cores used by processes outside the benchmark",
         "",
         table(
             [
@@ -118,11 +144,21 @@ def render(results: dict[str, Any]) -> str:
                 "errors",
                 "other load",
                 "/direct",
+                f"/{MINI}",
             ],
             cell_rows(results["cells"]),
         ),
         "",
-        table(["throughput", "turnout/direct", "turnout/litellm"], ratio_rows(d)),
+        table(
+            [
+                "throughput",
+                "turnout/direct",
+                f"turnout/{MINI}",
+                "turnout/litellm",
+                f"CPU µs/req over {MINI}",
+            ],
+            ratio_rows(d),
+        ),
         "",
         table(
             ["added by turnout at c=1", "p50 ms", "p99 ms"],

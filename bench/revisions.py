@@ -5,7 +5,9 @@ metrics on, nothing else) and stay up for the whole run; see ``bench/pair.py`` f
 alternating and side-by-side measures, reported as after/before (throughput) and
 before/after (CPU per request: below 1, the change costs more). Then, with
 ``--instructions N``, each build under callgrind: instructions per request on the event-loop
-thread, the steadiest of the three on this noisy two-core machine.
+thread, the steadiest of the three on this noisy two-core machine. Also time to first token
+(``--ttft-n`` sequential streams on one connection, split into rounds that visit the fake
+upstream directly, before and after in turn): what each build adds to the direct TTFT.
 
     .venv/bin/python -m bench.revisions --ref <before> [--seconds 4] [--rounds 8]
                                          [--together-rounds 6] [--instructions 2000]
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench import instructions as callgrind
-from bench import wrk
+from bench import ttft, wrk
 from bench.cells import log, write_scripts
 from bench.pair import CONNECTIONS, Pair, side_by_side_line, summary
 from bench.payloads import chat_body
@@ -89,6 +92,27 @@ def instructions(
     return counts
 
 
+TTFT_ROUNDS = 3
+
+
+def first_tokens(stacks: dict[str, Stack], n: int) -> dict[str, dict[str, float]]:
+    """Median TTFT of each stack over rounds that take turns, and what turnout adds to direct."""
+    per_round = max(1, n // TTFT_ROUNDS)
+    p50s: dict[str, list[float]] = {name: [] for name in stacks}
+    for round_number in range(TTFT_ROUNDS):
+        names = list(stacks) if round_number % 2 == 0 else list(stacks)[::-1]
+        for name in names:
+            measured = ttft.measure(stacks[name], per_round, warmup=20)
+            p50s[name].append(measured.p50_ms)
+            log(f"TTFT round {round_number + 1}: {name} p50 {measured.p50_ms:.3f} ms")
+    medians = {name: statistics.median(values) for name, values in p50s.items()}
+    direct = medians.pop("direct")
+    return {
+        name: {"p50_ms": round(p50, 3), "added_ms": round(p50 - direct, 3)}
+        for name, p50 in {"direct": direct, **medians}.items()
+    }
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     alternating: dict[str, dict[str, Any]] = {}
     together: dict[str, dict[str, Any]] = {}
@@ -104,6 +128,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if args.together_rounds:
                 rounds = pair.side_by_side(kind, args.seconds, args.together_rounds)
                 together[kind] = {"rounds": rounds, "median": summary(rounds)}
+        first = first_tokens({"direct": upstream, **stacks}, args.ttft_n) if args.ttft_n else {}
         for stack in stacks.values():
             procs.stop(stack.proc)
         counts = (
@@ -118,6 +143,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "builds": {mode: build.label for mode, build in chosen.items()},
         "alternating": alternating,
         "side_by_side": together,
+        "ttft": first,
         "instructions_per_request": counts,
         "after_over_before": ratios,
     }
@@ -133,6 +159,9 @@ def report(result: dict[str, Any]) -> str:
         )
         if kind in result["side_by_side"]:
             lines.append(side_by_side_line(MODES, kind, result["side_by_side"][kind]["median"]))
+    for name, first in result["ttft"].items():
+        added = f", adds {first['added_ms']:.3f} ms to direct" if name != "direct" else ""
+        lines.append(f"TTFT {name}: p50 {first['p50_ms']:.3f} ms{added}")
     for kind, count in result["instructions_per_request"].items():
         before, after, ratio = count["before"], count["after"], count["before_over_after"]
         lines.append(
@@ -156,6 +185,7 @@ def main() -> int:
     parser.add_argument(
         "--instructions", type=int, default=0, help="requests counted under callgrind; 0: skip"
     )
+    parser.add_argument("--ttft-n", type=int, default=300, help="TTFT streams per stack; 0: skip")
     args = parser.parse_args()
     exit_on_sigterm()
     wrk.require_wrk()

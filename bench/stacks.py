@@ -1,4 +1,6 @@
-"""The servers under test: the fake upstream, turnout, LiteLLM; each in its own process.
+"""The servers under test: the fake upstream, turnout, the minimal proxies, LiteLLM.
+
+Each runs in its own process.
 
 A ``Stack`` is what a load generator needs to hit one of them: the chat URL, the model name
 to send, the headers, and the process whose CPU and memory to read.
@@ -10,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,11 +57,16 @@ def start_upstream(procs: Processes, chunks: int = 20, port: int | None = None) 
     )
 
 
-def turnout_config(upstream: Stack) -> str:
+def turnout_config(
+    upstream: Stack, database: Path | None = None, plugins: Sequence[str] = ()
+) -> str:
+    """The shipped defaults in front of ``upstream``; ``plugins`` enabled, if any."""
+    server = f"  database: {database}\n" if database is not None else ""
+    enabled = f"plugins:\n  enabled: [{', '.join(plugins)}]\n" if plugins else ""
     return f"""\
 server:
   log_level: warning
-routing:
+{server}routing:
   retries: 0
 providers:
   fake:
@@ -69,7 +77,7 @@ models:
   - name: bench
     targets:
       - {{provider: fake, model: {UPSTREAM_MODEL}}}
-"""
+{enabled}"""
 
 
 def write_turnout_config(upstream: Stack, work: Path) -> Path:
@@ -119,23 +127,41 @@ def ref_build(ref: str, work: Path) -> TurnoutBuild:
 
 
 def start_turnout(
-    procs: Processes, build: TurnoutBuild, upstream: Stack, work: Path, name: str = "turnout"
+    procs: Processes,
+    build: TurnoutBuild,
+    upstream: Stack,
+    work: Path,
+    name: str = "turnout",
+    config: Path | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stack:
+    """turnout serving ``config`` (default: ``turnout_config``), sent ``headers`` by the load."""
     port = free_port()
-    config = write_turnout_config(upstream, work)
+    config = config or write_turnout_config(upstream, work)
     proc = procs.spawn(name, build.argv(config, port), cwd=build.cwd or work)
     origin = f"http://127.0.0.1:{port}"
     ready = wait_ready(proc, origin + "/health", timeout=30)
     return Stack(
-        "turnout", origin + "/v1/chat/completions", "bench", proc, origin, ready_seconds=ready
+        "turnout",
+        origin + "/v1/chat/completions",
+        "bench",
+        proc,
+        origin,
+        headers=dict(headers or COMMON_HEADERS),
+        ready_seconds=ready,
     )
 
 
 def turnout_ready_seconds(
-    build: TurnoutBuild, upstream: Stack, work: Path, runs: int = 5
+    build: TurnoutBuild,
+    upstream: Stack,
+    work: Path,
+    runs: int = 5,
+    plugins: Sequence[str] = (),
 ) -> list[float]:
     """Spawn ``turnout serve`` and poll /health every 10 ms until 200, ``runs`` times."""
-    config = write_turnout_config(upstream, work)
+    config = work / "turnout-ready.yaml"
+    config.write_text(turnout_config(upstream, work / "turnout-ready.db", plugins))
     times = []
     with Processes(RESULTS / "logs") as procs:
         for i in range(runs):
@@ -148,6 +174,31 @@ def turnout_ready_seconds(
             times.append(time.perf_counter() - started)
             procs.stop(proc)
     return times
+
+
+# --- the minimal proxies (bench/mini_proxy.py) ---------------------------------------------
+
+
+def start_mini_proxy(procs: Processes, variant: str, upstream: Stack) -> Stack:
+    """One of bench/mini_proxy.py's variants; ``asgi-aiohttp`` is the Python limit here."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.mini_proxy",
+        "--variant",
+        variant,
+        "--upstream",
+        upstream.origin,
+        "--port",
+        str(port),
+    ]
+    proc = procs.spawn(f"mini-{variant}", argv, cwd=ROOT)
+    origin = f"http://127.0.0.1:{port}"
+    ready = wait_ready(proc, origin + "/health", timeout=30)
+    return Stack(
+        variant, origin + "/v1/chat/completions", UPSTREAM_MODEL, proc, origin, ready_seconds=ready
+    )
 
 
 # --- LiteLLM -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import statistics
 import subprocess
@@ -33,8 +34,8 @@ import msgspec
 
 from adapters.base import Operation, UpstreamRequest
 from adapters.openai_compat import OpenAICompatAdapter
-from gateway.forwarder import OpenStream
-from gateway.streaming import SSEResponse, StreamResult, relay
+from gateway.api.proxy import PassthroughStream
+from gateway.streaming import SSEResponse, StreamTranslator
 from gateway.translate import anthropic, responses
 from gateway.wire import decode_request, usage_of
 
@@ -224,11 +225,6 @@ class _Sink:
         return None
 
 
-async def _events(events: list[bytes]) -> Any:
-    for event in events:
-        yield event
-
-
 async def _stream_cost(
     kind: str, payloads: dict[str, bytes], events: list[bytes], streams: int
 ) -> float:
@@ -238,11 +234,10 @@ async def _stream_cost(
         started = time.perf_counter()
         for _ in range(streams):
             response = SSEResponse(sink, [])
+            translator: StreamTranslator
             if kind == "chat":
-                iterator = _events(events)
-                first = await anext(iterator)
-                opened = OpenStream(stream=None, events=iterator, first=first)  # type: ignore[arg-type]
-                await relay(opened, response, False, StreamResult())
+                # OpenAI chat in, OpenAI chat out: the ingress relays through the passthrough.
+                translator = PassthroughStream(include_usage=True)
             else:
                 exchange = (
                     anthropic.prepare(payloads["messages"], {})
@@ -250,14 +245,15 @@ async def _stream_cost(
                     else responses.prepare(payloads["responses"], 0)
                 )
                 translator = exchange.stream()
-                await response.start()
-                for event in events:
-                    out = translator.feed(event)
-                    if out:
-                        await response.write(out)
-                out = translator.finish()
+            # The ingress's relay loop (gateway/api/ingress.py), minus the upstream read.
+            await response.start()
+            for event in events:
+                out = translator.feed(event)
                 if out:
                     await response.write(out)
+            for piece in translator.finish():
+                if piece:
+                    await response.write(piece)
         best = min(best, (time.perf_counter() - started) / streams)
     return best
 
@@ -276,7 +272,7 @@ def stream_costs(payloads: dict[str, bytes], iterations: int) -> dict[str, tuple
         empty = asyncio.run(_stream_cost(kind, payloads, chat_stream(0), streams))
         prepare = 0.0
         if kind != "chat":
-            prepare = per_call(lambda k=kind: _prepare(k, payloads), iterations)
+            prepare = per_call(functools.partial(_prepare, kind, payloads), iterations)
         costs[kind] = (max(0.0, empty - prepare), (full - empty) / long)
     return costs
 

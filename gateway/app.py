@@ -11,10 +11,11 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, InternalServerException
 from litestar.handlers import ASGIRouteHandler, asgi
 
-from adapters.base import AdapterRegistry, default_registry
+from adapters.base import AdapterRegistry
+from adapters.builtin import default_registry
 from gateway.api.anthropic import anthropic_endpoints
 from gateway.api.engine import EngineController
 from gateway.api.events import RequestsController
@@ -30,8 +31,6 @@ from gateway.asgi import Receive, Scope, Send, header
 from gateway.config import Config
 from gateway.errors import BadRequest, ErrorBody, ErrorEnvelope, GatewayError
 from gateway.nesting import check_depth
-from gateway.plugins.memory.api import memory_controllers
-from gateway.plugins.tools.api import tool_controllers
 from gateway.state import GatewayState
 from gateway.translate.anthropic_replies import error_body as anthropic_error_body
 from gateway.ui import DashboardController
@@ -75,13 +74,12 @@ def create_app(config: Config, registry: AdapterRegistry | None = None) -> Lites
             SystemController,
             EngineController,
             UsageController,
-            *tool_controllers(),
-            *memory_controllers(),
+            *state.plugins.routes(state),
             RequestsController,
             DashboardController,
             chat_socket(endpoints["/v1/chat/completions"]),
         ],
-        dependencies={"gateway": Provide(provide_state, use_cache=True)},
+        dependencies={"gateway": Provide(provide_state, use_cache=True), **_narrow(state)},
         lifespan=[lifespan],
         # For tests and embedders: the running app's GatewayState (app.state.gateway).
         state=State({"gateway": state}),
@@ -97,6 +95,20 @@ def create_app(config: Config, registry: AdapterRegistry | None = None) -> Lites
         # The CLI configures logging once; Litestar's own setup would format it differently.
         logging_config=None,
     )
+
+
+def _narrow(state: GatewayState) -> dict[str, Provide]:
+    """What controllers take instead of the whole state: each names only the parts it uses.
+
+    ``usage`` and ``supervisor`` are read per request: the lifespan opens them.
+    """
+    return {
+        "auth": Provide(lambda: state.auth, use_cache=True, sync_to_thread=False),
+        "metrics": Provide(lambda: state.metrics, use_cache=True, sync_to_thread=False),
+        "recent": Provide(lambda: state.recent, use_cache=True, sync_to_thread=False),
+        "usage": Provide(lambda: state.usage, sync_to_thread=False),
+        "supervisor": Provide(lambda: state.supervisor, sync_to_thread=False),
+    }
 
 
 def _mount(path: str, endpoint: ASGIApp) -> ASGIRouteHandler:
@@ -123,12 +135,25 @@ def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Respon
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     """Litestar's own errors (unknown path, wrong method) in the protocol's envelope."""
+    if _client_left(exc):
+        return _client_gone(request)
     if exc.status_code >= 500:
         return _internal_error(request, exc)
-    error = BadRequest(str(exc.detail), headers=exc.headers)
+    error = BadRequest(_off_plugin(request, exc) or str(exc.detail), headers=exc.headers)
     error.status = exc.status_code
     error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
     return _answer(request, error)
+
+
+def _off_plugin(request: Request[Any, Any, Any], exc: HTTPException) -> str | None:
+    """A 404 under a path an installed plugin would mount had it been enabled says so."""
+    if exc.status_code != 404:
+        return None
+    state: GatewayState = request.app.state["gateway"]
+    name = state.plugins.disabled_route_owner(request.scope.get("path", ""))
+    if name is None:
+        return None
+    return f"{name} is off: add {name} to plugins.enabled in routing.yaml"
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -150,12 +175,36 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return _answer(request, error, request_id)
 
 
+def _client_left(exc: HTTPException) -> bool:
+    """Litestar's way of saying the client went away while it read the body.
+
+    A client that gives up mid-upload, or one the connection guard answered 408 and closed
+    (gateway/connections.py), is no gateway failure: logging each as one, with a traceback,
+    let a slowloris flood fill the log (issue 11).
+    """
+    return isinstance(exc, InternalServerException) and exc.detail == _CLIENT_LEFT
+
+
+_CLIENT_LEFT = "client disconnected prematurely"
+
+
+def _client_gone(request: Request[Any, Any, Any]) -> Response[Any]:
+    # Nobody reads this answer; uvicorn drops it on the closed connection.
+    log.debug(
+        "request %s (%s %s): client left before its body arrived",
+        _request_id(request),
+        request.method,
+        request.scope.get("path", "?"),
+    )
+    return Response(b"", status_code=499)
+
+
 def _answer(
     request: Request[Any, Any, Any], error: GatewayError, request_id: str = ""
 ) -> Response[Any]:
     """``error`` in the envelope of the protocol its path speaks: Anthropic's on /v1/messages*."""
     headers = dict(error.headers)
-    if request.scope.get("path", "").startswith("/v1/messages"):
+    if _speaks_anthropic(request):
         request_id = request_id or _request_id(request)
         headers["x-request-id"] = request_id
         body = anthropic_error_body(error, request_id)
@@ -167,6 +216,15 @@ def _answer(
         status_code=error.status,
         headers=headers,
     )
+
+
+def _speaks_anthropic(request: Request[Any, Any, Any]) -> bool:
+    """/v1/messages*, and /v1/models* asked by Anthropic's SDK (it sends ``anthropic-version``;
+    Claude Code's model discovery reads a 401 or 403 only in Anthropic's envelope)."""
+    path: str = request.scope.get("path", "")
+    if path.startswith("/v1/messages"):
+        return True
+    return path.startswith("/v1/models") and "anthropic-version" in request.headers
 
 
 def _request_id(request: Request[Any, Any, Any]) -> str:

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.errors import BodyTooLarge
+from gateway.errors import BodyTooLarge, ClientGone
 from gateway.nesting import check_depth
 
 Scope = MutableMapping[str, Any]
@@ -23,10 +23,6 @@ Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"
-
-
-class ClientGone(Exception):
-    """The client disconnected while we were still reading its request."""
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

@@ -18,7 +18,7 @@ import msgspec
 
 from gateway.asgi import Scope, header
 from gateway.config import Auth
-from gateway.errors import GatewayError
+from gateway.errors import Forbidden, HostNotAllowed, Unauthorized
 from gateway.hosts import HostPolicy
 from gateway.identity import Identity
 from gateway.keys import KeyCache, KeyRecord
@@ -26,24 +26,6 @@ from gateway.keys import KeyCache, KeyRecord
 ADMIN = Identity(key_id="admin", agent_id="admin", is_admin=True, trusted=True)
 _metadata = msgspec.json.Decoder(dict[str, Any])
 _string = msgspec.json.Decoder(str)
-
-
-class Unauthorized(GatewayError):
-    status = 401
-    type = "invalid_request_error"
-    code = "invalid_api_key"
-
-
-class Forbidden(GatewayError):
-    status = 403
-    type = "invalid_request_error"
-    code = "permission_denied"
-
-
-class HostNotAllowed(Forbidden):
-    """A keyless gateway addressed by a name that is not this machine's (see gateway/hosts.py)."""
-
-    code = "host_not_allowed"
 
 
 def is_loopback(host: str) -> bool:

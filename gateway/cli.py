@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 def _check(path: Path, *, as_json: bool = False) -> int:
     import json
 
-    from gateway.config import ConfigError, load, warnings
+    from gateway.config import load, warnings
+    from gateway.errors import ConfigError
 
     try:
         config = load(path)
@@ -92,12 +93,13 @@ def _check(path: Path, *, as_json: bool = False) -> int:
             print(json.dumps({"ok": False, "path": str(path), "error": str(exc)}))
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    from gateway.engines.process import missing_parts
+    from gateway.engines.registry import kinds_for
 
+    kinds = kinds_for(config)
     notes = list(warnings(config))
     errors: list[str] = []
     for name, role in config.roles.items():
-        problem = missing_parts(role)
+        problem = kinds.missing_parts(role)
         if problem.startswith("model "):
             # The engine is installed, so this role is meant to run here, and its first request
             # would fail. (Without the engine, e.g. the shipped example on a fresh machine, the
@@ -128,7 +130,8 @@ def _check(path: Path, *, as_json: bool = False) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, load
+    from gateway.config import load
+    from gateway.errors import ConfigError
     from gateway.server import run
 
     try:

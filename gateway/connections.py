@@ -32,23 +32,11 @@ from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.config import Server
-from gateway.errors import GatewayError, openai_envelope
+from gateway.errors import GatewayError, RequestTimeout, ServerBusy, openai_envelope
 
 log = logging.getLogger("turnout.connections")
 
 _REASONS = {408: b"Request Timeout", 503: b"Service Unavailable"}
-
-
-class ServerBusy(GatewayError):
-    status = 503
-    type = "server_error"
-    code = "server_busy"
-
-
-class RequestTimeout(GatewayError):
-    status = 408
-    type = "invalid_request_error"
-    code = "request_timeout"
 
 
 def raw_answer(error: GatewayError) -> bytes:

@@ -1,8 +1,50 @@
-"""The gateway's error tree and its OpenAI wire envelope.
+"""Every error class turnout raises, and the OpenAI wire envelope.
 
 Adapters translate their client library's exceptions into these once, at their boundary; the
 HTTP layer renders them once, in the protocol's envelope. Nothing in between catches bare
 ``Exception`` to guess what went wrong.
+
+The hierarchy (the status a client sees in brackets)::
+
+    GatewayError [500] ── an error with a client-facing status and OpenAI type/code
+    ├── BadRequest [400]
+    │   └── ContextExceeded [400]
+    ├── Unauthorized [401]
+    ├── Forbidden [403]
+    │   └── HostNotAllowed [403]
+    ├── ModelNotFound [404]
+    ├── NotFound [404]
+    ├── MethodNotAllowed [405]
+    ├── RequestTimeout [408] ── answered by the transport (gateway/connections.py)
+    ├── BodyTooLarge [413]
+    ├── RateLimited [429]
+    ├── BudgetExceeded [429]
+    ├── ServerBusy [503] ── answered by the transport (gateway/connections.py)
+    ├── NoTargetAvailable [503]
+    └── UpstreamError [502] ── one upstream failed; ``retryable`` decides whether to fall back
+        ├── UpstreamConnectError [502]
+        ├── UpstreamTimeout [504]
+        ├── UpstreamStatus [the upstream's 4xx, 429, or 502]
+        ├── UpstreamProtocolError [502]
+        │   └── StaleConnection ── resent on a new connection, never seen by a client
+        ├── EngineUnavailable [503]
+        └── AllTargetsFailed [the last failure's 429, 503, 504, else 502]
+
+    ConfigError ── routing.yaml (or what it names) is invalid; the message names the key path
+    ├── PromptError
+    ├── PluginError
+    └── DriverError
+
+    EngineStartError ── a local engine could not be brought up
+    IllegalTransition (RuntimeError) ── a bug: an engine state move gateway/engines/states.py forbids
+    MigrationError ── the usage database's history does not match this turnout's migrations
+    ClientGone ── the client disconnected while its request was still being read
+    ToolFailed ── a tool ran and failed (the message goes back to the model)
+    DestinationRefused (OSError) ── the tools' resolver refused an internal address
+
+The CLI client's errors (``ClientError``, ``SettingsError``, ``ItemError``) stay in
+``gateway/client/``: that package is standard-library only and talks to a gateway over HTTP,
+so it shares nothing with this tree.
 """
 
 from __future__ import annotations
@@ -53,6 +95,24 @@ class ContextExceeded(BadRequest):
         self.context = context
 
 
+class Unauthorized(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class HostNotAllowed(Forbidden):
+    """A keyless gateway addressed by a name that is not this machine's (see gateway/hosts.py)."""
+
+    code = "host_not_allowed"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -71,10 +131,34 @@ class MethodNotAllowed(GatewayError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class BodyTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(GatewayError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class ServerBusy(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "server_busy"
 
 
 class NoTargetAvailable(GatewayError):
@@ -137,6 +221,14 @@ class StaleConnection(UpstreamProtocolError):
     """
 
 
+class EngineUnavailable(UpstreamError):
+    """A role could not be made ready for a request; another target may still serve it."""
+
+    status = 503
+    type = "server_error"
+    code = "engine_unavailable"
+
+
 class AllTargetsFailed(UpstreamError):
     """Every attempt failed: the client sees the last failure's class (502, 503, 504 or 429)."""
 
@@ -149,6 +241,50 @@ class AllTargetsFailed(UpstreamError):
         self.type = last.type
         self.code = last.code
         self.last = last
+
+
+class ConfigError(Exception):
+    """routing.yaml is unreadable or invalid; the message names the key path."""
+
+
+class PromptError(ConfigError):
+    """A prompt cannot be composed: a required layer is missing or empty, or it is too long."""
+
+
+class PluginError(ConfigError):
+    """A plugin cannot be loaded, or failed while the gateway started."""
+
+
+class DriverError(ConfigError):
+    """No SQLite driver here can load sqlite-vec; the message says how to fix it."""
+
+
+class EngineStartError(Exception):
+    """The engine could not be brought up; the message says why (and quotes its log)."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class IllegalTransition(RuntimeError):
+    """The supervisor tried an engine state move ``engines/states.py`` does not allow: a bug."""
+
+
+class MigrationError(Exception):
+    """The database's recorded history does not match this turnout's migrations."""
+
+
+class ClientGone(Exception):
+    """The client disconnected while we were still reading its request."""
+
+
+class ToolFailed(Exception):
+    """A tool ran and failed; the message is what the caller (and the model) sees."""
+
+
+class DestinationRefused(OSError):
+    """Raised by the tools' resolver (aiohttp wraps resolver OSErrors; we unwrap it again)."""
 
 
 class ErrorBody(msgspec.Struct):

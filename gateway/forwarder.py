@@ -18,8 +18,9 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
-from adapters.base import Adapter, UpstreamReply, UpstreamRequest, UpstreamStream
+from adapters.base import Adapter, UpstreamReply, UpstreamRequest, UpstreamStream, native_for
 from gateway.config import Model, Provider, Routing, Target
+from gateway.contract import WireProtocol
 from gateway.engines.supervisor import Lease
 from gateway.errors import (
     AllTargetsFailed,
@@ -77,6 +78,8 @@ class OpenStream:
     stream: UpstreamStream
     events: AsyncIterator[bytes]
     first: bytes
+    # What the events are written in: OpenAI's chunks, or the native body's own protocol.
+    protocol: WireProtocol = WireProtocol.OPENAI
 
     async def aclose(self) -> None:
         # Adapters written as async generators get closed too; one interrupted mid-await
@@ -228,7 +231,15 @@ class Forwarder:
         adapter = self._adapters[target.provider]
         shape = self._shapers.get(target.provider)
         fields = request.fields if shape is None else shape(request.fields)
-        upstream = UpstreamRequest(request.op, fields, target.model, request.stream, request_id)
+        upstream = UpstreamRequest(
+            request.op,
+            fields,
+            target.model,
+            request.stream,
+            request_id,
+            native_for(adapter, request.native),
+            request.translated,
+        )
         trace.attempts += 1
         self._book.started(key)
         started = time.perf_counter()
@@ -306,7 +317,9 @@ async def _open_with_first_event(adapter: Adapter, request: UpstreamRequest) -> 
     except BaseException:
         await stream.aclose()
         raise
-    return OpenStream(stream, events, first)
+    # An adapter given a native body answers in its protocol (adapters/base.py).
+    native = request.native
+    return OpenStream(stream, events, first, native.protocol if native else WireProtocol.OPENAI)
 
 
 def _check_first_event(event: bytes) -> None:

@@ -27,6 +27,7 @@ log = logging.getLogger("turnout.keys")
 
 KEY_PREFIX = "sk-turnout-"
 
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
     id: str
@@ -191,7 +192,6 @@ class KeyCache:
     def any_keys(self) -> bool:
         """Has this gateway ever had keys? Revoking the last one must not reopen it to everyone."""
         return self._ever
-
 
     async def start(self) -> None:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="turnout-keys")

@@ -43,7 +43,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, load
+    from gateway.config import load
+    from gateway.errors import ConfigError
     from gateway.keys import connect, create_key, list_keys, revoke_key
 
     try:

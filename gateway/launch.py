@@ -377,7 +377,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _config_reader(path: Path) -> Callable[[str], int | None]:
     """A lookup into the routing file, or one that knows nothing when it cannot be read."""
-    from gateway.config import ConfigError, load
+    from gateway.config import load
+    from gateway.errors import ConfigError
 
     try:
         config = load(path) if path.is_file() else None

@@ -7,10 +7,12 @@ and builds a tuple on every call; the hot path should pay for a dict lookup only
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.values import MutexValue
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -19,44 +21,84 @@ _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+class LoopCounter(Counter):
+    """A Counter of the per-request metrics, which only the event loop's thread writes.
+
+    prometheus_client's ``inc`` checks observability and exemplars through three Python calls
+    and takes a lock: 3,900 instructions per inc (callgrind), four incs per request. One
+    writer thread needs no lock for its adds (a scrape reads a float, atomically under the
+    GIL): 1,100 here. Negative amounts, exemplars, unlabelled parents and values of another
+    kind (prometheus_client's multiprocess mode) go the long way.
+    """
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        # A parent with label names has no value of its own: checked first, the long way raises.
+        if not self._labelvalues or amount < 0 or exemplar or type(self._value) is not MutexValue:
+            super().inc(amount, exemplar)
+            return
+        self._value._value += amount
+
+
+class LoopHistogram(Histogram):
+    """A Histogram of the per-request metrics, which only the event loop's thread writes.
+
+    prometheus_client's ``observe`` walks the buckets in a Python loop and takes two locks:
+    8,100 instructions per observation (callgrind), three per request; 2,300 here, lock-free
+    as in ``LoopCounter``, the bucket found by bisection (the first bound >= amount, as the
+    loop finds it). NaN, exemplars and the rest of ``LoopCounter``'s cases go the long way.
+    """
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        if (
+            not self._labelvalues
+            or exemplar
+            or amount != amount
+            or type(self._sum) is not MutexValue
+        ):
+            super().observe(amount, exemplar)
+            return
+        self._sum._value += amount
+        self._buckets[bisect_left(self._upper_bounds, amount)]._value += 1
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "turnout_requests",
             "Requests answered, by route, logical model and status.",
             ("route", "model", "status"),
             registry=r,
         )
-        self.duration = Histogram(
+        self.duration = LoopHistogram(
             "turnout_request_duration_seconds",
             "Time from request to the last byte of the answer.",
             ("route", "model"),
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.overhead = Histogram(
+        self.overhead = LoopHistogram(
             "turnout_gateway_overhead_seconds",
             "Time spent in the gateway itself, not waiting on upstreams.",
             ("route",),
             buckets=_OVERHEAD_BUCKETS,
             registry=r,
         )
-        self.ttft = Histogram(
+        self.ttft = LoopHistogram(
             "turnout_time_to_first_token_seconds",
             "Streaming: time from request to the first event sent.",
             ("model",),
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.upstream = Counter(
+        self.upstream = LoopCounter(
             "turnout_upstream_requests",
             "Calls to upstream targets, by provider, upstream model and outcome.",
             ("provider", "upstream_model", "outcome"),
             registry=r,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = LoopHistogram(
             "turnout_upstream_duration_seconds",
             "Time spent waiting on one upstream call.",
             ("provider",),
@@ -83,7 +125,7 @@ class Metrics:
             ("provider",),
             registry=r,
         )
-        self.tokens = Counter(
+        self.tokens = LoopCounter(
             "turnout_tokens",
             "Tokens reported by upstreams, by logical model and type.",
             ("model", "type"),
@@ -92,7 +134,7 @@ class Metrics:
         # Next to turnout_tokens_total{type="prompt"} (which includes them): their ratio is the
         # prompt-cache hit rate, per logical model and per provider (a local role's provider
         # is named after the role).
-        self.cached_tokens = Counter(
+        self.cached_tokens = LoopCounter(
             "turnout_prompt_tokens_cached",
             "Prompt tokens the upstream served from its prompt cache, by logical model and provider.",
             ("model", "provider"),

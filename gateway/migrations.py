@@ -15,11 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import aiosqlite
 
+from gateway.errors import MigrationError
+
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
-
-
-class MigrationError(Exception):
-    """The database's recorded history does not match this turnout's migrations."""
 
 
 async def m001_usage(db: aiosqlite.Connection) -> None:

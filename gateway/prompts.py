@@ -19,7 +19,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.config import ConfigError, Layer, Prompt, Prompts
+from gateway.config import Layer, Prompt, Prompts
+from gateway.errors import PromptError
 from gateway.plugins.context import RequestContext
 from gateway.plugins.hookspecs import hookimpl
 
@@ -33,10 +34,6 @@ _SYSTEM_ROLES = ("system", "developer")
 _MESSAGES = msgspec.json.Decoder(list[msgspec.Raw])
 _OBJECT = msgspec.json.Decoder(dict[str, Any])
 _encode = msgspec.json.Encoder().encode
-
-
-class PromptError(ConfigError):
-    """A prompt cannot be composed: a required layer is missing or empty, or it is too long."""
 
 
 def compose(prompt: Prompt, layers_dir: Path, max_chars: int, where: str) -> str:

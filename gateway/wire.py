@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from adapters.base import Operation
+from gateway.contract import Native, Operation
 from gateway.errors import BadRequest
 
 
@@ -127,6 +127,11 @@ class ClientRequest:
     stream: bool
     include_usage: bool
     fields: dict[str, msgspec.Raw]
+    # The client's original body when it spoke another protocol (see gateway.contract.Native):
+    # sent instead of ``fields`` to an upstream that speaks that protocol too.
+    native: Native | None = None
+    # Answered in another protocol than OpenAI's (see adapters.base.UpstreamRequest).
+    translated: bool = False
 
     def max_tokens(self) -> int | None:
         """The completion limit the client asked for (either spelling), if it is a number."""

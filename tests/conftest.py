@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.engines.engines import LlamaServer, ensure_models, llama_server_binary
+
+# Bugs are loud in tests: an illegal engine state move raises (gateway/engines/states.py).
+os.environ.setdefault("TURNOUT_DEBUG", "1")
 
 
 @pytest.fixture(scope="session")

@@ -26,5 +26,6 @@ PYTHON=.venv/bin/python bash tests/engines/build_llama_server.sh
 PYTHON="$PY" bash tests/engines/setup_mlx.sh  # optional: never fails, MLX tests skip
 
 .venv/bin/ruff check gateway adapters tests bench
-.venv/bin/mypy
+.venv/bin/ruff format --check gateway adapters tests bench
+.venv/bin/mypy  # strict, over gateway, adapters, tests and bench (pyproject.toml [tool.mypy])
 exec .venv/bin/python -m pytest "$@"

@@ -9,9 +9,19 @@ import aiohttp
 import msgspec
 import pytest
 
-from adapters.base import Operation, UpstreamRequest, default_registry
+from adapters.anthropic import AnthropicAdapter
+from adapters.base import (
+    AdapterRegistry,
+    Native,
+    Operation,
+    UpstreamRequest,
+    WireProtocol,
+    native_for,
+)
+from adapters.builtin import default_registry
 from adapters.llamacpp import LlamaCppAdapter
 from adapters.mlx import MLXAdapter
+from adapters.openai_compat import OpenAICompatAdapter
 from gateway.config import Provider
 
 SAMPLES = Path(__file__).parent / "fixtures" / "samples"
@@ -100,20 +110,21 @@ async def test_mlx_tool_call_stream_keeps_the_whole_call() -> None:
 
 async def test_body_rewrite_sets_upstream_model_and_always_asks_for_usage() -> None:
     adapter, session = await adapter_of("openai")
+    assert isinstance(adapter, OpenAICompatAdapter)
     fields = msgspec.json.decode(
         b'{"model":"logical","messages":[],"stream":true,"stream_options":{"include_usage":false,"x":1},"seed":4}',
         type=dict[str, msgspec.Raw],
     )
     body = json.loads(
         adapter.encode_body(UpstreamRequest(Operation.CHAT, fields, "upstream-name", True, "rid"))
-    )  # type: ignore[attr-defined]
+    )
     assert body["model"] == "upstream-name"
     assert body["stream_options"] == {"include_usage": True, "x": 1}
     assert body["seed"] == 4
     fields.pop("stream_options")
     body = json.loads(
         adapter.encode_body(UpstreamRequest(Operation.CHAT, fields, "u", False, "rid"))
-    )  # type: ignore[attr-defined]
+    )
     assert "stream_options" not in body
     await session.close()
 
@@ -126,7 +137,9 @@ def test_unknown_adapter_kind_names_the_known_ones() -> None:
 
 
 async def test_openai_itself_gets_max_completion_tokens_others_keep_max_tokens() -> None:
-    fields = msgspec.json.decode(b'{"model":"m","messages":[],"max_tokens":64}', type=dict[str, msgspec.Raw])
+    fields = msgspec.json.decode(
+        b'{"model":"m","messages":[],"max_tokens":64}', type=dict[str, msgspec.Raw]
+    )
     request = UpstreamRequest(Operation.CHAT, fields, "gpt-5", False, "rid")
     openai, session = await adapter_of("openai")
     body = json.loads(openai.encode_body(request))  # type: ignore[attr-defined]
@@ -135,3 +148,38 @@ async def test_openai_itself_gets_max_completion_tokens_others_keep_max_tokens()
     assert json.loads(vllm.encode_body(request))["max_tokens"] == 64  # type: ignore[attr-defined]
     await session.close()
     await _.close()
+
+
+async def test_llamacpp_asks_for_prompt_progress_only_on_translated_streams() -> None:
+    adapter, session = await adapter_of("llamacpp")
+    assert isinstance(adapter, LlamaCppAdapter)
+    fields = {"messages": msgspec.Raw(b'[{"role":"user","content":"hi"}]')}
+    plain = UpstreamRequest(Operation.CHAT, fields, "m", True, "r")
+    translated = UpstreamRequest(Operation.CHAT, fields, "m", True, "r", translated=True)
+    # Said on the request, not read from the type of its fields.
+    assert b"return_progress" not in adapter.encode_body(plain)
+    assert json.loads(adapter.encode_body(translated))["return_progress"] is True
+    await session.close()
+
+
+async def test_a_native_body_goes_only_to_an_adapter_that_speaks_its_protocol() -> None:
+    native = Native(WireProtocol.ANTHROPIC, b'{"model":"x","messages":[]}', {})
+    speaker, session = await adapter_of("anthropic")
+    other, other_session = await adapter_of("llamacpp")
+    assert isinstance(speaker, AnthropicAdapter) and isinstance(other, LlamaCppAdapter)
+    assert native_for(speaker, native) is native
+    assert native_for(other, native) is None
+    assert native_for(speaker, None) is None
+    await session.close()
+    await other_session.close()
+
+
+def test_every_builtin_kind_is_registered_from_its_own_module() -> None:
+    # One module per kind, one entry in adapters/builtin.py: nothing else lists them.
+    kinds = default_registry().kinds()
+    assert {"openai", "llamacpp", "mlx", "ollama", "anthropic"} <= set(kinds)
+    registry = AdapterRegistry()
+    registry.register(
+        "third-party", lambda name, provider, session: OpenAICompatAdapter(name, provider, session)
+    )
+    assert registry.kinds() == ["third-party"]

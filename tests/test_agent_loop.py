@@ -1,8 +1,9 @@
 """The server-side agent loop, over a real gateway's forwarder: fake upstreams scripted per call,
 and a real llama-server whose tiny model always calls get_weather(city="Paris").
 
-The loop is reached the way the ingress reaches it, through ``agent_forwarder``; the tests
-that go through ``/v1/chat/completions`` need the ingress to use it (see the skip reason).
+The loop is reached the way the ingress reaches it, through the plugins' ``forwarder_for``;
+the tests that go through ``/v1/chat/completions`` need the ingress to use it (see the skip
+reason).
 """
 
 from __future__ import annotations
@@ -10,18 +11,21 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anthropic
 import msgspec
 import pytest
+from anthropic.types import MessageParam
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 import gateway.api.ingress
 from adapters.base import Operation
-from gateway.auth import Forbidden
+from gateway.errors import Forbidden
 from gateway.forwarder import Trace
 from gateway.identity import Identity
-from gateway.plugins.tools.agent import agent_forwarder
+from gateway.plugins.context import Forwarding
 from gateway.state import GatewayState
 from gateway.wire import decode_request
 from tests.engines.engines import LlamaServer
@@ -30,7 +34,7 @@ from tests.gateway_server import RunningGateway, config_of, running_gateway
 
 FUNCTIONS = "tests.tools_fixtures.functions"
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-WEATHER = {"type": "function", "function": {"name": "get_weather"}}
+WEATHER: ChatCompletionFunctionToolParam = {"type": "function", "function": {"name": "get_weather"}}
 READ_FILE = {
     "type": "function",
     "function": {
@@ -39,9 +43,10 @@ READ_FILE = {
         "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
     },
 }
-USER = [{"role": "user", "content": "weather in Paris?"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "weather in Paris?"}]
+CLAUDE_USER: list[MessageParam] = [{"role": "user", "content": "weather in Paris?"}]
 SOFIA = Identity(key_id=None, agent_id="agent:sofia")
-WIRED = "agent_forwarder" in inspect.getsource(gateway.api.ingress)
+WIRED = "forwarder_for" in inspect.getsource(gateway.api.ingress)
 
 
 def tools_section(**agent: Any) -> dict[str, Any]:
@@ -65,7 +70,9 @@ def tools_section(**agent: Any) -> dict[str, Any]:
     }
 
 
-def gateway_for(upstream_url: str, kind: str = "openai", model: str = "ok", **agent: Any):  # type: ignore[no-untyped-def]
+def gateway_for(
+    upstream_url: str, kind: str = "openai", model: str = "ok", **agent: Any
+) -> AbstractAsyncContextManager[RunningGateway]:
     raw = {
         "providers": {"up": {"kind": kind, "base_url": upstream_url, "local": True}},
         "models": [{"name": "chat", "targets": [{"provider": "up", "model": model}]}],
@@ -85,6 +92,13 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 def state_of(gw: RunningGateway) -> GatewayState:
     state: GatewayState = gw.app.state["gateway"]
     return state
+
+
+def agent_forwarder(
+    state: GatewayState, identity: Identity, request_id: str, model: Any, request: Any
+) -> Forwarding | None:
+    """What the ingress asks the plugins (the tools plugin's ``forwarder_for`` answers)."""
+    return state.plugins.forwarder_for(state.forwarder, identity, request_id, model, request)
 
 
 async def run_loop(
@@ -244,7 +258,7 @@ async def test_plain_requests_are_left_to_the_normal_path(fake: FakeOpenAI) -> N
 # --- through the HTTP API ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not WIRED, reason="gateway/api/ingress.py does not use agent_forwarder yet")
+@pytest.mark.skipif(not WIRED, reason="gateway/api/ingress.py does not use forwarder_for yet")
 async def test_the_chat_endpoint_runs_the_loop(fake: FakeOpenAI) -> None:
     fake.script = ["tools", "ok", "tools", "ok"]
     async with gateway_for(fake.url) as gw:
@@ -252,7 +266,7 @@ async def test_the_chat_endpoint_runs_the_loop(fake: FakeOpenAI) -> None:
         reply = await client.chat.completions.create(
             model="chat",
             messages=USER,
-            tools=[WEATHER],  # type: ignore[list-item]
+            tools=[WEATHER],
         )
         assert reply.choices[0].message.content == "echo: weather in Paris?"
         assert reply.model_extra is not None
@@ -261,20 +275,20 @@ async def test_the_chat_endpoint_runs_the_loop(fake: FakeOpenAI) -> None:
             model="chat",
             messages=USER,
             tools=[WEATHER],
-            stream=True,  # type: ignore[list-item]
+            stream=True,
         )
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         assert text == "echo: weather in Paris?"
 
 
-@pytest.mark.skipif(not WIRED, reason="gateway/api/ingress.py does not use agent_forwarder yet")
+@pytest.mark.skipif(not WIRED, reason="gateway/api/ingress.py does not use forwarder_for yet")
 async def test_anthropic_clients_get_route_tools(fake: FakeOpenAI) -> None:
     fake.script = ["tools", "ok"]
     async with gateway_for(fake.url, routes={"chat": ["get_weather"]}) as gw:
         claude = anthropic.AsyncAnthropic(base_url=gw.url, api_key="unused", max_retries=0)
-        reply = await claude.messages.create(model="chat", max_tokens=64, messages=USER)  # type: ignore[arg-type]
+        reply = await claude.messages.create(model="chat", max_tokens=64, messages=CLAUDE_USER)
         await claude.close()
-    assert reply.content[0].text == "echo: weather in Paris?"  # type: ignore[union-attr]
+    assert reply.content[0].type == "text" and reply.content[0].text == "echo: weather in Paris?"
     assert len(posts(fake)) == 2
 
 

@@ -57,5 +57,8 @@ def test_usage_readers_take_each_protocols_cached_tokens() -> None:
         }
     ]
     assert bench.responses_usage(responses) == (50, 40)
+    # A reply cut at max_output_tokens (the benchmark caps replies) ends incomplete.
+    responses[0]["type"] = "response.incomplete"
+    assert bench.responses_usage(responses) == (50, 40)
     chat = [{"choices": [], "timings": {"prompt_n": 3, "cache_n": 97}}]
     assert bench.chat_usage(chat) == (100, 97)

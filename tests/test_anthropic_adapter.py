@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
@@ -16,15 +17,16 @@ import openai
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
+from adapters.anthropic.translate import ChatChunks, chat_reply, messages_body
 from gateway.errors import BadRequest, GatewayError, UpstreamStatus
 from gateway.translate import raw
-from gateway.translate.anthropic_upstream import ChatChunks, chat_reply, messages_body
 from tests.fakes.anthropic_upstream import FakeAnthropic, validate
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.gateway_server import config_of, running_gateway
+from tests.gateway_server import RunningGateway, config_of, running_gateway
 
-WEATHER = {
+WEATHER: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -36,7 +38,7 @@ WEATHER = {
         },
     },
 }
-HI = [{"role": "user", "content": "hi"}]
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def anthropic_body(model: str = "claude-x", stream: bool = False, **fields: Any) -> dict[str, Any]:
@@ -111,7 +113,7 @@ def test_tool_calls_and_tool_results_become_paired_blocks() -> None:
     assert body["tools"] == [
         {
             "name": "get_weather",
-            "input_schema": WEATHER["function"]["parameters"],  # type: ignore[index]
+            "input_schema": WEATHER["function"]["parameters"],
             "description": "Current weather for a city",
         }
     ]
@@ -540,7 +542,9 @@ async def claude() -> AsyncIterator[FakeAnthropic]:
         yield upstream
 
 
-def gateway(claude: FakeAnthropic, *extra_targets: dict[str, Any], **providers: Any):  # type: ignore[no-untyped-def]
+def gateway(
+    claude: FakeAnthropic, *extra_targets: dict[str, Any], **providers: Any
+) -> AbstractAsyncContextManager[RunningGateway]:
     raw_config = {
         "providers": {
             "claude": {
@@ -610,7 +614,7 @@ async def test_streamed_tool_call_arrives_whole_and_a_result_turn_is_accepted(
         client = gw.openai()
         stream = await client.chat.completions.create(
             model="tools", messages=HI, tools=[WEATHER], stream=True
-        )  # type: ignore[list-item]
+        )
         calls: dict[int, dict[str, str]] = {}
         finish = None
         fragments = 0
@@ -651,7 +655,7 @@ async def test_streamed_tool_call_arrives_whole_and_a_result_turn_is_accepted(
         ]
         reply = await client.chat.completions.create(
             model="sonnet", messages=history, tools=[WEATHER]
-        )  # type: ignore[list-item]
+        )
     assert reply.choices[0].finish_reason == "stop"
 
 

@@ -8,19 +8,21 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
 import anthropic
 import pytest
 from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam, ToolParam
 
 from tests.engines.engines import HELLO_TEXT, LlamaServer
 from tests.fakes.anthropic_upstream import FakeAnthropic, parse_events
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import RunningGateway, config_of, running_gateway
 
-WEATHER = {
+WEATHER: ToolParam = {
     "name": "get_weather",
     "description": "Current weather for a city",
     "input_schema": {
@@ -29,7 +31,7 @@ WEATHER = {
         "required": ["city"],
     },
 }
-HI = [{"role": "user", "content": "hi"}]
+HI: list[MessageParam] = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
@@ -44,7 +46,9 @@ async def anthropic_up() -> AsyncIterator[FakeAnthropic]:
         yield upstream
 
 
-def gateway(openai_up: FakeOpenAI, anthropic_up: FakeAnthropic | None = None, **server: Any):  # type: ignore[no-untyped-def]
+def gateway(
+    openai_up: FakeOpenAI, anthropic_up: FakeAnthropic | None = None, **server: Any
+) -> AbstractAsyncContextManager[RunningGateway]:
     providers: dict[str, Any] = {
         "local": {"kind": "openai-compatible", "base_url": openai_up.url, "local": True}
     }
@@ -84,6 +88,14 @@ def client(gw: RunningGateway, **options: Any) -> AsyncAnthropic:
     return AsyncAnthropic(base_url=gw.url, api_key="unused", max_retries=0, **options)
 
 
+def error_of(exc: anthropic.APIStatusError) -> dict[str, Any]:
+    """The ``error`` object of Anthropic's error envelope."""
+    body = exc.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    error: dict[str, Any] = body["error"]
+    return error
+
+
 def posts(upstream: FakeOpenAI | FakeAnthropic) -> list[Any]:
     return [r for r in upstream.requests if r.method == "POST"]
 
@@ -116,13 +128,13 @@ async def test_sdk_tool_call_streaming_and_not(openai_up: FakeOpenAI) -> None:
             model="claude-test-sonnet",
             max_tokens=64,
             messages=HI,
-            tools=[WEATHER],  # type: ignore[list-item]
+            tools=[WEATHER],
         )
         async with claude.messages.stream(
             model="claude-test-opus",
             max_tokens=64,
             messages=HI,
-            tools=[WEATHER],  # type: ignore[list-item]
+            tools=[WEATHER],
         ) as stream:
             partials = [e.partial_json async for e in stream if e.type == "input_json"]
             final = await stream.get_final_message()
@@ -143,7 +155,7 @@ async def test_sdk_tool_call_streaming_and_not(openai_up: FakeOpenAI) -> None:
 async def test_a_tool_result_turn_reaches_the_upstream_as_tool_messages(
     openai_up: FakeOpenAI,
 ) -> None:
-    conversation = [
+    conversation: list[MessageParam] = [
         {"role": "user", "content": "weather in Paris?"},
         {
             "role": "assistant",
@@ -172,9 +184,9 @@ async def test_a_tool_result_turn_reaches_the_upstream_as_tool_messages(
         claude = client(gw)
         reply = await claude.messages.create(
             model="chat", max_tokens=64, messages=conversation, tools=[WEATHER]
-        )  # type: ignore[arg-type,list-item]
+        )
         await claude.close()
-    assert reply.content[0].text == "echo: and now?"  # type: ignore[union-attr]
+    assert reply.content[0].type == "text" and reply.content[0].text == "echo: and now?"
     assert posts(openai_up)[-1].body["messages"][1:] == [
         {
             "role": "assistant",
@@ -334,7 +346,7 @@ async def test_an_upstream_rate_limit_keeps_its_status_and_retry_after(
             await claude.messages.create(model="busy", max_tokens=8, messages=HI)
         await claude.close()
     assert caught.value.response.headers["retry-after"] == "1"
-    assert caught.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert error_of(caught.value)["type"] == "rate_limit_error"
 
 
 @pytest.mark.parametrize("model", ["broken", "cut"])
@@ -354,7 +366,7 @@ async def test_an_upstream_failing_mid_stream_ends_with_an_error_event(
     events = parse_events(stream)
     assert events[0][0] == "message_start" and events[-1][0] == "error"
     assert events[-1][1]["error"]["type"] == "api_error"
-    assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert error_of(caught.value)["type"] == "api_error"
 
 
 async def test_keepalive_is_anthropics_ping_while_the_upstream_is_slow(
@@ -375,7 +387,7 @@ async def test_count_tokens(openai_up: FakeOpenAI) -> None:
         claude = client(gw)
         counted = await claude.messages.count_tokens(
             model="claude-test-sonnet", messages=HI, tools=[WEATHER]
-        )  # type: ignore[list-item]
+        )
         await claude.close()
     assert counted.input_tokens > 10
     assert not posts(openai_up), "counting tokens costs no upstream call"
@@ -418,10 +430,10 @@ async def test_sdk_over_an_anthropic_upstream(
         claude = client(gw)
         message = await claude.messages.create(
             model="cloud-tools", max_tokens=64, messages=HI, tools=[WEATHER]
-        )  # type: ignore[list-item]
+        )
         async with claude.messages.stream(
             model="cloud-tools", max_tokens=64, messages=HI, tools=[WEATHER]
-        ) as stream:  # type: ignore[list-item]
+        ) as stream:
             final = await stream.get_final_message()
         with pytest.raises(anthropic.APIStatusError) as caught:
             async with claude.messages.stream(
@@ -437,7 +449,7 @@ async def test_sdk_over_an_anthropic_upstream(
             reply.usage.cache_read_input_tokens == 11
             and reply.usage.cache_creation_input_tokens == 4
         )
-    assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert error_of(caught.value)["type"] == "overloaded_error"
     assert 'turnout_tokens_total{model="cloud-tools",type="prompt"}' in metrics
 
 
@@ -450,8 +462,8 @@ async def test_an_anthropic_upstream_error_status_keeps_anthropics_shape(
         with pytest.raises(anthropic.BadRequestError) as caught:
             await claude.messages.create(model="cloud", max_tokens=8, messages=HI)
         await claude.close()
-    assert caught.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
-    assert "scripted by the fake upstream" in caught.value.body["error"]["message"]  # type: ignore[index]
+    assert error_of(caught.value)["type"] == "invalid_request_error"
+    assert "scripted by the fake upstream" in error_of(caught.value)["message"]
 
 
 # --- a real llama-server ----------------------------------------------------------------------
@@ -484,7 +496,7 @@ async def test_claude_code_style_tool_call_on_a_real_llama_server(
                 {"type": "text", "text": "You are helpful.", "cache_control": {"type": "ephemeral"}}
             ],
             messages=[{"role": "user", "content": "weather in Paris?"}],
-            tools=[WEATHER],  # type: ignore[list-item]
+            tools=[WEATHER],
             thinking={"type": "enabled", "budget_tokens": 1024},
         ) as stream:
             final = await stream.get_final_message()
@@ -495,7 +507,7 @@ async def test_claude_code_style_tool_call_on_a_real_llama_server(
         tool.type == "tool_use" and tool.name == "get_weather" and tool.input == {"city": "Paris"}
     )
     assert final.stop_reason == "tool_use" and final.usage.output_tokens > 0
-    assert hello.content[0].text == HELLO_TEXT  # type: ignore[union-attr]
+    assert hello.content[0].type == "text" and hello.content[0].text == HELLO_TEXT
 
 
 async def test_disconnecting_client_cancels_the_upstream(openai_up: FakeOpenAI) -> None:
@@ -570,6 +582,6 @@ async def test_a_native_request_falls_back_to_a_local_engine_translated(
         ) as stream:
             final = await stream.get_final_message()
         await claude.close()
-    assert final.content[-1].text == "echo: hi"  # type: ignore[union-attr]
+    assert final.content[-1].type == "text" and final.content[-1].text == "echo: hi"
     assert "thinking" in posts(anthropic_up)[-1].body, "the first try was the original request"
     assert "thinking" not in posts(openai_up)[-1].body, "the fallback got the translation"

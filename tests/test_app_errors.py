@@ -10,11 +10,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import pytest
 import uvicorn
-from litestar import Litestar, get
+from litestar import Litestar, Request, get, post
 
 from gateway.app import create_app
 from tests.gateway_server import config_of, free_port
@@ -23,6 +24,11 @@ from tests.gateway_server import config_of, free_port
 @get("/v1/broken", sync_to_thread=False)
 def broken() -> None:
     raise RuntimeError("a bug in a controller")
+
+
+@post("/v1/upload", status_code=200)
+async def upload(request: Request[Any, Any, Any]) -> int:
+    return len(await request.body())
 
 
 @asynccontextmanager
@@ -66,3 +72,29 @@ async def test_an_unexpected_exception_is_logged_with_its_request_id_and_envelop
     logged = [r for r in caplog.records if "req-42" in r.getMessage()]
     assert logged and logged[0].exc_info is not None
     assert "a bug in a controller" in str(logged[0].exc_info[1])
+
+
+async def test_a_client_that_leaves_mid_body_is_no_gateway_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A slowloris that gives up (or was answered 408 and closed) must not fill the log."""
+    app = create_app(config_of({}))
+    app.register(upload)
+    async with serving(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with caplog.at_level(logging.DEBUG, logger="turnout"):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /v1/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"a":'
+            )
+            await writer.drain()
+            await asyncio.sleep(0.2)  # the body read has begun
+            writer.close()
+            for _ in range(500):
+                if any("client left" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.01)
+    turnout = [r for r in caplog.records if r.name.startswith("turnout")]
+    assert any("client left" in r.getMessage() for r in turnout)
+    assert not [r for r in turnout if r.levelno >= logging.WARNING]

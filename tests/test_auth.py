@@ -10,15 +10,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.auth import (
-    Authenticator,
-    Forbidden,
-    Unauthorized,
-    may_use,
-    presented_key,
-    speaking_for,
-)
+from gateway.auth import Authenticator, may_use, presented_key, speaking_for
 from gateway.config import Auth, Limits
+from gateway.errors import Forbidden, Unauthorized
 from gateway.keys import KeyCache, connect, create_key, hash_key, list_keys, revoke_key
 
 

@@ -22,8 +22,8 @@ import uvicorn
 import websockets
 
 from gateway.app import create_app
-from gateway.config import ConfigError
 from gateway.connections import guarded_protocol
+from gateway.errors import ConfigError
 from tests.gateway_server import config_of, free_port
 
 HEAD = (

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.config import ConfigError, load, parse, warnings
+from gateway.config import load, parse, warnings
+from gateway.errors import ConfigError
+from gateway.plugins.tools.settings import settings_of as tools_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +69,8 @@ def test_unknown_provider_reference_lists_known_ones() -> None:
 def test_stream_deadlines_and_event_size_are_validated_with_their_key_paths() -> None:
     text = MINIMAL.replace(
         '"http://127.0.0.1:9/v1"}',
-        '"http://127.0.0.1:9/v1", timeouts: {idle: 0, max_stream: -1, max_event_bytes: 10}}',
+        '"http://127.0.0.1:9/v1", timeouts: {idle: 0, max_stream: -1, max_event_bytes: 10, '
+        "max_body_bytes: 10}}",
     )
     with pytest.raises(ConfigError) as caught:
         parse(text)
@@ -75,8 +78,10 @@ def test_stream_deadlines_and_event_size_are_validated_with_their_key_paths() ->
     assert "providers.local.timeouts.idle: expected a number > 0" in message
     assert "providers.local.timeouts.max_stream: expected seconds >= 0 (0 = unlimited)" in message
     assert "providers.local.timeouts.max_event_bytes: expected at least 1024 bytes" in message
+    assert "providers.local.timeouts.max_body_bytes: expected at least 1024 bytes" in message
     defaults = parse(MINIMAL).providers["local"].timeouts
     assert (defaults.max_stream, defaults.max_event_bytes) == (1800.0, 16 * 1024 * 1024)
+    assert defaults.max_body_bytes == 64 * 1024 * 1024
 
 
 def test_usage_flush_interval_and_python_tool_threads_are_validated_with_their_key_paths() -> None:
@@ -87,7 +92,8 @@ def test_usage_flush_interval_and_python_tool_threads_are_validated_with_their_k
     assert "usage.flush_interval_seconds: expected a number > 0" in message
     assert "tools.python_threads: expected a number >= 1" in message
     defaults = parse(MINIMAL)
-    assert (defaults.usage.flush_interval_seconds, defaults.tools.python_threads) == (0.1, 8)
+    threads = tools_settings(defaults).python_threads
+    assert (defaults.usage.flush_interval_seconds, threads) == (0.1, 8)
 
 
 def test_duplicate_alias_is_rejected() -> None:

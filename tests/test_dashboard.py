@@ -11,12 +11,14 @@ import asyncio
 import re
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.api.events import bucket_width
 from tests.engines.engines import HELLO_TEXT
@@ -36,7 +38,7 @@ CHROMIUM_ARGS = [
 ]
 SHOWCASE = Path("/tmp/turnout-dashboard.png")
 STATIC = Path(__file__).resolve().parents[1] / "gateway" / "ui" / "static"
-USER = [{"role": "user", "content": "hi"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
         yield upstream
 
 
-def with_fake(fake: FakeOpenAI, **sections: Any):  # type: ignore[no-untyped-def]
+def with_fake(fake: FakeOpenAI, **sections: Any) -> AbstractAsyncContextManager[RunningGateway]:
     raw = {
         "providers": {"cloud": {"kind": "openai", "base_url": fake.url, "local": True}},
         "models": [

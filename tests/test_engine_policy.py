@@ -18,11 +18,16 @@ from gateway.engines.resources import parse_nvidia_smi
 
 
 def roles(*names: str, **fallbacks: tuple[str, ...]) -> dict[str, Role]:
-    return {n: Role(engine="llamacpp", model=f"/m/{n}.gguf", fallback=fallbacks.get(n, ())) for n in names}
+    return {
+        n: Role(engine="llamacpp", model=f"/m/{n}.gguf", fallback=fallbacks.get(n, ()))
+        for n in names
+    }
 
 
 def test_roles_outside_groups_share_one_slot_and_external_ones_none() -> None:
-    all_roles = roles("fast", "coder") | {"remote": Role(engine="external", model="x", base_url="http://h/v1")}
+    all_roles = roles("fast", "coder") | {
+        "remote": Role(engine="external", model="x", base_url="http://h/v1")
+    }
     topology = Topology.build(all_roles, Engines())
     assert topology.group_of["fast"] == topology.group_of["coder"]
     assert "remote" not in topology.group_of
@@ -30,7 +35,13 @@ def test_roles_outside_groups_share_one_slot_and_external_ones_none() -> None:
 
 
 def test_loading_a_role_evicts_the_least_valuable_peer_and_never_a_persistent_one() -> None:
-    engines = Engines(groups={"gpu": Group(members=("embed", "fast", "coder", "big"), max_loaded=2, persistent=("embed",))})
+    engines = Engines(
+        groups={
+            "gpu": Group(
+                members=("embed", "fast", "coder", "big"), max_loaded=2, persistent=("embed",)
+            )
+        }
+    )
     topology = Topology.build(roles("embed", "fast", "coder", "big"), engines)
     views = {
         "embed": RoleView(loaded=True, ready=True, last_used=1.0),
@@ -41,14 +52,27 @@ def test_loading_a_role_evicts_the_least_valuable_peer_and_never_a_persistent_on
     assert evictions("coder", views, topology) == ["fast"]
     views["fast"] = RoleView(loaded=False)
     assert evictions("coder", views, topology) == []
-    full = Engines(groups={"gpu": Group(members=("embed", "fast"), max_loaded=1, persistent=("embed",))})
-    assert evictions("fast", {"embed": RoleView(loaded=True), "fast": RoleView()}, Topology.build(roles("embed", "fast"), full)) is None
+    full = Engines(
+        groups={"gpu": Group(members=("embed", "fast"), max_loaded=1, persistent=("embed",))}
+    )
+    assert (
+        evictions(
+            "fast",
+            {"embed": RoleView(loaded=True), "fast": RoleView()},
+            Topology.build(roles("embed", "fast"), full),
+        )
+        is None
+    )
 
 
 def test_idle_peers_are_evicted_before_busy_ones() -> None:
     engines = Engines(groups={"gpu": Group(members=("a", "b", "c"), max_loaded=2)})
     topology = Topology.build(roles("a", "b", "c"), engines)
-    views = {"a": RoleView(loaded=True, inflight=2, last_used=1.0), "b": RoleView(loaded=True, last_used=9.0), "c": RoleView()}
+    views = {
+        "a": RoleView(loaded=True, inflight=2, last_used=1.0),
+        "b": RoleView(loaded=True, last_used=9.0),
+        "c": RoleView(),
+    }
     assert evictions("c", views, topology) == ["b"]
 
 
@@ -64,7 +88,10 @@ def test_fit_and_fallback_by_memory() -> None:
 
 
 def test_grouping_serves_the_loaded_role_first_unless_someone_starves() -> None:
-    views = {"a": RoleView(loaded=True, ready=True, inflight=1, waiting=2), "b": RoleView(waiting=1, oldest_wait=1.0)}
+    views = {
+        "a": RoleView(loaded=True, ready=True, inflight=1, waiting=2),
+        "b": RoleView(waiting=1, oldest_wait=1.0),
+    }
     assert not may_evict_now("b", ["a"], views, max_wait=30, urgent=False)
     assert may_evict_now("b", ["a"], views, max_wait=30, urgent=True)
     starving = {**views, "b": RoleView(waiting=1, oldest_wait=31.0)}
@@ -74,7 +101,12 @@ def test_grouping_serves_the_loaded_role_first_unless_someone_starves() -> None:
 
 
 def test_next_to_load_puts_the_explicit_switch_first_then_the_oldest_waiter() -> None:
-    views = {"a": RoleView(waiting=1, oldest_wait=5.0), "b": RoleView(waiting=3, oldest_wait=9.0), "c": RoleView(), "d": RoleView(ready=True, waiting=4)}
+    views = {
+        "a": RoleView(waiting=1, oldest_wait=5.0),
+        "b": RoleView(waiting=3, oldest_wait=9.0),
+        "c": RoleView(),
+        "d": RoleView(ready=True, waiting=4),
+    }
     assert next_to_load(views, pinned=None, blocked=lambda r: False) == ["b", "a"]
     assert next_to_load(views, pinned="c", blocked=lambda r: False) == ["c", "b", "a"]
     assert next_to_load(views, pinned=None, blocked=lambda r: r == "b") == ["a"]

@@ -8,19 +8,21 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.engines.engines import HELLO_TEXT, llama_server_binary
 from tests.gateway_server import RunningGateway, config_of, running_gateway
 
 pytestmark = pytest.mark.engine
 
-USER = [{"role": "user", "content": "hi"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def role(model: Path, **extra: Any) -> dict[str, Any]:
@@ -53,7 +55,9 @@ def role(model: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
-def engines_config(roles: dict[str, Any], **engines: Any):  # type: ignore[no-untyped-def]
+def engines_config(
+    roles: dict[str, Any], **engines: Any
+) -> AbstractAsyncContextManager[RunningGateway]:
     raw = {
         "roles": roles,
         "engines": {"max_wait_seconds": 2, "wait_timeout_seconds": 60, **engines},
@@ -390,7 +394,7 @@ async def test_conversation_longer_than_the_context_goes_to_the_fallback_role(
     }
     async with engines_config(roles, log_dir=str(tmp_path)) as gw:
         client = gw.openai()
-        long_talk = [{"role": "user", "content": "word " * 400}]
+        long_talk: list[ChatCompletionMessageParam] = [{"role": "user", "content": "word " * 400}]
         reply = await client.chat.completions.with_raw_response.create(
             model="small", messages=long_talk, max_tokens=32
         )
@@ -406,7 +410,7 @@ async def test_the_same_conversation_reaches_each_model_complete_across_a_switch
 ) -> None:
     gw = two_roles
     client = gw.openai()
-    conversation = [
+    conversation: list[ChatCompletionMessageParam] = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "What is 2+2?"},
         {"role": "assistant", "content": "4"},

@@ -37,7 +37,9 @@ async def test_switching_ollama_roles_loads_one_model_at_a_time(ollama: FakeOlla
                 assert response.status == 200
             assert ollama.loaded_names() == ["llava:latest"]
 
-        reply = await gw.openai().chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+        reply = await gw.openai().chat.completions.create(
+            model="fast", messages=[{"role": "user", "content": "hi"}]
+        )
         assert reply.choices[0].message.content
         chat = ollama.posts("/api/chat")[-1].body
         assert chat["model"] == "llama3.2"
@@ -52,7 +54,11 @@ async def test_unknown_ollama_model_fails_the_role_with_ollamas_reason(ollama: F
         async with aiohttp.ClientSession() as session:
             async with session.post(gw.url + "/engine/switch/ghost?wait=true") as response:
                 body = await response.json()
-            assert response.status == 503 and body["status"] == "failed" and "not found" in body["error"]
+            assert (
+                response.status == 503
+                and body["status"] == "failed"
+                and "not found" in body["error"]
+            )
             async with session.get(gw.url + "/engine/status") as response:
                 engine = (await response.json())["engines"]["ghost"]
     assert engine["state"] == "failed" and "does-not-exist" in engine["last_error"]

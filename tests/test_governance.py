@@ -17,13 +17,14 @@ import aiohttp
 import openai
 import pytest
 import yaml
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.config import Limits
 from gateway.keys import connect, create_key, revoke_key
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import config_of, free_port, running_gateway
 
-USER = [{"role": "user", "content": "ping"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
 ROOT = Path(__file__).resolve().parent.parent
 
 

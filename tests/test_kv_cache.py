@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, KvCache, Role, from_mapping
+from gateway.config import KvCache, Role, from_mapping
 from gateway.engines import kv_cache
+from gateway.engines.builtin import LLAMACPP_COMMAND
 from gateway.engines.kv_cache import CacheFile, Caps
 from gateway.engines.kv_slots import KvCacheKeeper, key_parts
+from gateway.errors import ConfigError
 from gateway.metrics import Metrics
 
 KEY_A = "a" * 16
@@ -55,14 +57,17 @@ def test_key_changes_with_the_engine_arguments_but_not_the_port(tmp_path: Path) 
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
     base = Role(engine="llamacpp", model=str(model), context=4096)
-    key = kv_cache.cache_key(key_parts("r", base))
+    key = kv_cache.cache_key(key_parts("r", base, LLAMACPP_COMMAND))
     assert (
-        kv_cache.cache_key(key_parts("r", Role(engine="llamacpp", model=str(model), port=9))) == key
+        kv_cache.cache_key(
+            key_parts("r", Role(engine="llamacpp", model=str(model), port=9), LLAMACPP_COMMAND)
+        )
+        == key
     )
     bigger = Role(engine="llamacpp", model=str(model), context=8192)
-    assert kv_cache.cache_key(key_parts("r", bigger)) != key
+    assert kv_cache.cache_key(key_parts("r", bigger, LLAMACPP_COMMAND)) != key
     with_env = Role(engine="llamacpp", model=str(model), env={"LLAMA_ARG_N_PARALLEL": "2"})
-    assert kv_cache.cache_key(key_parts("r", with_env)) != key
+    assert kv_cache.cache_key(key_parts("r", with_env, LLAMACPP_COMMAND)) != key
 
 
 def test_restorable_takes_the_current_key_only_and_discards_the_rest() -> None:

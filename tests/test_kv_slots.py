@@ -92,7 +92,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     base = f"http://127.0.0.1:{port}"
     role = Role(engine="external", model="m", base_url=base + "/v1", start_timeout_seconds=5)
     async with aiohttp.ClientSession() as session:

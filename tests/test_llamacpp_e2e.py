@@ -6,13 +6,15 @@ import json
 
 import pytest
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageFunctionToolCall
 
+from gateway.config import Config
 from tests.engines.engines import HELLO_TEXT, LlamaServer
 from tests.gateway_server import config_of, running_gateway
 
 pytestmark = pytest.mark.engine
 
-WEATHER_TOOL = {
+WEATHER_TOOL: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -26,7 +28,7 @@ WEATHER_TOOL = {
 }
 
 
-def gateway_config(hello: LlamaServer, toolcall: LlamaServer):  # type: ignore[no-untyped-def]
+def gateway_config(hello: LlamaServer, toolcall: LlamaServer) -> Config:
     return config_of(
         {
             "providers": {
@@ -88,7 +90,7 @@ async def test_streaming_reply_drops_usage_unless_asked(
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
 
         # The gateway counted the tokens of both streams, asked-for usage or not.
-        metrics = await client.with_options(base_url=gw.url).get("/metrics", cast_to=str)  # type: ignore[call-arg]
+        metrics = await client.with_options(base_url=gw.url).get("/metrics", cast_to=str)
         assert 'turnout_tokens_total{model="local",type="completion"} 20.0' in metrics
 
 
@@ -101,21 +103,24 @@ async def test_tool_call_arrives_intact(
             model="agent",
             messages=[{"role": "user", "content": "weather in Paris?"}],
             tools=[WEATHER_TOOL],
-            max_tokens=64,  # type: ignore[list-item]
+            max_tokens=64,
         )
         message = completion.choices[0].message
         assert completion.choices[0].finish_reason == "tool_calls"
         # llama.cpp says content "" here; clients get OpenAI's null.
         assert message.content is None
-        assert message.tool_calls and message.tool_calls[0].function.name == "get_weather"
-        assert json.loads(message.tool_calls[0].function.arguments) == {"city": "Paris"}
+        assert message.tool_calls
+        first_call = message.tool_calls[0]
+        assert isinstance(first_call, ChatCompletionMessageFunctionToolCall)
+        assert first_call.function.name == "get_weather"
+        assert json.loads(first_call.function.arguments) == {"city": "Paris"}
 
         stream = await client.chat.completions.create(
             model="agent",
             messages=[{"role": "user", "content": "weather in Paris?"}],
             tools=[WEATHER_TOOL],
             max_tokens=64,
-            stream=True,  # type: ignore[list-item]
+            stream=True,
         )
         name, arguments, finish = "", "", None
         async for chunk in stream:

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.config import McpServer, ToolDefinition
 from gateway.plugins.tools.calls import call_tool
 from gateway.plugins.tools.mcp import McpConnection, McpServers, mcp_kind
 from gateway.plugins.tools.metrics import ToolMetrics
 from gateway.plugins.tools.registry import FUNCTION_NAME, Caller, ToolRegistry
+from gateway.plugins.tools.settings import McpServer, ToolDefinition
 from tests.gateway_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -259,7 +259,7 @@ async def test_embeddings_can_come_from_the_gateways_own_route(
 ) -> None:
     config = config_of(raw_config(fake, tmp_path / "t.db", embeddings={"model": "embed"}))
     async with running_gateway(config) as gw:
-        memory = gw.app.state.gateway.memory
+        memory = gw.app.state.gateway.plugins.get("memory").service
         assert memory.embedder.name == "gateway:embed"
         await call(
             gw, "POST", "/v1/memory/store", {"items": [{"content": "alpha"}, {"content": "beta"}]}

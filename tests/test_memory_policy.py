@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.config import Config, MemoryAuto, Server, from_mapping
+from gateway.config import Config, Server, from_mapping
 from gateway.plugins.memory.auto import (
     HEADER,
     TURNS_HEADER,
@@ -14,6 +14,7 @@ from gateway.plugins.memory.auto import (
 from gateway.plugins.memory.items import Hit, MemoryItem, Scope, kind_of
 from gateway.plugins.memory.plugin import database_path
 from gateway.plugins.memory.ranking import candidates_per_shard, place, rank, recency
+from gateway.plugins.memory.settings import MemoryAuto
 from gateway.plugins.memory.store import code, items_where, knn_sql
 
 
@@ -59,17 +60,30 @@ def test_automatic_mode_applies_by_model_or_agent_globs() -> None:
     assert not applies(MemoryAuto(), "chat", "agent:sofia")
 
 
-def test_memory_goes_after_the_callers_system_prompt() -> None:
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+def test_memory_goes_in_front_of_the_latest_user_message_not_into_the_prefix() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and now?"},
+    ]
     out = with_memory(messages, "MEMORY")
-    assert out[0] == {"role": "system", "content": "Be brief.\n\nMEMORY"}
-    assert out[1:] == messages[1:] and messages[0]["content"] == "Be brief."
-    assert with_memory([{"role": "user", "content": "hi"}], "M")[0] == {
-        "role": "system",
-        "content": "M",
-    }
-    parts = [{"role": "system", "content": [{"type": "text", "text": "S"}]}]
-    assert with_memory(parts, "M")[0]["content"][-1] == {"type": "text", "text": "M"}
+    assert out[:3] == messages[:3], "everything before the latest user message is untouched"
+    assert out[3] == {"role": "user", "content": "MEMORY\n\nand now?"}
+    assert messages[3]["content"] == "and now?"
+    # After a tool result the latest user message is earlier; it still gets the block.
+    tool_turn = [*messages, {"role": "tool", "tool_call_id": "c1", "content": "42"}]
+    assert with_memory(tool_turn, "M")[3]["content"] == "M\n\nand now?"
+    assert with_memory(tool_turn, "M")[4] == tool_turn[4]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "S"}]}]
+    assert with_memory(parts, "M")[0]["content"] == [
+        {"type": "text", "text": "M"},
+        {"type": "text", "text": "S"},
+    ]
+    # No user message at all: the system prompt is the only place left.
+    alone = [{"role": "system", "content": "Be brief."}]
+    assert with_memory(alone, "M") == [{"role": "system", "content": "Be brief.\n\nM"}]
+    assert with_memory([], "M") == [{"role": "system", "content": "M"}]
 
 
 def test_memory_block_lists_relevant_items_then_the_sessions_turns_within_budget() -> None:
@@ -132,7 +146,7 @@ def test_the_memory_database_sits_beside_the_gateways_own() -> None:
 def test_memory_config_is_validated_with_key_paths() -> None:
     import pytest
 
-    from gateway.config import ConfigError
+    from gateway.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"memory.summarize.model: unknown model 'nope'"):
         from_mapping({"memory": {"summarize": {"model": "nope"}}}, "test", {})

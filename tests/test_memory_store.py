@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
-from gateway.config import ConfigError, Memory, MemoryEmbeddings
-from gateway.plugins.memory.driver import DriverError, find_driver
+from gateway.errors import ConfigError, DriverError
+from gateway.plugins.memory.driver import find_driver
 from gateway.plugins.memory.embeddings import LOCAL_MODEL, LocalEmbedder
-from gateway.plugins.memory.items import NewItem, Scope
+from gateway.plugins.memory.items import Hit, NewItem, Scope
 from gateway.plugins.memory.service import MemoryService
+from gateway.plugins.memory.settings import Memory, MemoryEmbeddings
 from gateway.plugins.memory.store import SqliteVecStore
 
 FACTS = [
@@ -27,7 +29,7 @@ FACTS = [
 
 async def open_service(database: Path, **settings: object) -> MemoryService:
     service = MemoryService(
-        Memory(**settings),  # type: ignore[arg-type]
+        msgspec.structs.replace(Memory(), **settings),
         SqliteVecStore(str(database)),
         LocalEmbedder(MemoryEmbeddings()),
     )
@@ -42,7 +44,7 @@ async def memory(tmp_path: Path) -> AsyncIterator[MemoryService]:
     await service.close()
 
 
-def contents(hits: list) -> list[str]:  # type: ignore[type-arg]
+def contents(hits: list[Hit]) -> list[str]:
     return [h.item.content for h in hits]
 
 

@@ -9,7 +9,8 @@ import aiosqlite
 import pytest
 
 from gateway import db
-from gateway.migrations import MIGRATIONS, MigrationError, migrate
+from gateway.errors import MigrationError
+from gateway.migrations import MIGRATIONS, migrate
 from gateway.usage import COLUMNS
 
 USAGE_SCHEMA = [

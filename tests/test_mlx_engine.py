@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai.types.chat import (
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+)
 
 from tests.engines.engines import HELLO_TEXT, mlx_server_binary, mlx_unavailable
 from tests.gateway_server import RunningGateway
@@ -20,9 +25,11 @@ from tests.test_engines import alive, engines_config, get, post, role
 
 pytestmark = pytest.mark.engine
 
-USER = [{"role": "user", "content": "hi"}]
-WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
-WEATHER_TOOL = {
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+WEATHER: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the weather in Paris?"}
+]
+WEATHER_TOOL: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -179,6 +186,7 @@ async def test_swaps_between_mlx_and_llamacpp_roles(
             model="llama", messages=WEATHER, tools=[WEATHER_TOOL], max_tokens=64
         )
         (call,) = called.choices[0].message.tool_calls or []
+        assert isinstance(call, ChatCompletionMessageFunctionToolCall)
         assert json.loads(call.function.arguments) == {"city": "Paris"}
         _, status = await get(gw, "/engine/status")
         assert status["role"] == "llama" and status["engines"]["hello"]["state"] == "stopped"

@@ -19,11 +19,12 @@ import msgspec
 import openai
 import pytest
 
-from adapters.base import Operation, UpstreamRequest, default_registry
+from adapters.base import Operation, UpstreamRequest
+from adapters.builtin import default_registry
 from adapters.ollama import (
     LoadedModel,
     OllamaAdapter,
-    _Reply,
+    Reply,
     chat_body,
     chat_completion,
     ollama_root,
@@ -311,7 +312,7 @@ def test_reply_keeps_thinking_and_logprobs_in_openais_places() -> None:
         "prompt_eval_count": 3,
         "eval_count": 1,
     }
-    reply = msgspec.json.decode(json.dumps(raw), type=_Reply)
+    reply = msgspec.json.decode(json.dumps(raw), type=Reply)
     body = chat_completion(reply, chat({}), created=0)
     message = body["choices"][0]["message"]
     assert message == {"role": "assistant", "content": "Hi", "reasoning_content": "User greets."}

@@ -17,15 +17,18 @@ from typing import Any
 import aiohttp
 import pytest
 from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.app import create_app
-from gateway.config import ConfigError, warnings
-from gateway.plugins.manager import PluginError
+from gateway.config import warnings
+from gateway.errors import ConfigError, PluginError
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import RunningGateway, config_of, running_gateway
 from tests.plugins import EXAMPLE, install
 
-USER = [{"role": "user", "content": "ping"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
+CLAUDE_USER: list[MessageParam] = [{"role": "user", "content": "ping"}]
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +149,52 @@ async def test_a_plugin_adapter_kind_serves_a_provider(
     assert posts(fake) == [], "the echo kind never reaches the OpenAI upstream"
 
 
+def test_a_plugins_own_section_of_routing_yaml_is_checked_by_the_plugin(
+    example_installed: None, fake: FakeOpenAI
+) -> None:
+    empty = {**raw_config(fake, {}), "example": {"greeting": ""}}
+    with pytest.raises(ConfigError, match=r"example\.greeting: expected some text"):
+        config_of(empty)
+    typo = {**raw_config(fake, {}), "example": {"greting": "hi"}}
+    with pytest.raises(ConfigError, match=r"example: unknown key `greting`"):
+        config_of(typo)
+    stranger = {**raw_config(fake, {}), "exampel": {}}
+    with pytest.raises(ConfigError, match=r"\(top level\): unknown key `exampel`"):
+        config_of(stranger)
+
+
+async def test_a_plugin_mounts_its_api_and_stands_in_for_the_forwarder(
+    example_installed: None, fake: FakeOpenAI
+) -> None:
+    raw = {
+        **raw_config(fake, {"enabled": ["example"]}),
+        "example": {"greeting": "hi", "wrap": True},
+    }
+    async with running_gateway(config_of(raw)) as gw:
+        client = gw.openai()
+        reply = await client.chat.completions.create(model="chat", messages=USER)
+        stream = await client.chat.completions.create(model="chat", messages=USER, stream=True)
+        streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        async with aiohttp.ClientSession() as session:
+            async with session.get(gw.url + "/v1/example") as response:
+                api = await response.json()
+    assert reply.choices[0].message.content == "echo: ping" and streamed == "echo: ping"
+    assert api == {"greeting": "hi", "wrapped": 2}
+
+
+async def test_an_installed_plugin_left_off_says_how_to_turn_its_api_on(
+    example_installed: None, fake: FakeOpenAI
+) -> None:
+    async with running_gateway(config_of(raw_config(fake, {}))) as gw:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(gw.url + "/v1/example") as response:
+                status, body = response.status, await response.json()
+    assert status == 404
+    assert (
+        body["error"]["message"] == "example is off: add example to plugins.enabled in routing.yaml"
+    )
+
+
 async def test_before_upstream_edits_reach_the_upstream_and_after_response_gets_the_answer(
     example_installed: None, fake: FakeOpenAI
 ) -> None:
@@ -156,14 +205,15 @@ async def test_before_upstream_edits_reach_the_upstream_and_after_response_gets_
         stream = await client.chat.completions.create(model="chat", messages=USER, stream=True)
         streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         claude = AsyncAnthropic(base_url=gw.url, api_key="unused", max_retries=0)
-        message = await claude.messages.create(model="chat", max_tokens=64, messages=USER)  # type: ignore[arg-type]
+        message = await claude.messages.create(model="chat", max_tokens=64, messages=CLAUDE_USER)
         await claude.close()
         await client.completions.create(model="chat", prompt="plain")
         example = example_of(gw)
         await eventually(lambda: len(example.answers) == 3)
     assert reply.choices[0].message.content == "echo: ping [stamped]"
     assert streamed == "echo: ping [stamped]"
-    assert message.content[0].text == "echo: ping [stamped]"  # type: ignore[union-attr]
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "echo: ping [stamped]"
     sent = [r.body for r in posts(fake)]
     assert [b["messages"][-1]["content"] for b in sent[:3]] == ["ping [stamped]"] * 3
     assert sent[3]["prompt"] == "plain", "completions carry no messages: no request hooks"

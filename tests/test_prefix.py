@@ -14,10 +14,12 @@ from typing import Any
 import msgspec
 import pytest
 from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import ConfigError, Provider
+from gateway.config import Provider
+from gateway.errors import ConfigError
 from gateway.translate import Translated, raw
 from gateway.translate import anthropic as messages_api
 from gateway.translate import responses as responses_api
@@ -28,7 +30,7 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import config_of, running_gateway
 
 CLAUDE_SYSTEM = "You are Claude Code, Anthropic's official CLI for Claude."
-HI = {"role": "user", "content": "hi"}
+HI: MessageParam = {"role": "user", "content": "hi"}
 
 
 def billing(cch: str) -> str:
@@ -141,10 +143,11 @@ def test_a_translated_request_keeps_its_native_original() -> None:
             "messages": [{"role": "user", "content": "hi"}],
         }
     )
-    fields = messages_api.prepare(body, {}).request.fields
-    shaped = strip_volatile_prefix(fields)
-    assert isinstance(shaped, Translated) and isinstance(fields, Translated)
-    assert shaped.native is fields.native
+    request = messages_api.prepare(body, {}).request
+    shaped = strip_volatile_prefix(request.fields)
+    assert isinstance(shaped, Translated) and isinstance(request.fields, Translated)
+    # The original travels beside the fields, untouched by shaping.
+    assert request.native is not None
     assert messages_of(shaped)[0] == {"role": "system", "content": "S"}
 
 
@@ -430,7 +433,7 @@ async def test_claude_code_turns_hit_llama_servers_prefix_cache_only_when_stripp
         client = AsyncAnthropic(base_url=gw.url, api_key="unused", max_retries=0)
         for model in ("kept", "local"):
             rules = " ".join(f"{model} rule {i}: keep answers short." for i in range(30))
-            turns: list[dict[str, Any]] = [{"role": "user", "content": "hi"}]
+            turns: list[MessageParam] = [{"role": "user", "content": "hi"}]
             for cch in ("36ee5", "0aaa9"):
                 message = await client.messages.create(
                     model=model,
@@ -439,7 +442,7 @@ async def test_claude_code_turns_hit_llama_servers_prefix_cache_only_when_stripp
                         {"type": "text", "text": billing(cch)},
                         {"type": "text", "text": CLAUDE_SYSTEM + " " + rules},
                     ],
-                    messages=turns,  # type: ignore[arg-type]
+                    messages=turns,
                 )
                 usage = message.usage
                 prompt = usage.input_tokens + (usage.cache_read_input_tokens or 0)

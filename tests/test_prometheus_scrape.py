@@ -24,6 +24,7 @@ import openai
 import pytest
 import pytest_asyncio
 import yaml
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_upstream import FakeOpenAI
@@ -32,7 +33,7 @@ from tests.gateway_server import RunningGateway, config_of, free_port, running_g
 DEPLOY_PROMETHEUS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 DASHBOARD = DEPLOY_PROMETHEUS.parent / "grafana" / "dashboard.json"
 BINARY = shutil.which("prometheus")
-USER = [{"role": "user", "content": "ping"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
 # Labels Prometheus adds to what turnout exports (the last one from the shipped static_configs).
 ADDED_LABELS = {"__name__", "job", "instance", "service"}
 
@@ -75,7 +76,9 @@ class PrometheusAPI:
 
 def scrape_config(target: str) -> dict[str, Any]:
     """The shipped prometheus.yml, pointed at one turnout on loopback, every second."""
-    config = yaml.safe_load((DEPLOY_PROMETHEUS / "prometheus.yml").read_text(encoding="utf-8"))
+    config: dict[str, Any] = yaml.safe_load(
+        (DEPLOY_PROMETHEUS / "prometheus.yml").read_text(encoding="utf-8")
+    )
     (job,) = [copy.deepcopy(j) for j in config["scrape_configs"] if j["job_name"] == "turnout"]
     job["static_configs"][0]["targets"] = [target]
     config["scrape_configs"] = [job]

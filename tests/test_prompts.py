@@ -9,15 +9,19 @@ from typing import Any
 import msgspec
 import pytest
 from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.app import create_app
-from gateway.config import ConfigError, Prompt
-from gateway.prompts import PromptError, compose, with_system
+from gateway.config import Prompt
+from gateway.errors import ConfigError, PromptError
+from gateway.prompts import compose, with_system
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import config_of, running_gateway
 
-USER = [{"role": "user", "content": "ping"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
+CLAUDE_USER: list[MessageParam] = [{"role": "user", "content": "ping"}]
 
 
 @pytest.fixture
@@ -125,11 +129,11 @@ async def test_anthropic_clients_get_the_layers_even_on_a_native_anthropic_upstr
                 model="ask",
                 max_tokens=64,
                 system="Be brief.",
-                messages=USER,  # type: ignore[arg-type]
+                messages=CLAUDE_USER,
             )
             await client.close()
         sent = [r for r in claude_up.requests if r.method == "POST"][-1].body
-    assert message.content[0].text == "echo: ping"  # type: ignore[union-attr]
+    assert message.content[0].type == "text" and message.content[0].text == "echo: ping"
     system = sent["system"]
     text = system if isinstance(system, str) else "\n\n".join(b["text"] for b in system)
     assert text == "Cite your sources.\n\nBe brief."

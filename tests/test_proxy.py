@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import RunningGateway, config_of, free_port, running_gateway
 
-USER = [{"role": "user", "content": "ping"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
 
 
 @pytest.fixture
@@ -39,7 +41,9 @@ def provider(upstream: FakeOpenAI | str, *, local: bool = True, **extra: Any) ->
     return {"kind": "openai", "base_url": url, "local": local, **extra}
 
 
-def gateway(providers: dict[str, Any], models: list[dict[str, Any]], **sections: Any):  # type: ignore[no-untyped-def]
+def gateway(
+    providers: dict[str, Any], models: list[dict[str, Any]], **sections: Any
+) -> AbstractAsyncContextManager[RunningGateway]:
     raw = {
         "providers": providers,
         "models": models,
@@ -115,7 +119,7 @@ async def test_stream_relays_every_chunk_and_always_asks_upstream_for_usage(
 
 
 async def test_streamed_tool_call_arguments_arrive_whole(fake: FakeOpenAI) -> None:
-    tool = {
+    tool: ChatCompletionFunctionToolParam = {
         "type": "function",
         "function": {"name": "get_weather", "parameters": {"type": "object"}},
     }
@@ -125,7 +129,7 @@ async def test_streamed_tool_call_arguments_arrive_whole(fake: FakeOpenAI) -> No
     ) as gw:
         stream = await client(gw).chat.completions.create(
             model="chat", messages=USER, tools=[tool], stream=True
-        )  # type: ignore[list-item]
+        )
         name, arguments = "", ""
         async for chunk in stream:
             for choice in chunk.choices:
@@ -154,7 +158,7 @@ async def test_completions_and_embeddings_are_forwarded(fake: FakeOpenAI) -> Non
 
 
 async def test_mlx_and_llamacpp_quirks_are_invisible_to_clients() -> None:
-    tool = {
+    tool: ChatCompletionFunctionToolParam = {
         "type": "function",
         "function": {"name": "get_weather", "parameters": {"type": "object"}},
     }
@@ -185,7 +189,7 @@ async def test_mlx_and_llamacpp_quirks_are_invisible_to_clients() -> None:
 
             reply = await client(gw).chat.completions.create(
                 model="lcp", messages=USER, tools=[tool]
-            )  # type: ignore[list-item]
+            )
             assert reply.choices[0].message.content is None
             assert reply.choices[0].message.tool_calls
 

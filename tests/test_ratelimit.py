@@ -6,17 +6,17 @@ import asyncio
 
 import pytest
 
-from gateway.config import ConfigError, Limits, RateLimits
+from gateway.config import Limits, RateLimits
+from gateway.errors import ConfigError
 from gateway.identity import Identity
 from gateway.metrics import Metrics
-from gateway.ratelimit import (
-    Admission,
-    Limiter,
-    MemoryBackend,
+from gateway.ratelimit.admission import Admission, format_duration
+from gateway.ratelimit.limiter import Limiter
+from gateway.ratelimit.memory import MemoryBackend
+from gateway.ratelimit.policy import (
     Scope,
     check,
     estimate_tokens,
-    format_duration,
     fresh,
     refill,
     refilled,

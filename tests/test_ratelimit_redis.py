@@ -20,13 +20,9 @@ import redis.asyncio as redis
 
 from gateway.config import Limits, RateLimits
 from gateway.metrics import Metrics
-from gateway.ratelimit import Limiter, Scope
-from gateway.ratelimit_redis import (
-    DEFAULT_PREFIX,
-    RedisBackend,
-    split_prefix,
-    without_password,
-)
+from gateway.ratelimit.limiter import Limiter
+from gateway.ratelimit.policy import Scope
+from gateway.ratelimit.redis import DEFAULT_PREFIX, RedisBackend, split_prefix, without_password
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +32,7 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
         yield upstream
 
 
-def gateway(upstream: FakeOpenAI, **sections: Any):  # type: ignore[no-untyped-def]
+def gateway(upstream: FakeOpenAI, **sections: Any) -> AbstractAsyncContextManager[RunningGateway]:
     raw = {
         "providers": {"up": {"kind": "openai", "base_url": upstream.url, "local": True}},
         "models": [{"name": "chat", "targets": [{"provider": "up", "model": "ok"}]}],

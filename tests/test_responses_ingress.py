@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, cast
 
 import aiohttp
 import openai
 import pytest
 from openai import AsyncOpenAI
+from openai.types.responses import FunctionToolParam
 
 from tests.engines.engines import LlamaServer
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.gateway_server import config_of, running_gateway
+from tests.gateway_server import RunningGateway, config_of, running_gateway
 
-SHELL = {
+SHELL: FunctionToolParam = {
     "type": "function",
     "name": "shell",
     "description": "Runs a shell command and returns its output.",
@@ -30,16 +32,20 @@ SHELL = {
         "required": ["command"],
     },
 }
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather for a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
+# Without "strict", as clients send it; the SDK's type requires the key, hence the cast.
+WEATHER = cast(
+    FunctionToolParam,
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
-}
+)
 
 
 @pytest.fixture
@@ -48,7 +54,9 @@ async def openai_up() -> AsyncIterator[FakeOpenAI]:
         yield upstream
 
 
-def gateway(openai_up: FakeOpenAI, anthropic_up: FakeAnthropic | None = None, **server: Any):  # type: ignore[no-untyped-def]
+def gateway(
+    openai_up: FakeOpenAI, anthropic_up: FakeAnthropic | None = None, **server: Any
+) -> AbstractAsyncContextManager[RunningGateway]:
     providers: dict[str, Any] = {
         "local": {"kind": "openai", "base_url": openai_up.url, "local": True}
     }
@@ -101,10 +109,10 @@ async def test_function_call_streaming_and_not(openai_up: FakeOpenAI) -> None:
         client = gw.openai()
         response = await client.responses.create(
             model="gpt-5-codex", input="weather?", tools=[WEATHER]
-        )  # type: ignore[list-item]
+        )
         async with client.responses.stream(
             model="gpt-5.1", input="weather?", tools=[WEATHER]
-        ) as stream:  # type: ignore[list-item]
+        ) as stream:
             deltas = [
                 e.delta async for e in stream if e.type == "response.function_call_arguments.delta"
             ]
@@ -120,7 +128,7 @@ async def test_parallel_calls_and_their_outputs_round_trip(openai_up: FakeOpenAI
     openai_up.tool_calls = [("shell", '{"command":["ls"]}'), ("shell", '{"command":["pwd"]}')]
     async with gateway(openai_up) as gw:
         client = gw.openai()
-        first = await client.responses.create(model="gpt-5", input="look around", tools=[SHELL])  # type: ignore[list-item]
+        first = await client.responses.create(model="gpt-5", input="look around", tools=[SHELL])
         calls = [o for o in first.output if o.type == "function_call"]
         assert [json.loads(c.arguments)["command"] for c in calls] == [["ls"], ["pwd"]]
         openai_up.tool_calls = None
@@ -138,7 +146,7 @@ async def test_parallel_calls_and_their_outputs_round_trip(openai_up: FakeOpenAI
             {"type": "function_call_output", "call_id": c.call_id, "output": f"out {i}"}
             for i, c in enumerate(calls)
         ]
-        await client.responses.create(model="chat", input=history, tools=[SHELL], store=False)  # type: ignore[list-item]
+        await client.responses.create(model="chat", input=history, tools=[SHELL], store=False)
     messages = posts(openai_up)[-1].body["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool"]
     assert [c["id"] for c in messages[1]["tool_calls"]] == [c.call_id for c in calls]
@@ -238,14 +246,14 @@ async def test_previous_response_id_is_a_clear_400(openai_up: FakeOpenAI) -> Non
                 model="chat", input="hi", previous_response_id="resp_1"
             )
     assert "does not store responses" in caught.value.message
-    assert caught.value.param == "previous_response_id"  # type: ignore[attr-defined]
+    assert caught.value.param == "previous_response_id"
 
 
 async def test_unknown_model_is_openais_404(openai_up: FakeOpenAI) -> None:
     async with gateway(openai_up) as gw:
         with pytest.raises(openai.NotFoundError) as caught:
             await gw.openai().responses.create(model="nope", input="hi")
-    assert caught.value.code == "model_not_found"  # type: ignore[attr-defined]
+    assert caught.value.code == "model_not_found"
 
 
 async def test_upstream_error_before_the_stream_is_an_http_error(openai_up: FakeOpenAI) -> None:
@@ -283,12 +291,14 @@ async def test_responses_over_an_anthropic_upstream(openai_up: FakeOpenAI) -> No
         client = gw.openai()
         async with client.responses.stream(
             model="claude-tools", input="weather?", tools=[WEATHER]
-        ) as stream:  # type: ignore[list-item]
+        ) as stream:
             final = await stream.get_final_response()
         sent = posts(claude)[-1].body
     assert [o.type for o in final.output] == ["message", "function_call"]
-    assert final.output[0].content[0].text == "Let me check."  # type: ignore[union-attr]
-    assert json.loads(final.output[1].arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    message, call = final.output
+    assert message.type == "message" and message.content[0].type == "output_text"
+    assert message.content[0].text == "Let me check."
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris"}
     assert final.usage is not None and final.usage.input_tokens_details.cached_tokens == 7
     assert sent["tools"][0]["name"] == "get_weather" and sent["max_tokens"] > 0
 
@@ -314,7 +324,7 @@ async def test_codex_style_tool_call_on_a_real_llama_server(llama_toolcall: Llam
                 {"role": "developer", "content": "Use tools."},
                 {"role": "user", "content": "weather in Paris?"},
             ],
-            tools=[WEATHER],  # type: ignore[list-item]
+            tools=[WEATHER],
             max_output_tokens=64,
             store=False,
         ) as stream:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterable
 
-from gateway.config import Routing
+from gateway.config import Model, Provider, Routing, Target
 from gateway.errors import BadRequest, UpstreamConnectError, UpstreamStatus, UpstreamTimeout
 from gateway.router import (
     ModelTable,
@@ -26,14 +27,20 @@ PROVIDERS = {
 }
 
 
-def model(**fields: object):  # type: ignore[no-untyped-def]
+def model(**fields: object) -> tuple[Model, dict[str, Provider]]:
     raw = {"providers": PROVIDERS, "models": [{"name": "m", **fields}]}
     config = config_of(raw)
     return config.models[0], config.providers
 
 
-def names(targets) -> list[str]:  # type: ignore[no-untyped-def]
+def names(targets: Iterable[Target]) -> list[str]:
     return [t.provider for t in targets]
+
+
+def resolved_name(table: ModelTable, name: str) -> str:
+    found = table.resolve(name)
+    assert found is not None, name
+    return found.name
 
 
 def test_ordered_plan_follows_the_file() -> None:
@@ -165,9 +172,9 @@ def test_name_patterns_come_after_every_exact_name_in_file_order() -> None:
         ],
     }
     table = ModelTable(config_of(raw))
-    assert table.resolve("claude-exact").name == "claude-exact"  # type: ignore[union-attr]
-    assert table.resolve("claude-opus-4-1").name == "opus"  # type: ignore[union-attr]
-    assert table.resolve("claude-sonnet-4-5-20250929").name == "coder"  # type: ignore[union-attr]
-    assert table.resolve("gpt-5-codex").name == "coder"  # type: ignore[union-attr]
+    assert resolved_name(table, "claude-exact") == "claude-exact"
+    assert resolved_name(table, "claude-opus-4-1") == "opus"
+    assert resolved_name(table, "claude-sonnet-4-5-20250929") == "coder"
+    assert resolved_name(table, "gpt-5-codex") == "coder"
     assert table.resolve("Claude-sonnet") is None, "patterns are case-sensitive"
     assert table.resolve("gpt-4o") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import pytest
 
 from adapters.streams import Framer, StreamDeadlines
@@ -93,8 +94,8 @@ class Clock:
 
 
 def deadlines(clock: Clock, **timeouts: float) -> StreamDeadlines:
-    values = {"first_byte": 10.0, "idle": 2.0, "max_stream": 60.0, **timeouts}
-    return StreamDeadlines(Timeouts(**values), clock.now, clock)  # type: ignore[arg-type]
+    defaults = Timeouts(first_byte=10.0, idle=2.0, max_stream=60.0)
+    return StreamDeadlines(msgspec.structs.replace(defaults, **timeouts), clock.now, clock)
 
 
 def test_the_first_content_is_due_first_byte_after_the_start_whatever_arrives_meanwhile() -> None:

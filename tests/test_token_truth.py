@@ -15,12 +15,13 @@ import aiohttp
 import anthropic
 import pytest
 from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam, ToolParam
 
 from adapters.llamacpp import _context_error
 from gateway.api.models import anthropic_entry, anthropic_list
 from gateway.cli import main
-from gateway.config import ConfigError, Model, Target, from_mapping
-from gateway.errors import ContextExceeded, UpstreamStatus, openai_envelope
+from gateway.config import Model, Target, from_mapping
+from gateway.errors import ConfigError, ContextExceeded, UpstreamStatus, openai_envelope
 from gateway.keys import connect, create_key
 from gateway.translate.anthropic_replies import error_body
 from tests.fakes.anthropic_upstream import FakeAnthropic
@@ -28,8 +29,8 @@ from tests.fakes.ollama_upstream import FakeOllama
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import config_of, running_gateway
 
-HI = [{"role": "user", "content": "hello there, how many tokens is this?"}]
-WEATHER = {
+HI: list[MessageParam] = [{"role": "user", "content": "hello there, how many tokens is this?"}]
+WEATHER: ToolParam = {
     "name": "get_weather",
     "description": "Current weather for a city",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
@@ -108,8 +109,8 @@ async def test_count_tokens_refuses_missing_wrong_and_forbidden_keys(
                 assert response.status == 401
         counter = claude(gw.url, fast_only)
         with pytest.raises(anthropic.PermissionDeniedError, match="may not use model 'cloud'"):
-            await counter.messages.count_tokens(model="cloud", messages=HI)  # type: ignore[arg-type]
-        counted = await counter.messages.count_tokens(model="fast", messages=HI)  # type: ignore[arg-type]
+            await counter.messages.count_tokens(model="cloud", messages=HI)
+        counted = await counter.messages.count_tokens(model="fast", messages=HI)
         assert counted.input_tokens > 0
         await counter.close()
 
@@ -126,11 +127,11 @@ async def test_count_tokens_is_forwarded_to_an_anthropic_target(
         raw = await client.messages.with_raw_response.count_tokens(
             model="claude-sonnet",
             system="be brief",
-            messages=HI,  # type: ignore[arg-type]
-            tools=[WEATHER],  # type: ignore[list-item]
+            messages=HI,
+            tools=[WEATHER],
         )
         counted = await raw.parse()
-        message = await client.messages.create(model="cloud", max_tokens=16, messages=HI)  # type: ignore[arg-type]
+        message = await client.messages.create(model="cloud", max_tokens=16, messages=HI)
         await client.close()
     assert raw.headers["x-turnout-token-count"] == "upstream"
     assert raw.headers["x-turnout-target"] == "claude/ok"

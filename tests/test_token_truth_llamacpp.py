@@ -14,6 +14,8 @@ import anthropic
 import openai
 import pytest
 from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam, ToolParam
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.engines.states import EngineState
 from gateway.state import GatewayState
@@ -27,8 +29,8 @@ pytestmark = pytest.mark.engine
 ENGINE_CTX = 512
 CONFIGURED_CTX = 4096
 SYSTEM = "You are terse."
-MESSAGES = [{"role": "user", "content": "What is the weather in Paris today?"}]
-WEATHER = {
+MESSAGES: list[MessageParam] = [{"role": "user", "content": "What is the weather in Paris today?"}]
+WEATHER: ToolParam = {
     "name": "get_weather",
     "description": "Current weather for a city",
     "input_schema": {
@@ -38,7 +40,9 @@ WEATHER = {
     },
 }
 # Far more tokens than ENGINE_CTX with the tiny models' vocabulary.
-LONG = [{"role": "user", "content": "tell me about the weather " * 200}]
+LONG_TEXT = "tell me about the weather " * 200
+LONG: list[MessageParam] = [{"role": "user", "content": LONG_TEXT}]
+LONG_CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": LONG_TEXT}]
 
 
 @pytest.fixture
@@ -130,15 +134,15 @@ async def test_count_tokens_is_the_engines_own_count_of_the_templated_prompt(
     assert engine_state(gw) is EngineState.STOPPED
 
     client = claude(gw)
-    await client.messages.create(model="tiny", max_tokens=4, messages=MESSAGES)  # type: ignore[arg-type]
+    await client.messages.create(model="tiny", max_tokens=4, messages=MESSAGES)
     assert engine_state(gw) is EngineState.READY
     counted, source = await count(gw, **request)
     message = await client.messages.create(
         model="tiny",
         max_tokens=4,
         system=SYSTEM,
-        messages=MESSAGES,  # type: ignore[arg-type]
-        tools=[WEATHER],  # type: ignore[list-item]
+        messages=MESSAGES,
+        tools=[WEATHER],
     )
     await client.close()
     assert source == "upstream"
@@ -155,7 +159,7 @@ async def test_message_start_carries_the_prompt_tokens(gw: RunningGateway) -> No
             model="tiny",
             max_tokens=8,
             system=SYSTEM,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
         ) as stream:
             async for event in stream:
                 if event.type == "message_start":
@@ -180,7 +184,7 @@ async def test_models_publish_the_engines_real_context(gw: RunningGateway) -> No
     assert tiny["context_window"] == CONFIGURED_CTX
 
     client = claude(gw)
-    await client.messages.create(model="tiny", max_tokens=4, messages=MESSAGES)  # type: ignore[arg-type]
+    await client.messages.create(model="tiny", max_tokens=4, messages=MESSAGES)
     await client.close()
     listed = await models(gw)
     tiny = next(m for m in listed["data"] if m["id"] == "tiny")
@@ -196,7 +200,7 @@ async def test_a_prompt_over_the_context_fails_the_way_clients_recover(
 ) -> None:
     client = claude(gw)
     with pytest.raises(anthropic.BadRequestError) as caught:
-        await client.messages.create(model="tiny", max_tokens=8, messages=LONG)  # type: ignore[arg-type]
+        await client.messages.create(model="tiny", max_tokens=8, messages=LONG)
     error = caught.value
     assert error.status_code == 400
     body: Any = error.body
@@ -210,7 +214,7 @@ async def test_a_prompt_over_the_context_fails_the_way_clients_recover(
         async with client.messages.stream(
             model="tiny",
             max_tokens=8,
-            messages=LONG,  # type: ignore[arg-type]
+            messages=LONG,
         ) as stream:
             async for _ in stream:
                 pass
@@ -221,11 +225,12 @@ async def test_a_prompt_over_the_context_fails_the_way_clients_recover(
             reply = await chat.chat.completions.create(
                 model="tiny",
                 max_tokens=8,
-                messages=LONG,  # type: ignore[arg-type]
+                messages=LONG_CHAT,
                 stream=streamed,
             )
             if streamed:
-                async for _ in reply:  # type: ignore[union-attr]
+                assert isinstance(reply, openai.AsyncStream)
+                async for _ in reply:
                     pass
         assert refused.value.code == "context_length_exceeded"
         assert refused.value.status_code == 400

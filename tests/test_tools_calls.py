@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import ToolFailed
 from gateway.plugins.tools.calls import call_tool
-from gateway.plugins.tools.registry import Caller, ToolFailed, ToolRegistry, ToolSpec
+from gateway.plugins.tools.registry import Caller, ToolRegistry, ToolSpec
 
 WEATHER_SCHEMA = {
     "type": "object",

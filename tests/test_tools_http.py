@@ -15,17 +15,17 @@ from typing import Any
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from gateway.config import HttpTools, ToolDefinition
+from gateway.errors import DestinationRefused, ToolFailed
 from gateway.plugins.tools.calls import Outcome, call_tool
 from gateway.plugins.tools.http import (
-    DestinationRefused,
     Destinations,
     GuardedResolver,
     HttpClient,
     http_kind,
     is_internal,
 )
-from gateway.plugins.tools.registry import Caller, ToolFailed, ToolRegistry
+from gateway.plugins.tools.registry import Caller, ToolRegistry
+from gateway.plugins.tools.settings import HttpTools, ToolDefinition
 from tests.tools_fixtures.http_tool_server import HttpToolServer
 
 SOFIA = Caller("agent:sofia", project="microdao:7", request_id="req-1", context={"k": "v"})

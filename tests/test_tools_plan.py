@@ -8,12 +8,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.auth import Forbidden
-from gateway.config import AgentLoop
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, Forbidden
 from gateway.identity import Identity
 from gateway.plugins.tools.plan import plan_agent
 from gateway.plugins.tools.registry import Caller, ToolRegistry, ToolSpec
+from gateway.plugins.tools.settings import AgentLoop
 
 SOFIA = Identity(key_id=None, agent_id="agent:sofia")
 READ_FILE = {

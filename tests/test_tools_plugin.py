@@ -8,8 +8,7 @@ import aiohttp
 import pytest
 
 from gateway.app import create_app
-from gateway.config import ConfigError
-from gateway.plugins.manager import PluginError
+from gateway.errors import ConfigError, PluginError
 from gateway.state import GatewayState
 from tests.gateway_server import config_of, running_gateway
 
@@ -49,7 +48,6 @@ def test_config_errors_name_the_key_path(tools: dict[str, Any], problem: str) ->
 
 def state_for(tools: dict[str, Any]) -> GatewayState:
     state: GatewayState = create_app(config_of(raw(tools))).state.gateway
-    state.plugins.register_tools(state.tools, state)
     return state
 
 

@@ -6,12 +6,13 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import msgspec
 import pytest
 
-from gateway.config import ToolDefinition
 from gateway.plugins.tools.calls import call_tool
 from gateway.plugins.tools.python import ToolThreads, load_function, python_tool
 from gateway.plugins.tools.registry import Caller, ToolRegistry
+from gateway.plugins.tools.settings import ToolDefinition
 
 FUNCTIONS = "tests.tools_fixtures.functions"
 SOFIA = Caller("agent:sofia", request_id="req-7")
@@ -25,7 +26,8 @@ def registry(*definitions: ToolDefinition) -> ToolRegistry:
 
 
 def tool(tool_id: str, function: str, **extra: object) -> ToolDefinition:
-    return ToolDefinition(id=tool_id, executor="python", target=f"{FUNCTIONS}:{function}", **extra)  # type: ignore[arg-type]
+    definition = ToolDefinition(id=tool_id, executor="python", target=f"{FUNCTIONS}:{function}")
+    return msgspec.structs.replace(definition, **extra)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ToolDefinition
 from gateway.plugins.tools.registry import (
     FUNCTION_NAME,
     Caller,
@@ -15,6 +14,7 @@ from gateway.plugins.tools.registry import (
     function_name,
     may_call,
 )
+from gateway.plugins.tools.settings import ToolDefinition
 
 
 class Fixed:

@@ -18,6 +18,7 @@ from anthropic.lib.streaming._messages import accumulate_event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.contract import WireProtocol
 from gateway.errors import (
     AllTargetsFailed,
     BadRequest,
@@ -27,7 +28,7 @@ from gateway.errors import (
     UpstreamProtocolError,
     UpstreamStatus,
 )
-from gateway.translate import Translated, native_of
+from gateway.translate import Translated
 from gateway.translate.anthropic import count_tokens, prepare
 from gateway.translate.anthropic_replies import (
     MessageStream,
@@ -332,10 +333,11 @@ def test_the_native_body_is_the_original_with_system_turns_moved_to_system() -> 
             },
         ],
     )
-    fields = prepare(original, {"anthropic-beta": "a,b"}).request.fields
-    assert isinstance(fields, Translated)
-    native = native_of(fields, "anthropic")
-    assert native is not None and native.headers == {"anthropic-beta": "a,b"}
+    request = prepare(original, {"anthropic-beta": "a,b"}).request
+    assert isinstance(request.fields, Translated)
+    native = request.native
+    assert native is not None and native.protocol is WireProtocol.ANTHROPIC
+    assert native.headers == {"anthropic-beta": "a,b"}
     sent = {k: msgspec.json.decode(v) for k, v in native.fields.items()}
     assert sent["thinking"] == {"type": "adaptive"}
     assert sent["system"] == [
@@ -349,9 +351,9 @@ def test_the_native_body_is_the_original_with_system_turns_moved_to_system() -> 
         }
     ]
     # Without a system turn, the original is forwarded untouched.
-    plain = prepare(body(thinking={"type": "adaptive"}), {}).request.fields
-    assert isinstance(plain, Translated) and plain.native is not None
-    assert plain.native.fields["thinking"] == msgspec.Raw(b'{"type":"adaptive"}')
+    plain = prepare(body(thinking={"type": "adaptive"}), {}).request.native
+    assert plain is not None
+    assert plain.fields["thinking"] == msgspec.Raw(b'{"type":"adaptive"}')
 
 
 @pytest.mark.parametrize(
@@ -498,7 +500,7 @@ def test_a_native_message_passes_through_with_its_usage() -> None:
             },
         }
     )
-    reply, usage = render_message(native, "m", False)
+    reply, usage = render_message(native, "m", False, protocol=WireProtocol.ANTHROPIC)
     assert reply == native
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (15, 4)
 
@@ -533,7 +535,7 @@ DONE = b"data: [DONE]\n\n"
 
 def translate(events: list[bytes], thinking: bool = False) -> tuple[MessageStream, bytes]:
     stream = MessageStream("claude-sonnet-4-5", thinking, counter())
-    out = b"".join(stream.feed(e) for e in events) + stream.finish()
+    out = b"".join(stream.feed(e) for e in events) + b"".join(stream.finish())
     return stream, out
 
 
@@ -783,7 +785,7 @@ def test_stream_cut_before_the_answer_ends_raises_for_an_in_band_error() -> None
     assert parse_events(stream.fail(UpstreamProtocolError("cut"))) == [
         ("error", {"type": "error", "error": {"type": "api_error", "message": "cut"}})
     ]
-    assert stream.finish() == b""
+    assert stream.finish() == []
 
 
 @pytest.mark.parametrize(
@@ -805,6 +807,17 @@ def test_empty_answer_still_opens_and_closes_the_message() -> None:
     assert [n for n, _ in parse_events(out)] == ["message_start", "message_delta", "message_stop"]
 
 
+def test_openai_events_with_an_event_line_are_translated_not_relayed_as_native() -> None:
+    # Some OpenAI-compatible servers name their events. The stream used to guess "native
+    # Anthropic" from a leading ``event:`` and relay OpenAI chunks raw to Anthropic clients;
+    # only the forwarder's word (``begin``) makes a stream native now.
+    named = [b"event: completion\n" + e for e in (chunk({"content": "Hi"}), chunk({}, "stop"))]
+    stream, out = translate([*named, USAGE, DONE])
+    assert parse_events(out)[0][0] == "message_start"
+    assert accumulate(out).content[0].text == "Hi"
+    assert stream.usage is not None and stream.usage.completion_tokens == 12
+
+
 def test_native_anthropic_events_are_relayed_unchanged_and_counted() -> None:
     events = [
         b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
@@ -816,8 +829,9 @@ def test_native_anthropic_events_are_relayed_unchanged_and_counted() -> None:
         b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
     ]
     stream = MessageStream("m", False, counter())
+    stream.begin(WireProtocol.ANTHROPIC)  # the forwarder says so; nothing sniffs the bytes
     assert b"".join(stream.feed(e) for e in events) == b"".join(events)
-    assert stream.finish() == b""
+    assert stream.finish() == []
     assert stream.usage is not None and (
         stream.usage.prompt_tokens,
         stream.usage.completion_tokens,
@@ -1011,7 +1025,7 @@ def test_any_upstream_stream_yields_well_formed_events_or_a_gateway_error(
     try:
         for event in events:
             out += stream.feed(event)
-        out += stream.finish()
+        out += b"".join(stream.finish())
     except GatewayError as exc:
         out += stream.fail(exc)
     parsed = parse_events(out)

@@ -17,12 +17,15 @@ import anthropic
 import openai
 import pytest
 from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.fakes.fault_upstream import FaultUpstream
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import RunningGateway, config_of, running_gateway
 
-USER = [{"role": "user", "content": "ping"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
+CLAUDE_USER: list[MessageParam] = [{"role": "user", "content": "ping"}]
 KINDS = ["openai", "anthropic", "ollama"]
 # Small deadlines: a fault is seen in under a second; the healthy target answers in milliseconds.
 FAST = {"connect": 1, "first_byte": 0.5, "idle": 0.3, "max_stream": 0}
@@ -185,7 +188,7 @@ async def test_max_stream_ends_a_messages_stream_with_an_anthropic_error_event(
         with pytest.raises(anthropic.APIStatusError) as caught:
             async with asyncio.timeout(LIMIT):
                 stream = await client.messages.create(
-                    model="m", max_tokens=50, messages=USER, stream=True
+                    model="m", max_tokens=50, messages=CLAUDE_USER, stream=True
                 )
                 async for _ in stream:
                     pass
@@ -233,9 +236,9 @@ async def test_upstreams_are_asked_for_identity_and_compressed_answers_arrive_de
         assert reply.choices[0].message.content == "echo: ping"
         assert await stream_text(gw) == "echo: ping"
         claude = AsyncAnthropic(base_url=gw.url, api_key="unused", max_retries=0)
-        message = await claude.messages.create(model="m", max_tokens=50, messages=USER)
+        message = await claude.messages.create(model="m", max_tokens=50, messages=CLAUDE_USER)
         assert message.content[0].type == "text" and message.content[0].text == "echo: ping"
-        async with claude.messages.stream(model="m", max_tokens=50, messages=USER) as events:
+        async with claude.messages.stream(model="m", max_tokens=50, messages=CLAUDE_USER) as events:
             assert await events.get_final_text() == "echo: ping"
         await claude.close()
         response = await client.responses.create(model="m", input="ping")

@@ -14,16 +14,20 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 import anthropic
 import openai
 import pytest
 from aiohttp import web
+from anthropic.types import MessageParam
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import RunningGateway, config_of, running_gateway
 
-USER = [{"role": "user", "content": "ping"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
+CLAUDE_USER: list[MessageParam] = [{"role": "user", "content": "ping"}]
 FAULTS = ("truncated-json", "html", "invalid-sse")
 HTML = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"
 CUT_REPLY = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"ro'
@@ -106,7 +110,9 @@ async def good() -> AsyncIterator[FakeOpenAI]:
         yield upstream
 
 
-def faulty_gateway(fault: FaultUpstream, good: FakeOpenAI, kind: str = "openai"):  # type: ignore[no-untyped-def]
+def faulty_gateway(
+    fault: FaultUpstream, good: FakeOpenAI, kind: str = "openai"
+) -> AbstractAsyncContextManager[RunningGateway]:
     """``with-<fault>``: the fault, then the healthy target; ``solo-<fault>``: the fault alone."""
     models = []
     for name in (*FAULTS, "drip", "no-headers"):
@@ -190,7 +196,7 @@ async def test_messages_broken_200s_fall_back_before_the_answer_is_committed(
             message = await client.messages.create(
                 model=f"with-{name}",
                 max_tokens=64,
-                messages=USER,  # type: ignore[arg-type]
+                messages=CLAUDE_USER,
             )
             assert message.content[0].type == "text", name
             assert message.content[0].text == "echo: ping", name
@@ -198,7 +204,7 @@ async def test_messages_broken_200s_fall_back_before_the_answer_is_committed(
             async with client.messages.stream(
                 model=f"with-{name}",
                 max_tokens=64,
-                messages=USER,  # type: ignore[arg-type]
+                messages=CLAUDE_USER,
             ) as stream:
                 async for piece in stream.text_stream:
                     text += piece
@@ -216,7 +222,7 @@ async def test_messages_broken_200s_without_a_second_target_are_a_clean_anthropi
                     await client.messages.create(
                         model=f"solo-{name}",
                         max_tokens=64,
-                        messages=USER,  # type: ignore[arg-type]
+                        messages=CLAUDE_USER,
                         stream=stream,
                     )
                 assert caught.value.status_code == 502, (name, stream)

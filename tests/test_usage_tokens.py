@@ -18,6 +18,7 @@ import pytest
 from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
+from gateway.contract import WireProtocol
 from gateway.state import GatewayState
 from gateway.translate import ChatUsage, PromptDetails
 from gateway.translate.anthropic_replies import render_message
@@ -33,7 +34,7 @@ LONG_SYSTEM = " ".join(f"Rule {i}: answer briefly and never invent file names." 
 
 def rows(gw: RunningGateway) -> list[UsageRecord]:
     state: GatewayState = gw.app.state.gateway
-    return list(state.recent)
+    return list(state.recent.rows)
 
 
 async def next_row(gw: RunningGateway, seen: int) -> UsageRecord:
@@ -73,7 +74,7 @@ def test_a_native_anthropic_message_reports_its_cache_reads() -> None:
             },
         }
     ).encode()
-    _, usage = render_message(body, "m", False)
+    _, usage = render_message(body, "m", False, protocol=WireProtocol.ANTHROPIC)
     assert usage is not None and (usage.prompt_tokens, usage.cached_tokens) == (20, 11)
 
 

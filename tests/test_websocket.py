@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
@@ -26,7 +27,9 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
         yield upstream
 
 
-def gateway(upstream_url: str, model: str = "ok", **sections: Any):  # type: ignore[no-untyped-def]
+def gateway(
+    upstream_url: str, model: str = "ok", **sections: Any
+) -> AbstractAsyncContextManager[RunningGateway]:
     raw = {
         "providers": {"up": {"kind": "openai", "base_url": upstream_url, "local": True}},
         "models": [{"name": "chat", "targets": [{"provider": "up", "model": model}]}],

@@ -12,13 +12,20 @@ import time
 
 import msgspec
 
-from adapters.base import TokenCounter, UpstreamRequest
+from adapters.base import TokenCounter, UpstreamRequest, native_for
 from gateway.api.ingress import Dialect, Exchange, IngressEndpoint, new_request_id
-from gateway.asgi import JSON, ClientGone, Receive, Scope, Send, header, read_body, send_bytes
-from gateway.auth import Forbidden, may_use
+from gateway.asgi import JSON, Receive, Scope, Send, header, read_body, send_bytes
+from gateway.auth import may_use
 from gateway.config import ROLE_PREFIX, Model, Target
 from gateway.engines.states import EngineState
-from gateway.errors import GatewayError, MethodNotAllowed, ModelNotFound, UpstreamError
+from gateway.errors import (
+    ClientGone,
+    Forbidden,
+    GatewayError,
+    MethodNotAllowed,
+    ModelNotFound,
+    UpstreamError,
+)
 from gateway.router import plan
 from gateway.state import GatewayState
 from gateway.translate import anthropic, encode
@@ -120,7 +127,10 @@ class CountTokensEndpoint:
         target = targets[0] if targets else None
         adapter = state.adapters.get(target.provider) if target is not None else None
         if target is not None and isinstance(adapter, TokenCounter) and self._loaded(target):
-            upstream = UpstreamRequest(request.op, request.fields, target.model, False, request_id)
+            native = native_for(adapter, request.native)
+            upstream = UpstreamRequest(
+                request.op, request.fields, target.model, False, request_id, native, True
+            )
             try:
                 tokens = await adapter.count_tokens(upstream)
             except UpstreamError as exc:

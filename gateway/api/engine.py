@@ -23,11 +23,11 @@ class EngineController(Controller):
     @post("/switch/{role:str}", status_code=202)
     async def switch(
         self,
-        gateway: NamedDependency[GatewayState],
+        supervisor: NamedDependency[Supervisor | None],
         role: FromPath[str],
         wait: FromQuery[bool] = False,
     ) -> Response[dict[str, Any]]:
-        supervisor = _supervisor(gateway, role)
+        supervisor = _supervisor(supervisor, role)
         before = loaded_roles(supervisor)
         body: dict[str, Any] = {
             "from": before[0] if len(before) == 1 else before or None,
@@ -66,24 +66,27 @@ class EngineController(Controller):
         }
 
     @get("/health")
-    async def health(self, gateway: NamedDependency[GatewayState]) -> Response[dict[str, Any]]:
-        state, role = health_of(gateway.supervisor)
+    async def health(
+        self, supervisor: NamedDependency[Supervisor | None]
+    ) -> Response[dict[str, Any]]:
+        state, role = health_of(supervisor)
         return Response(
             {"state": state, "role": role}, status_code=200 if state == "ready" else 503
         )
 
     @post("/unload", status_code=200)
     async def unload(
-        self, gateway: NamedDependency[GatewayState], role: FromQuery[str | None] = None
+        self,
+        supervisor: NamedDependency[Supervisor | None],
+        role: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
-        supervisor = _supervisor(gateway, role)
+        supervisor = _supervisor(supervisor, role)
         roles = (role,) if role else tuple(supervisor.roles)
         await supervisor.unload(roles)
         return {"status": "unloaded", "roles": list(roles)}
 
 
-def _supervisor(gateway: GatewayState, role: str | None) -> Supervisor:
-    supervisor = gateway.supervisor
+def _supervisor(supervisor: Supervisor | None, role: str | None) -> Supervisor:
     known = sorted(supervisor.roles) if supervisor else []
     if supervisor is None or (role is not None and role not in supervisor.roles):
         raise NotFound(

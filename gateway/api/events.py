@@ -3,7 +3,7 @@
     curl 'localhost:8080/v1/requests/recent?after=120'        # rows after cursor 120
     curl 'localhost:8080/v1/requests/series?since=1h&by=agent' # per-minute buckets per agent
 
-``recent`` reads the in-memory ring of the newest usage rows (``GatewayState.recent``), so a
+``recent`` reads the in-memory ring of the newest usage rows (``gateway/recent.py``), so a
 poll costs no database read; ``cursor`` is the number of rows ever recorded, and passing it back
 as ``after`` returns only rows recorded since. ``rejections`` counts rate-limit refusals since
 start by the scope and limit that refused (the ``turnout_ratelimit_rejections_total`` metric).
@@ -28,7 +28,9 @@ from prometheus_client import Gauge
 from gateway.api.usage import GROUPS, UsageQuery, fetch, parse_time, where_clause
 from gateway.errors import BadRequest, NotFound
 from gateway.guards import administrator
-from gateway.state import GatewayState
+from gateway.metrics import Metrics
+from gateway.recent import RecentRequests
+from gateway.usage import UsageWriter
 
 # Buckets per series when the caller does not choose a width: fine enough to see a burst.
 _TARGET_BUCKETS = 60
@@ -105,11 +107,11 @@ def _value(gauge: Gauge) -> float:
     return next(s.value for m in gauge.collect() for s in m.samples)
 
 
-def rejections(gateway: GatewayState) -> list[dict[str, Any]]:
+def rejections(metrics: Metrics) -> list[dict[str, Any]]:
     """Rate-limit refusals since start, by scope and limit, most first."""
     counts = [
         {"scope": s.labels["scope"], "limit": s.labels["limit"], "count": int(s.value)}
-        for metric in gateway.metrics.ratelimit_rejections.collect()
+        for metric in metrics.ratelimit_rejections.collect()
         for s in metric.samples
         if s.name.endswith("_total")
     ]
@@ -123,14 +125,16 @@ class RequestsController(Controller):
     @get("/recent")
     async def recent(
         self,
-        gateway: NamedDependency[GatewayState],
+        recent: NamedDependency[RecentRequests],
+        usage: NamedDependency[UsageWriter | None],
+        metrics: NamedDependency[Metrics],
         after: FromQuery[int] = 0,
         limit: FromQuery[int] = 100,
     ) -> dict[str, Any]:
         if limit < 1:
             raise BadRequest("limit: expected 1 or more", param="limit")
-        ring = gateway.recent
-        total = gateway.recent_count
+        ring = recent.rows
+        total = recent.count
         # Row i of the ring (oldest first) was the (total - len + i)-th ever recorded.
         first = total - len(ring)
         start = max(after, first, total - limit)
@@ -141,15 +145,15 @@ class RequestsController(Controller):
         return {
             "data": rows,
             "cursor": total,
-            "usage_log": gateway.usage is not None,
-            "in_flight": int(_value(gateway.metrics.inflight)),
-            "rejections": rejections(gateway),
+            "usage_log": usage is not None,
+            "in_flight": int(_value(metrics.inflight)),
+            "rejections": rejections(metrics),
         }
 
     @get("/series")
     async def series(
         self,
-        gateway: NamedDependency[GatewayState],
+        usage: NamedDependency[UsageWriter | None],
         since: FromQuery[str] = "1h",
         until: FromQuery[str | None] = None,
         bucket: FromQuery[float | None] = None,
@@ -157,7 +161,7 @@ class RequestsController(Controller):
         agent: FromQuery[str | None] = None,
         model: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
-        if gateway.usage is None:
+        if usage is None:
             raise NotFound("the usage log is off (usage.enabled: false in routing.yaml)")
         if by != "none" and (by not in GROUPS or by in ("day", "hour")):
             names = ", ".join(g for g in GROUPS if g not in ("day", "hour"))
@@ -179,7 +183,7 @@ class RequestsController(Controller):
             )
         query = UsageQuery(agent=agent, model=model, since=start, until=end)
         sql, params = series_sql(query, None if by == "none" else by, width)
-        async with gateway.usage.reader() as connection:
+        async with usage.reader() as connection:
             points = await fetch(connection, sql, params)
             whole = await fetch(connection, *series_sql(query, None, _WHOLE))
         totals = {k: v for k, v in whole[0].items() if k not in ("t", "key")} if whole else {}

@@ -19,15 +19,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import msgspec
 
-from adapters.base import Operation
 from gateway.asgi import (
     JSON,
-    ClientGone,
     DisconnectWatch,
     Headers,
     Receive,
@@ -37,18 +35,26 @@ from gateway.asgi import (
     read_body,
     send_bytes,
 )
-from gateway.auth import Forbidden, may_use, speaking_for
+from gateway.auth import may_use, speaking_for
 from gateway.config import Model, Target
-from gateway.errors import GatewayError, MethodNotAllowed, ModelNotFound
-from gateway.forwarder import Forwarder, Trace
+from gateway.contract import Operation, WireProtocol
+from gateway.errors import (
+    BudgetExceeded,
+    ClientGone,
+    Forbidden,
+    GatewayError,
+    MethodNotAllowed,
+    ModelNotFound,
+    RateLimited,
+)
+from gateway.forwarder import Trace
 from gateway.identity import ANONYMOUS, Identity
 from gateway.plugins.capture import CapturingStream, reply_text
-from gateway.plugins.context import Exchanged, RequestContext
-from gateway.plugins.tools.agent import AgentForwarder, agent_forwarder
-from gateway.ratelimit import Admission, estimate_tokens
+from gateway.plugins.context import Exchanged, Forwarding, RequestContext
+from gateway.ratelimit.admission import Admission
+from gateway.ratelimit.policy import estimate_tokens
 from gateway.state import GatewayState
-from gateway.streaming import SSEResponse, wait_with_keepalive
-from gateway.translate import Translated
+from gateway.streaming import SSEResponse, StreamTranslator, wait_with_keepalive
 from gateway.usage import UsageRecord
 from gateway.wire import ClientRequest, Usage
 
@@ -61,42 +67,18 @@ def new_request_id() -> str:
     return os.urandom(12).hex()
 
 
-class RateLimited(GatewayError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-
-
-class BudgetExceeded(GatewayError):
-    status = 429
-    type = "insufficient_quota"
-    code = "insufficient_quota"
-
-
-class StreamTranslator(Protocol):
-    """Upstream chat events in, the client protocol's events out (see gateway/translate)."""
-
-    usage: Usage | None
-
-    def feed(self, event: bytes) -> bytes: ...
-
-    def finish(self) -> bytes: ...
-
-    def fail(self, error: GatewayError) -> bytes: ...
-
-
 class Exchange(Protocol):
     request: ClientRequest
 
-    def reply(self, body: bytes) -> tuple[bytes, Usage | None]: ...
+    def reply(self, body: bytes, protocol: WireProtocol) -> tuple[bytes, Usage | None]: ...
 
     def stream(self) -> StreamTranslator: ...
 
 
 def exchange_reply(
-    exchange: Exchange, body: bytes, target: Target | None
+    exchange: Exchange, body: bytes, protocol: WireProtocol, target: Target | None
 ) -> tuple[bytes, Usage | None]:
-    return exchange.reply(body)
+    return exchange.reply(body, protocol)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +97,10 @@ class Dialect:
     id_header: bytes | None = None
     # Renders a whole (non-streamed) answer, told which target served it: seed 004's answer
     # names its provider and upstream model. Most protocols use the exchange's own reply.
-    render: Callable[[Exchange, bytes, Target | None], tuple[bytes, Usage | None]] = exchange_reply
+    # ``protocol`` is what the upstream answered in (``UpstreamReply.protocol``).
+    render: Callable[[Exchange, bytes, WireProtocol, Target | None], tuple[bytes, Usage | None]] = (
+        exchange_reply
+    )
 
 
 class Call:
@@ -154,8 +139,9 @@ class Call:
         self.usage: Usage | None = None
         self.ttft: float | None = None
         self.admission: Admission | None = None
-        # The forwarder that answers: the gateway's own, or the agent loop standing in for it.
-        self.forwarder: Forwarder | AgentForwarder | None = None
+        # The forwarder that answers: the gateway's own, or a plugin's stand-in for it (the
+        # tools plugin's agent loop).
+        self.forwarder: Forwarding | None = None
         self.body_bytes = 0
         self.sent_bytes = 0
         # Upstream stream events relayed: what a cut-short stream's completion is estimated from.
@@ -208,12 +194,15 @@ class IngressEndpoint:
             await self._admit(call, model, request)
             watch = DisconnectWatch(receive)
             if state.plugins.active and request.op is Operation.CHAT:
-                await self._before_upstream(call, model, request, scope)
-            # A request naming server-side tools is answered by the agent loop, which stands in
-            # for the forwarder (a cheap None for everything else).
+                request = await self._before_upstream(call, model, request, scope)
+                exchange.request = request
+            # A plugin may answer in the forwarder's stead (the tools plugin's agent loop, for a
+            # request naming server-side tools); one attribute read when none can.
             call.forwarder = (
-                agent_forwarder(state, call.identity, request_id, model, request)
-                if state.tools
+                state.plugins.forwarder_for(
+                    state.forwarder, call.identity, request_id, model, request
+                )
+                if state.plugins.wraps_forwarder
                 else None
             ) or state.forwarder
             if request.stream:
@@ -260,7 +249,7 @@ class IngressEndpoint:
         if not may_use(identity, model.name):
             raise Forbidden(f"this key may not use model {model.name!r}", param="model")
         if identity.key_id is not None:
-            budget = state.budget_left(identity.key_id)
+            budget = state.budgets.left(identity.key_id)
             if budget is not None and budget <= 0:
                 raise BudgetExceeded(f"key {identity.key_id} has used up its budget")
         limiter = state.limiter
@@ -275,7 +264,8 @@ class IngressEndpoint:
 
     async def _before_upstream(
         self, call: Call, model: Model, request: ClientRequest, scope: Scope
-    ) -> None:
+    ) -> ClientRequest:
+        """Plugins' request hooks; the request to forward (without its native body if edited)."""
         fields = request.fields
         hooked = call.hooked = RequestContext(
             call.request_id,
@@ -289,13 +279,13 @@ class IngressEndpoint:
         session = header(scope, b"x-session-id")
         if session:
             hooked.session_id = session.decode("latin-1")[:256]
-        native = fields if isinstance(fields, Translated) and fields.native is not None else None
-        before = dict(fields) if native is not None else {}
+        before = dict(fields) if request.native is not None else None
         await self._state.plugins.before_upstream(hooked)
-        if native is not None and _edited(before, native):
+        if before is not None and _edited(before, fields):
             # An upstream that speaks the client's own protocol would be sent the original
             # body and miss what plugins changed: it gets the edited translation instead.
-            native.native = None
+            return replace(request, native=None)
+        return request
 
     # --- answering -----------------------------------------------------------------------------
 
@@ -336,7 +326,9 @@ class IngressEndpoint:
         watch.stop()
         if call.hooked is not None and call.hooked.capture_reply:
             call.reply_text = reply_text(reply.body)
-        body, call.usage = self._dialect.render(exchange, reply.body, call.trace.target)
+        body, call.usage = self._dialect.render(
+            exchange, reply.body, reply.protocol, call.trace.target
+        )
         headers = self._headers(call.request_id)
         self._finish_headers(headers, call)
         call.sent_bytes = len(body)
@@ -375,6 +367,7 @@ class IngressEndpoint:
                 self._finish_headers(response.headers, call)
             await response.start()
             try:
+                translator.begin(opened.protocol)
                 out = translator.feed(opened.first)
                 if out:
                     sent += len(out)
@@ -393,13 +386,14 @@ class IngressEndpoint:
                     if out:
                         sent += len(out)
                         await response.write(out)
-                out = translator.finish()
+                closing = translator.finish()
             except GatewayError as exc:
                 # After the 200: the error travels in-band, in the protocol's own event.
                 failed = True
-                out = translator.fail(exc)
-            if out:
-                await response.write(out)
+                closing = [translator.fail(exc)]
+            for piece in closing:
+                if piece:
+                    await response.write(piece)
             watch.stop()
             await response.end()
         finally:

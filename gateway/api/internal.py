@@ -20,13 +20,13 @@ from typing import Any
 
 import msgspec
 
-from adapters.base import Operation
-from gateway.api.ingress import Dialect, Exchange, IngressEndpoint, StreamTranslator
+from gateway.api.ingress import Dialect, Exchange, IngressEndpoint
 from gateway.asgi import Scope
 from gateway.config import Target
+from gateway.contract import Operation, WireProtocol
 from gateway.errors import BadRequest, GatewayError, UpstreamProtocolError, openai_envelope
 from gateway.state import GatewayState
-from gateway.streaming import KEEPALIVE
+from gateway.streaming import KEEPALIVE, StreamTranslator
 from gateway.wire import ClientRequest, Usage, decode_request
 
 ROUTE = "llm_proxy"
@@ -70,8 +70,10 @@ class ProxyExchange:
     def __init__(self, request: ClientRequest) -> None:
         self.request = request
 
-    def reply(self, body: bytes) -> tuple[bytes, Usage | None]:
-        return render(self, body, None)
+    def reply(
+        self, body: bytes, protocol: WireProtocol = WireProtocol.OPENAI
+    ) -> tuple[bytes, Usage | None]:
+        return render(self, body, protocol, None)
 
     def stream(self) -> StreamTranslator:
         raise AssertionError("/internal/llm/proxy never streams")  # refused in prepare()
@@ -87,7 +89,10 @@ def prepare(body: bytes, scope: Scope) -> ProxyExchange:
     return ProxyExchange(request)
 
 
-def render(exchange: Exchange, body: bytes, target: Target | None) -> tuple[bytes, Usage | None]:
+def render(
+    exchange: Exchange, body: bytes, protocol: WireProtocol, target: Target | None
+) -> tuple[bytes, Usage | None]:
+    # OpenAI chat requests carry no native body: ``protocol`` is always OpenAI's here.
     """The upstream's chat completion in seed 004's shape, naming who answered."""
     try:
         completion = _COMPLETION.decode(body)

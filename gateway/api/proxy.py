@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import msgspec
 
-from adapters.base import Operation
 from gateway.api.ingress import Dialect, IngressEndpoint
 from gateway.asgi import Scope
+from gateway.contract import Operation, WireProtocol
 from gateway.errors import (
     ErrorBody,
     ErrorEnvelope,
@@ -36,6 +36,9 @@ class PassthroughStream:
         self._done = False
         self.usage: Usage | None = None
 
+    def begin(self, protocol: WireProtocol) -> None:
+        """OpenAI clients' requests carry no native body: the answer is always OpenAI's."""
+
     def feed(self, event: bytes) -> bytes:
         if event.startswith(DONE):
             self._done = True
@@ -49,11 +52,11 @@ class PassthroughStream:
                     return b""
         return event
 
-    def finish(self) -> bytes:
+    def finish(self) -> list[bytes]:
         if not self._done:
             # Every OpenAI-compatible server ends with [DONE]; without it the answer was cut.
             raise UpstreamProtocolError("upstream stream ended without [DONE]")
-        return b""
+        return []
 
     def fail(self, error: GatewayError) -> bytes:
         """In-band, as OpenAI's SDKs expect errors after the stream started."""
@@ -67,7 +70,9 @@ class Passthrough:
     def __init__(self, request: ClientRequest) -> None:
         self.request = request
 
-    def reply(self, body: bytes) -> tuple[bytes, Usage | None]:
+    def reply(
+        self, body: bytes, protocol: WireProtocol = WireProtocol.OPENAI
+    ) -> tuple[bytes, Usage | None]:
         return body, usage_of(body)
 
     def stream(self) -> PassthroughStream:

@@ -6,8 +6,7 @@ from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
 from gateway.guards import local_page
-from gateway.metrics import CONTENT_TYPE
-from gateway.state import GatewayState
+from gateway.metrics import CONTENT_TYPE, Metrics
 
 
 class SystemController(Controller):
@@ -17,5 +16,5 @@ class SystemController(Controller):
         return {"status": "ok"}
 
     @get("/metrics", guards=[local_page])
-    async def metrics(self, gateway: NamedDependency[GatewayState]) -> Response[bytes]:
-        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
+    async def metrics(self, metrics: NamedDependency[Metrics]) -> Response[bytes]:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)

@@ -27,7 +27,7 @@ from litestar.params import FromQuery
 
 from gateway.errors import BadRequest, NotFound
 from gateway.guards import administrator
-from gateway.state import GatewayState
+from gateway.usage import UsageWriter
 
 # The largest ``limit``: SQLite's largest integer (and far beyond any real log).
 MAX_ROWS = 2**63 - 1
@@ -267,7 +267,7 @@ class UsageController(Controller):
     @get("/")
     async def usage(
         self,
-        gateway: NamedDependency[GatewayState],
+        usage: NamedDependency[UsageWriter | None],
         agent: FromQuery[str | None] = None,
         model: FromQuery[str | None] = None,
         key: FromQuery[str | None] = None,
@@ -278,7 +278,7 @@ class UsageController(Controller):
         limit: FromQuery[int] = 1000,
         format: FromQuery[str] = "json",
     ) -> Response[Any]:
-        if gateway.usage is None:
+        if usage is None:
             raise NotFound("the usage log is off (usage.enabled: false in routing.yaml)")
         if format not in ("json", "csv"):
             raise BadRequest("format: expected json or csv", param="format")
@@ -295,7 +295,7 @@ class UsageController(Controller):
             group_by=parse_group_by(group_by or ()),
             limit=limit,
         )
-        async with gateway.usage.reader() as connection:
+        async with usage.reader() as connection:
             report = await usage_report(connection, query)
         if format == "csv":
             return Response(

@@ -64,8 +64,7 @@ from litestar.types import WebSocketResponseBodyEvent, WebSocketResponseStartEve
 from msgspec import UNSET, UnsetType
 
 from gateway.asgi import EVENT_STREAM, Headers, Message, Receive, Scope, Send
-from gateway.auth import Unauthorized
-from gateway.errors import BadRequest, GatewayError, openai_envelope
+from gateway.errors import BadRequest, GatewayError, Unauthorized, openai_envelope
 from gateway.nesting import check_depth
 from gateway.state import GatewayState
 

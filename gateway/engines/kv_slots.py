@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from gateway.config import DEFAULT_COMMANDS, KvCache, Role
+from gateway.config import KvCache, Role
 from gateway.engines import kv_cache
 from gateway.engines.kv_cache import CacheFile, Caps
 from gateway.engines.process import EngineDriver, render_command
@@ -112,15 +112,17 @@ class KvCacheKeeper:
         role: Role,
         engine: object,
         make: Callable[[Sequence[str]], EngineDriver],
+        template: Sequence[str] = (),
     ) -> EngineDriver:
         """The role's driver, wrapped when its engine kind can keep a KV cache and the role wants it.
 
-        ``make`` builds the plain driver given extra engine arguments.
+        ``make`` builds the plain driver given extra engine arguments; ``template`` is the
+        kind's default command (the role's own ``command`` wins).
         """
         if not (self.config.enabled and role.kv_cache and isinstance(engine, SlotStore)):
             return make(())
         directory = self.role_dir(name)
-        extra = engine.slot_save_args(_command(name, role), str(directory))
+        extra = engine.slot_save_args(_command(name, role, template), str(directory))
         problem = "its command cannot be given a slot directory" if extra is None else ""
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -130,7 +132,7 @@ class KvCacheKeeper:
             del self._roles[name]
             log.warning("role %s: KV cache off: %s", name, problem)
             return make(())
-        return KvCachingDriver(name, role, make(extra), engine, self)
+        return KvCachingDriver(name, role, make(extra), engine, self, template)
 
     def role_dir(self, role: str) -> Path:
         self._roles[role] = kv_cache.role_dir_name(role)
@@ -278,9 +280,12 @@ class KvCacheKeeper:
         }
 
 
-def key_parts(name: str, role: Role) -> list[str]:
-    """What a saved cache depends on, read from the disk now (see ``kv_cache.cache_key``)."""
-    command = _command(name, role)
+def key_parts(name: str, role: Role, template: Sequence[str] = ()) -> list[str]:
+    """What a saved cache depends on, read from the disk now (see ``kv_cache.cache_key``).
+
+    ``template``: the engine kind's default command (the role's own ``command`` wins).
+    """
+    command = _command(name, role, template)
     parts = ["\x1f".join(command), *(f"{k}={v}" for k, v in sorted(role.env.items()))]
     executable = shutil.which(command[0]) if command else None
     for path in (role.model, executable):
@@ -296,20 +301,25 @@ def key_parts(name: str, role: Role) -> list[str]:
     return parts
 
 
-def _command(name: str, role: Role) -> list[str]:
+def _command(name: str, role: Role, template: Sequence[str]) -> list[str]:
     # Rendered without host and port: a port picked at random per gateway start changes nothing.
-    if role.command or role.engine in DEFAULT_COMMANDS:
-        return render_command(name, role, "", 0)
-    return []
+    return render_command(name, role, role.command or template, "", 0)
 
 
 class KvCachingDriver:
     """A role's driver whose engine keeps its KV cache across stops (see the module docstring)."""
 
     def __init__(
-        self, name: str, role: Role, inner: EngineDriver, store: SlotStore, keeper: KvCacheKeeper
+        self,
+        name: str,
+        role: Role,
+        inner: EngineDriver,
+        store: SlotStore,
+        keeper: KvCacheKeeper,
+        template: Sequence[str] = (),
     ) -> None:
         self._name = name
+        self._template = tuple(template)
         self._role = role
         self._inner = inner
         self._store = store
@@ -320,7 +330,9 @@ class KvCachingDriver:
     async def start(self) -> int | None:
         # The key is taken before the engine loads the model: a model file replaced while the
         # engine runs must not have the old model's cache saved under the new file's key.
-        self._key = kv_cache.cache_key(await asyncio.to_thread(key_parts, self._name, self._role))
+        self._key = kv_cache.cache_key(
+            await asyncio.to_thread(key_parts, self._name, self._role, self._template)
+        )
         pid = await self._inner.start()
         self._running = True
         try:

@@ -37,7 +37,14 @@ class Topology:
     persistent: frozenset[str]
 
     @classmethod
-    def build(cls, roles: Mapping[str, Role], engines: Engines) -> Topology:
+    def build(
+        cls, roles: Mapping[str, Role], engines: Engines, unmanaged: frozenset[str] | None = None
+    ) -> Topology:
+        """``unmanaged``: roles turnout neither loads nor evicts (default: the built-in kinds say)."""
+        if unmanaged is None:
+            from gateway.engines.builtin import builtin_kinds
+
+            unmanaged = builtin_kinds().unmanaged(roles)
         group_of: dict[str, str] = {}
         members: dict[str, tuple[str, ...]] = {}
         max_loaded: dict[str, int] = {}
@@ -50,9 +57,7 @@ class Topology:
                 group_of[role] = name
         # Everything turnout loads itself and that no group claims shares one slot, like the
         # single-GPU engine of the design seed. External servers are not ours to evict.
-        rest = tuple(
-            r for r, role in roles.items() if r not in group_of and role.engine != "external"
-        )
+        rest = tuple(r for r in roles if r not in group_of and r not in unmanaged)
         if rest:
             name = DEFAULT_GROUP if DEFAULT_GROUP not in members else DEFAULT_GROUP + "_"
             members[name] = rest

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import ctypes
 import os
-import shutil
 import signal
 import sys
 import time
@@ -21,15 +20,8 @@ from typing import Protocol
 
 import aiohttp
 
-from gateway.config import DEFAULT_COMMANDS, Role, role_upstream_model
-
-
-class EngineStartError(Exception):
-    """The engine could not be brought up; the message says why (and quotes its log)."""
-
-    def __init__(self, message: str, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+from gateway.config import Role
+from gateway.errors import EngineStartError
 
 
 class EngineDriver(Protocol):
@@ -50,8 +42,9 @@ class EngineDriver(Protocol):
         ...
 
 
-def render_command(role_name: str, role: Role, host: str, port: int) -> list[str]:
-    template = role.command or DEFAULT_COMMANDS[role.engine]
+def render_command(
+    role_name: str, role: Role, template: Sequence[str], host: str, port: int
+) -> list[str]:
     values = {
         "PORT": str(port),
         "MODEL": role.model,
@@ -67,21 +60,6 @@ def render_command(role_name: str, role: Role, host: str, port: int) -> list[str
     return rendered
 
 
-def missing_parts(role: Role) -> str:
-    """Why a role's engine cannot possibly start here (no binary, no model file), or ''."""
-    if role.engine not in ("llamacpp", "mlx"):
-        return ""
-    executable = (role.command or DEFAULT_COMMANDS[role.engine])[0]
-    if shutil.which(executable) is None:
-        return f"executable {executable!r} not found"
-    if (
-        "${MODEL}" in " ".join(role.command or DEFAULT_COMMANDS[role.engine])
-        and not Path(role.model).exists()
-    ):
-        return f"model {role.model!r} not found"
-    return ""
-
-
 def _die_with_parent() -> None:
     """In the child before exec: get SIGKILL if the gateway dies, however it dies (Linux)."""
     if sys.platform.startswith("linux"):
@@ -90,24 +68,27 @@ def _die_with_parent() -> None:
 
 
 class ProcessDriver:
-    """An engine process turnout spawns: llama.cpp ``llama-server`` or ``mlx_lm.server``."""
+    """An engine process turnout spawns from its kind's command (``llama-server``, ...)."""
 
     def __init__(
         self,
         role_name: str,
         role: Role,
+        command: Sequence[str],
         port: int,
         log_path: Path,
         session: aiohttp.ClientSession,
+        warmup: bool = False,
+        upstream_model: str = "",
         host: str = "127.0.0.1",
-        extra_args: Sequence[str] = (),
     ) -> None:
         self._role = role
-        # Extra arguments come from capabilities of the engine kind (a KV cache directory).
-        self._command = [*render_command(role_name, role, host, port), *extra_args]
+        # Rendered by the engine kind, with what its capabilities add (a KV cache directory).
+        self._command = list(command)
         self._health_url = f"http://{host}:{port}{role.health}"
         self._warmup_url = f"http://{host}:{port}/v1/chat/completions"
-        self._warmup_model = role_upstream_model(role_name, role)
+        self._warmup = warmup
+        self._warmup_model = upstream_model or role_name
         self._log_path = log_path
         self._session = session
         self._process: asyncio.subprocess.Process | None = None
@@ -143,7 +124,7 @@ class ProcessDriver:
                 raise EngineStartError(f"cannot run {self._command[0]!r}: {exc.strerror}") from None
         try:
             await self._wait_healthy()
-            if self._role.warmup if self._role.warmup is not None else self._role.engine == "mlx":
+            if self._warmup:
                 await self._warm_up()
         except BaseException:
             await self.stop()

@@ -2,10 +2,12 @@
 
 Callers never look at state and then act on it (that is how swap races happen). They put a
 message in the owner's inbox and await a future: ``acquire`` a role for one request,
-``switch`` to a role, ``unload``. The owner applies messages one at a time, then reconciles:
-it asks the pure functions in ``policy.py`` what should happen next (admit queued requests,
-evict, start, stop) and launches the slow parts (spawning, health polling, stopping) as
-operation tasks whose completion comes back through the same inbox.
+``switch`` to a role, ``unload`` (the messages are in ``inbox.py``). The owner applies
+messages one at a time, then reconciles: the pure scheduler (``scheduler.py``, over the policy
+in ``policy.py``) plans what should happen next (admit queued requests, evict, start, stop)
+without doing any of it; only then does the owner apply the plan, answering futures and
+launching the slow parts (spawning, health polling, stopping) as operation tasks whose
+completion comes back through the same inbox.
 
 Invariants the owner keeps:
 - a role with requests in flight is never stopped (swaps and idle unloads wait for them);
@@ -21,112 +23,34 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import Engines, Role
-from gateway.engines.policy import (
-    RoleView,
-    Topology,
-    backoff,
-    evictions,
-    fits,
-    may_evict_now,
-    next_to_load,
-    pick_fallback,
+from gateway.engines import scheduler
+from gateway.engines.inbox import (
+    Acquire,
+    Exited,
+    Lease,
+    Message,
+    OpDone,
+    Release,
+    Shutdown,
+    Switch,
+    Unload,
+    Waiter,
+    start_outcome,
+    stop_outcome,
 )
-from gateway.engines.process import EngineDriver, EngineStartError
+from gateway.engines.policy import Topology, backoff, pick_fallback
+from gateway.engines.process import EngineDriver
 from gateway.engines.resources import Resources
 from gateway.engines.states import EngineState, EngineStatus
-from gateway.errors import UpstreamError
+from gateway.errors import EngineUnavailable
 from gateway.metrics import Metrics
 
+__all__ = ["EngineUnavailable", "Lease", "Supervisor"]
+
 log = logging.getLogger("turnout.engines")
-
-
-class EngineUnavailable(UpstreamError):
-    """A role could not be made ready for a request; another target may still serve it."""
-
-    status = 503
-    type = "server_error"
-    code = "engine_unavailable"
-
-
-@dataclass(slots=True)
-class Lease:
-    """Permission to send one request to ``role``'s engine; release it when the answer is done."""
-
-    role: str
-    requested: str
-    note: str = ""
-    waited: float = 0.0
-
-
-@dataclass(slots=True, eq=False)
-class _Waiter:
-    role: str
-    requested: str
-    arrived: float
-    future: asyncio.Future[Lease]
-    note: str = ""
-
-
-@dataclass(slots=True)
-class _Acquire:
-    waiter: _Waiter
-
-
-@dataclass(slots=True)
-class _Release:
-    role: str
-
-
-@dataclass(slots=True)
-class _Switch:
-    role: str
-    future: asyncio.Future[dict[str, Any]]
-
-
-@dataclass(slots=True)
-class _Unload:
-    roles: tuple[str, ...]
-    future: asyncio.Future[None]
-
-
-@dataclass(slots=True)
-class _OpDone:
-    role: str
-    kind: str  # "start" | "stop"
-    pid: int | None = None
-    error: str = ""
-    exit_code: int | None = None
-    cancelled: bool = False
-    seconds: float = 0.0
-
-
-@dataclass(slots=True)
-class _Exited:
-    role: str
-    code: int
-    generation: int
-    detail: str = ""
-
-
-@dataclass(slots=True)
-class _Shutdown:
-    future: asyncio.Future[None]
-
-
-Message = _Acquire | _Release | _Switch | _Unload | _OpDone | _Exited | _Shutdown
-
-
-@dataclass
-class _Plan:
-    """What one reconcile pass decided (effects are applied after planning)."""
-
-    draining: set[str] = field(default_factory=set)
-    stops: list[str] = field(default_factory=list)
-    starts: list[str] = field(default_factory=list)
 
 
 class Supervisor:
@@ -137,16 +61,17 @@ class Supervisor:
         drivers: Mapping[str, EngineDriver],
         metrics: Metrics,
         resources: Callable[[], Resources],
+        unmanaged: frozenset[str] | None = None,
     ) -> None:
         self.roles = roles
         self._cfg = engines
         self._drivers = drivers
         self._metrics = metrics
         self._resources = resources
-        self.topology = Topology.build(roles, engines)
+        self.topology = Topology.build(roles, engines, unmanaged)
         self._status = {name: EngineStatus(name) for name in roles}
         self._generation = dict.fromkeys(roles, 0)
-        self._waiters: list[_Waiter] = []
+        self._waiters: list[Waiter] = []
         self._ops: dict[str, asyncio.Task[Any]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._switches: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
@@ -167,22 +92,22 @@ class Supervisor:
         self._owner = asyncio.get_running_loop().create_task(self._run(), name="engine-supervisor")
         for name in self._cfg.preload:
             # Preloading must not hold up the gateway's start: nobody awaits these.
-            self._inbox.put_nowait(_Switch(name, asyncio.get_running_loop().create_future()))
+            self._inbox.put_nowait(Switch(name, asyncio.get_running_loop().create_future()))
 
     async def stop(self) -> None:
         """Stop every engine (no orphans) and answer every waiter."""
         if self._owner is None or self._owner.done():
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(_Shutdown(done))
+        self._inbox.put_nowait(Shutdown(done))
         await done
         await self._owner
 
     async def acquire(self, role: str, requested: str | None = None, note: str = "") -> Lease:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Lease] = loop.create_future()
-        waiter = _Waiter(role, requested or role, time.monotonic(), future, note)
-        self._inbox.put_nowait(_Acquire(waiter))
+        waiter = Waiter(role, requested or role, time.monotonic(), future, note)
+        self._inbox.put_nowait(Acquire(waiter))
         try:
             async with asyncio.timeout(self._cfg.wait_timeout_seconds):
                 return await future
@@ -203,19 +128,19 @@ class Supervisor:
             self.release(future.result())
 
     def release(self, lease: Lease) -> None:
-        self._inbox.put_nowait(_Release(lease.role))
+        self._inbox.put_nowait(Release(lease.role))
 
     async def switch(self, role: str, wait: bool) -> dict[str, Any]:
         """Make ``role`` the loaded one (evicting its group peers once their requests finish)."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(_Switch(role, future))
+        self._inbox.put_nowait(Switch(role, future))
         if not wait:
             return {}
         return await asyncio.shield(future)
 
     async def unload(self, roles: tuple[str, ...]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(_Unload(roles or tuple(self.roles), future))
+        self._inbox.put_nowait(Unload(roles or tuple(self.roles), future))
         await asyncio.shield(future)
 
     def status(self, role: str) -> EngineStatus:
@@ -248,7 +173,7 @@ class Supervisor:
             while not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
             for item in batch:
-                if isinstance(item, _Shutdown):
+                if isinstance(item, Shutdown):
                     await self._shutdown()
                     item.future.set_result(None)
                     return
@@ -261,26 +186,26 @@ class Supervisor:
 
     def _apply(self, message: Message) -> None:
         now = time.monotonic()
-        if isinstance(message, _Acquire):
+        if isinstance(message, Acquire):
             self._waiters.append(message.waiter)
-        elif isinstance(message, _Release):
+        elif isinstance(message, Release):
             status = self._status[message.role]
             status.inflight -= 1
             status.last_used = now
-        elif isinstance(message, _Switch):
+        elif isinstance(message, Switch):
             self._apply_switch(message)
-        elif isinstance(message, _Unload):
+        elif isinstance(message, Unload):
             roles = {r for r in message.roles if r in self.roles}
             self._unloading |= roles
             if self._pinned in roles:
                 self._pinned = None
             self._unloads.append((roles, message.future))
-        elif isinstance(message, _OpDone):
+        elif isinstance(message, OpDone):
             self._apply_done(message)
-        elif isinstance(message, _Exited):
+        elif isinstance(message, Exited):
             self._apply_exit(message)
 
-    def _apply_switch(self, message: _Switch) -> None:
+    def _apply_switch(self, message: Switch) -> None:
         role = message.role
         # Last one wins: earlier switches still pending are answered as superseded, and a start
         # in progress for one of them is aborted.
@@ -297,7 +222,9 @@ class Supervisor:
             self._abort_start(previous)
         self._unloading.discard(role)
         status = self._status[role]
-        if status.state is EngineState.READY and not self._must_make_room(role):
+        if status.state is EngineState.READY and not scheduler.must_make_room(
+            self._snapshot(), role, time.monotonic()
+        ):
             message.future.set_result({"status": "ready", "role": role, "already": True})
             self._pinned = None
             return
@@ -305,13 +232,7 @@ class Supervisor:
         self._switch_started.setdefault(role, time.monotonic())
         self._switches.append((role, message.future))
 
-    def _must_make_room(self, role: str) -> bool:
-        """A ready role still has peers to evict when its group was over-full (e.g. after a config change)."""
-        views = self._views(time.monotonic())
-        victims = evictions(role, views, self.topology)
-        return bool(victims)
-
-    def _apply_done(self, done: _OpDone) -> None:
+    def _apply_done(self, done: OpDone) -> None:
         self._ops.pop(done.role, None)
         status = self._status[done.role]
         now = time.monotonic()
@@ -321,18 +242,8 @@ class Supervisor:
             status.ready_at = None
             log.info("role %s stopped", done.role)
         elif done.error:
-            status.enter(EngineState.FAILED)
-            status.pid = None
-            status.last_error = done.error
-            status.exit_code = done.exit_code
-            status.failures += 1
-            status.retry_at = now + backoff(
-                status.failures,
-                self._cfg.restart_backoff_seconds,
-                self._cfg.restart_backoff_max_seconds,
-            )
+            self._failed(status, done.error, done.exit_code, now)
             log.error("role %s failed to start: %s", done.role, done.error)
-            self._metrics.child(self._metrics.engine_failures, done.role).inc()
             self._after_start_failure(done.role)
         else:
             status.enter(EngineState.READY)
@@ -359,31 +270,36 @@ class Supervisor:
         self._publish(done.role)
         self._answer_unloads()
 
-    def _apply_exit(self, exited: _Exited) -> None:
+    def _apply_exit(self, exited: Exited) -> None:
         status = self._status[exited.role]
         if (
             exited.generation != self._generation[exited.role]
             or status.state is not EngineState.READY
         ):
             return
-        status.enter(EngineState.FAILED)
-        status.pid = None
-        status.exit_code = exited.code
-        status.last_error = f"engine exited unexpectedly with code {exited.code}" + (
+        error = f"engine exited unexpectedly with code {exited.code}" + (
             f"; log: {exited.detail}" if exited.detail else ""
         )
-        status.failures += 1
-        status.retry_at = time.monotonic() + backoff(
-            status.failures,
-            self._cfg.restart_backoff_seconds,
-            self._cfg.restart_backoff_max_seconds,
-        )
+        self._failed(status, error, exited.code, time.monotonic())
         self._watchers.pop(exited.role, None)
-        self._metrics.child(self._metrics.engine_failures, exited.role).inc()
         log.error(
             "role %s crashed (exit code %s); restart on the next request", exited.role, exited.code
         )
         self._publish(exited.role)
+
+    def _failed(self, status: EngineStatus, error: str, code: int | None, now: float) -> None:
+        """A start failed or a ready engine died: retried after a growing backoff."""
+        status.enter(EngineState.FAILED)
+        status.pid = None
+        status.last_error = error
+        status.exit_code = code
+        status.failures += 1
+        status.retry_at = now + backoff(
+            status.failures,
+            self._cfg.restart_backoff_seconds,
+            self._cfg.restart_backoff_max_seconds,
+        )
+        self._metrics.child(self._metrics.engine_failures, status.role).inc()
 
     def _after_start_failure(self, role: str) -> None:
         """Queued requests move to a fallback role if there is one; otherwise they get the error."""
@@ -422,206 +338,65 @@ class Supervisor:
                 remaining.append((roles, future))
         self._unloads = remaining
 
-    # --- planning -------------------------------------------------------------------------------
+    # --- planning (pure, in scheduler.py) and applying its plan --------------------------------
 
-    def _views(self, now: float) -> dict[str, RoleView]:
-        waiting: dict[str, int] = {}
-        oldest: dict[str, float] = {}
-        for w in self._waiters:
-            waiting[w.role] = waiting.get(w.role, 0) + 1
-            oldest[w.role] = max(oldest.get(w.role, 0.0), now - w.arrived)
-        return {
-            name: RoleView(
-                loaded=s.loaded,
-                ready=s.state is EngineState.READY,
-                busy=s.state in (EngineState.STARTING, EngineState.STOPPING),
-                inflight=s.inflight,
-                waiting=waiting.get(name, 0),
-                oldest_wait=oldest.get(name, 0.0),
-                last_used=s.last_used,
-                memory_mb=self.roles[name].memory_mb,
-            )
-            for name, s in self._status.items()
-        }
+    def _snapshot(self) -> scheduler.Snapshot:
+        return scheduler.Snapshot(
+            self.roles,
+            self.topology,
+            self._cfg,
+            self._status,
+            [scheduler.Waiting(w.role, w.arrived) for w in self._waiters],
+            frozenset(self._ops),
+            frozenset(self._draining),
+            frozenset(self._unloading),
+            self._pinned,
+            lambda: self._resources().free_mb,
+        )
 
     def _reconcile(self) -> None:
         now = time.monotonic()
         self._waiters = [w for w in self._waiters if not w.future.done()]
-        # Admit before planning: a role that just became ready serves the requests it was
-        # loaded for before any eviction is considered. Planning first would let a starving
-        # peer evict it at once, and two starving roles would then swap forever (livelock).
-        self._admit(self._draining | self._unloading, now)
-        views = self._views(now)
-        plan = _Plan(draining=set(self._unloading))
-        self._plan_loads(views, plan, now)
-        for role in sorted(self._unloading):
-            status = self._status[role]
-            if status.state is EngineState.STARTING:
-                self._abort_start(role)
-            elif status.loaded and status.inflight == 0 and role not in self._ops:
-                plan.stops.append(role)
-        self._plan_idle_unloads(views, plan, now)
-        # A decided swap keeps its victims draining across passes (see _plan_loads); roles no
-        # longer wanted out take requests again right away.
-        self._draining = plan.draining - self._unloading
-        self._admit(self._draining | self._unloading, now)
-        for role in dict.fromkeys(plan.stops):
+        plan = scheduler.plan(self._snapshot(), now)
+        self._grant(plan, now)
+        for reason, fallback in plan.fallbacks:
+            log.warning("%s: using fallback role %s", reason, fallback)
+        for role, result in plan.answers:
+            self._answer_switches(role, result)
+        self._pinned = plan.pinned
+        for role in plan.switch_started:
+            self._switch_started.setdefault(role, now)
+        self._draining = plan.draining
+        for role in plan.aborts:
+            self._abort_start(role)
+        for role, idle in plan.idle:
+            log.info("role %s idle for %.0f s: unloading", role, idle)
+        for role in plan.stops:
             self._launch_stop(role)
         for role in plan.starts:
             self._launch_start(role)
         for name in self.roles:
             self._metrics.child(self._metrics.queue_depth, name).set(self.queue_depth(name))
 
-    def _group_busy(self, role: str, overlap: bool = False) -> bool:
-        """A start or stop is running in the group. With ``overlap``, peers' stops don't count."""
-        if role in self._ops:
-            return True
-        return any(
-            p in self._ops and not (overlap and self._status[p].state is EngineState.STOPPING)
-            for p in self.topology.peers(role)
-        )
-
-    def _fits_alongside(self, target: str) -> bool:
-        """Can ``target`` start while its evicted peers are still exiting?
-
-        Only with a memory estimate that fits in what is free right now (the victims still
-        hold theirs): then the new engine loads during the old one's shutdown instead of after
-        it, which takes the old engine's stop time (tens of ms to seconds) off every swap.
-        """
-        need = self.roles[target].memory_mb
-        return need > 0 and fits(need, self._resources().free_mb, 0)
-
-    def _blocked(self, role: str, now: float) -> bool:
-        status = self._status[role]
-        return status.state is EngineState.FAILED and now < status.retry_at
-
-    def _plan_loads(self, views: dict[str, RoleView], plan: _Plan, now: float) -> None:
-        claimed: set[str] = set()
-        # An explicit switch skips the restart backoff: a person asked for it just now.
-        pinned = self._pinned
-        for target in next_to_load(views, pinned, lambda r: r != pinned and self._blocked(r, now)):
-            group = self.topology.group_of.get(target, target)
-            if group in claimed or self._status[target].state in (
-                EngineState.STARTING,
-                EngineState.STOPPING,
-            ):
-                continue
-            claimed.add(group)
-            victims = evictions(target, views, self.topology)
-            if victims is None:
-                self._fail_waiters(target, "its group is full of persistent roles")
-                continue
-            if not self._fits_or_redirect(target, victims):
-                continue
-            # Once decided, a swap stays decided: the victims keep draining even though their
-            # queue refills, or a steady stream for them would starve the target for ever.
-            decided = bool(victims) and all(v in self._draining for v in victims)
-            urgent = target == self._pinned
-            if not decided and not may_evict_now(
-                target, victims, views, self._cfg.max_wait_seconds, urgent
-            ):
-                continue
-            # From here the swap is decided: no new requests for the victims until it is done.
-            plan.draining.update(victims)
-            if any(views[v].inflight for v in victims):
-                continue
-            overlap = bool(victims) and self._fits_alongside(target)
-            if self._group_busy(target, overlap):
-                continue
-            plan.stops.extend(v for v in victims if self._status[v].state is EngineState.READY)
-            if not victims or overlap:
-                plan.starts.append(target)
-
-    def _fits_or_redirect(self, target: str, victims: list[str]) -> bool:
-        need = self.roles[target].memory_mb
-        if need <= 0:
-            return True
-        free = self._resources().free_mb
-        freed = sum(self.roles[v].memory_mb for v in victims)
-        if fits(need, free, freed):
-            return True
-
-        def fits_instead(other: str) -> bool:
-            return fits(
-                self.roles[other].memory_mb,
-                free,
-                freed + (need if self._status[target].loaded else 0),
-            )
-
-        fallback = pick_fallback(target, self.roles, fits_instead)
-        reason = f"role {target} needs {need} MB, {free + freed} MB available"
-        if fallback is None:
-            self._fail_waiters(target, reason)
-            if self._pinned == target:
-                self._pinned = None
-            self._answer_switches(target, {"status": "failed", "role": target, "error": reason})
-            return False
-        log.warning("%s: using fallback role %s", reason, fallback)
-        for waiter in self._waiters:
-            if waiter.role == target:
-                waiter.role = fallback
-                waiter.note = f"{reason}; served by {fallback}"
-        if self._pinned == target:
-            self._answer_switches(
-                target,
-                {"status": "fallback", "role": fallback, "requested": target, "reason": reason},
-            )
-            self._pinned = fallback
-            self._switch_started.setdefault(fallback, time.monotonic())
-        return False
-
-    def _fail_waiters(self, role: str, reason: str) -> None:
-        for waiter in self._waiters:
-            if waiter.role == role and not waiter.future.done():
-                waiter.future.set_exception(
-                    EngineUnavailable(f"role {role!r} cannot be loaded: {reason}")
-                )
-
-    def _plan_idle_unloads(self, views: dict[str, RoleView], plan: _Plan, now: float) -> None:
-        for name, role in self.roles.items():
-            view = views[name]
-            if (
-                role.ttl_seconds > 0
-                and view.ready
-                and view.inflight == 0
-                and view.waiting == 0
-                and name not in self.topology.persistent
-                and name not in self._ops
-                and now - view.last_used >= role.ttl_seconds
-            ):
-                log.info("role %s idle for %.0f s: unloading", name, now - view.last_used)
-                plan.stops.append(name)
-
-    def _admit(self, draining: set[str], now: float) -> None:
-        for waiter in self._waiters:
+    def _grant(self, plan: scheduler.Plan, now: float) -> None:
+        """Answer the waiters the plan decided on: moved, refused, or given a lease."""
+        waiters = self._waiters
+        for index, (role, note) in plan.redirects.items():
+            waiters[index].role, waiters[index].note = role, note
+        for index, reason in plan.refusals.items():
+            waiters[index].future.set_exception(EngineUnavailable(reason))
+        for index in plan.grants:
+            waiter = waiters[index]
             status = self._status[waiter.role]
-            if (
-                status.state is not EngineState.READY
-                or waiter.role in draining
-                or waiter.future.done()
-            ):
-                continue
             status.inflight += 1
             status.last_used = now
             waited = now - waiter.arrived
             self._metrics.child(self._metrics.engine_wait, waiter.role).observe(waited)
             waiter.future.set_result(Lease(waiter.role, waiter.requested, waiter.note, waited))
-        self._waiters = [w for w in self._waiters if not w.future.done()]
+        self._waiters = [w for w in waiters if not w.future.done()]
 
     def _next_wake(self) -> float | None:
-        """When the owner must look again even if no message arrives."""
-        now = time.monotonic()
-        times: list[float] = []
-        for name, role in self.roles.items():
-            status = self._status[name]
-            if role.ttl_seconds > 0 and status.state is EngineState.READY and status.inflight == 0:
-                times.append(status.last_used + role.ttl_seconds)
-            if status.state is EngineState.FAILED and any(w.role == name for w in self._waiters):
-                times.append(status.retry_at)
-        for waiter in self._waiters:
-            times.append(waiter.arrived + self._cfg.max_wait_seconds)
-        future = [t for t in times if t > now - 1.0]
-        return min(future) if future else None
+        return scheduler.next_wake(self._snapshot(), time.monotonic())
 
     # --- effects --------------------------------------------------------------------------------
 
@@ -638,7 +413,7 @@ class Supervisor:
         # A done-callback, not code after the await: it also fires for a task cancelled before
         # it ever ran, so every start is answered exactly once.
         task.add_done_callback(
-            lambda t: self._inbox.put_nowait(_start_outcome(role, t, time.monotonic() - started))
+            lambda t: self._inbox.put_nowait(start_outcome(role, t, time.monotonic() - started))
         )
         self._ops[role] = task
 
@@ -653,7 +428,7 @@ class Supervisor:
         task = asyncio.get_running_loop().create_task(
             self._drivers[role].stop(), name=f"stop-{role}"
         )
-        task.add_done_callback(lambda t: self._inbox.put_nowait(_stop_outcome(role, t)))
+        task.add_done_callback(lambda t: self._inbox.put_nowait(stop_outcome(role, t)))
         self._ops[role] = task
 
     def _abort_start(self, role: str) -> None:
@@ -672,7 +447,7 @@ class Supervisor:
 
         async def watch() -> None:
             code = await driver.wait_exit()
-            self._inbox.put_nowait(_Exited(role, code, generation, driver.exit_detail()))
+            self._inbox.put_nowait(Exited(role, code, generation, driver.exit_detail()))
 
         self._watchers[role] = asyncio.get_running_loop().create_task(watch(), name=f"watch-{role}")
 
@@ -689,11 +464,14 @@ class Supervisor:
         for op in list(self._ops.values()):
             op.cancel()
         await asyncio.gather(*self._ops.values(), return_exceptions=True)
-        for role in self.roles:
+        for role, status in self._status.items():
             self._unwatch(role)
+            if status.state in (EngineState.STARTING, EngineState.READY):
+                status.enter(EngineState.STOPPING)
         await asyncio.gather(*(self._stop_quietly(r) for r in self.roles))
         for role, status in self._status.items():
-            status.enter(EngineState.STOPPED)
+            if status.state is not EngineState.STOPPED:
+                status.enter(EngineState.STOPPED)
             status.pid = None
             self._publish(role)
         for _, future in self._switches:
@@ -714,24 +492,3 @@ class Supervisor:
             self._metrics.child(self._metrics.engine_state, role, candidate.value).set(
                 1 if candidate is state else 0
             )
-
-
-def _start_outcome(role: str, task: asyncio.Task[int | None], seconds: float) -> _OpDone:
-    done = _OpDone(role, "start", seconds=seconds)
-    if task.cancelled():
-        done.cancelled = True
-        return done
-    error = task.exception()
-    if isinstance(error, EngineStartError):
-        done.error, done.exit_code = str(error), error.exit_code
-    elif error is not None:
-        done.error = f"{error.__class__.__name__}: {error}"
-    else:
-        done.pid = task.result()
-    return done
-
-
-def _stop_outcome(role: str, task: asyncio.Task[None]) -> _OpDone:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("stopping role %s failed: %r", role, task.exception())
-    return _OpDone(role, "stop")

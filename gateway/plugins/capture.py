@@ -13,8 +13,9 @@ from gateway.errors import UpstreamProtocolError
 from gateway.translate import Choice, chunk_data, decode_chat
 
 if TYPE_CHECKING:
-    from gateway.api.ingress import StreamTranslator
+    from gateway.contract import WireProtocol
     from gateway.errors import GatewayError
+    from gateway.streaming import StreamTranslator
     from gateway.wire import Usage
 
 
@@ -50,6 +51,9 @@ class CapturingStream:
     def usage(self, value: Usage | None) -> None:
         self._inner.usage = value
 
+    def begin(self, protocol: WireProtocol) -> None:
+        self._inner.begin(protocol)
+
     def feed(self, event: bytes) -> bytes:
         # Byte test first: usage-only chunks, keep-alives and [DONE] carry no content.
         if b'"content"' in event:
@@ -60,7 +64,7 @@ class CapturingStream:
                 self._parts.append(delta.content)
         return self._inner.feed(event)
 
-    def finish(self) -> bytes:
+    def finish(self) -> list[bytes]:
         return self._inner.finish()
 
     def fail(self, error: GatewayError) -> bytes:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -11,19 +12,61 @@ from gateway.identity import Identity
 from gateway.wire import Usage
 
 if TYPE_CHECKING:
-    from gateway.state import GatewayState
+    from adapters.base import UpstreamReply
+    from gateway.config import Config, Model
+    from gateway.forwarder import OpenStream, Trace
+    from gateway.metrics import Metrics
+    from gateway.router import ModelTable
+    from gateway.wire import ClientRequest
 
 _decode_messages = msgspec.json.Decoder(list[dict[str, Any]])
 _encode = msgspec.json.Encoder().encode
 
 
+class Forwarding(Protocol):
+    """What answers a request: the gateway's Forwarder, or a plugin's stand-in for it."""
+
+    async def send(
+        self, model: Model, request: ClientRequest, request_id: str, trace: Trace
+    ) -> UpstreamReply: ...
+
+    async def open_stream(
+        self, model: Model, request: ClientRequest, request_id: str, trace: Trace
+    ) -> OpenStream: ...
+
+    def release(self, trace: Trace) -> None: ...
+
+
+class Gateway(Protocol):
+    """What plugins may use of the gateway (its state, seen from this side of the hooks).
+
+    A protocol, not the state class: plugins depend on these few parts only, and the core,
+    which loads plugins, is never imported back by them.
+    """
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def models(self) -> ModelTable: ...
+
+    @property
+    def forwarder(self) -> Forwarding: ...
+
+
 @dataclass
 class PluginContext:
-    """Handed to ``register_tools``, ``register_memory_backends``, ``startup`` and ``shutdown``."""
+    """Handed to the start-up hooks (``register_*``, ``startup``) and ``shutdown``."""
 
-    state: GatewayState
+    state: Gateway
     # The plugin's own section of routing.yaml (``plugins.settings.<name>``).
     settings: dict[str, Any] = field(default_factory=dict)
+    # Runs one registration hook over every plugin (``collect("register_tools", tools=t)``):
+    # how a plugin that owns a registry lets the others fill it.
+    collect: Callable[..., None] = field(default=lambda hook, **kwargs: None)
 
 
 @dataclass(slots=True)
@@ -42,7 +85,7 @@ class RequestContext:
     route: str
     fields: dict[str, msgspec.Raw]
     stream: bool
-    state: GatewayState
+    state: Gateway
     # Set by a plugin in before_upstream when it needs the answer's text in after_response
     # (costs a decode per streamed chunk, so only then).
     capture_reply: bool = False

@@ -5,10 +5,11 @@ found through the ``turnout`` entry-point group and enabled by name in routing.y
 (``plugins.enabled``). See ``gateway/plugins/manager.py`` for how they are loaded and called.
 
 Two kinds of hooks:
-- start-up: ``register_*`` add things to a registry, ``startup`` opens what the plugin
-  needs; a plugin that raises here stops the gateway with a message naming it;
+- start-up: ``register_*`` add things to a registry (``register_routes`` its HTTP API),
+  ``startup`` opens what the plugin needs; a plugin that raises here stops the gateway with a
+  message naming it;
 - per request: ``before_upstream`` may change the chat request (add context to the system
-  prompt, say); ``after_response`` runs off the request path with what was answered. A
+  prompt, say); ``forwarder_for`` may answer it another way; ``after_response`` runs off the request path with what was answered. A
   plugin that raises or times out here never breaks a request: the error is logged and
   counted, and the request goes on without it.
 
@@ -25,10 +26,16 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from litestar.types import ControllerRouterHandler
+
     from adapters.base import AdapterRegistry
-    from gateway.plugins.context import Exchanged, PluginContext, RequestContext
-    from gateway.plugins.memory.backends import MemoryBackends
-    from gateway.plugins.tools.registry import ToolRegistry
+    from gateway.config import Config, Model
+    from gateway.engines.kinds import EngineKinds
+    from gateway.identity import Identity
+    from gateway.plugins.context import Exchanged, Forwarding, PluginContext, RequestContext
+    from gateway.wire import ClientRequest
 
 hookspec = pluggy.HookspecMarker("turnout")
 hookimpl = pluggy.HookimplMarker("turnout")
@@ -44,13 +51,34 @@ def register_adapters(registry: AdapterRegistry) -> None:
 
 
 @hookspec
-def register_tools(tools: ToolRegistry, context: PluginContext) -> None:
-    """Add tools (``tools.add(tool)``)."""
+def check_config(config: Config) -> Sequence[str]:
+    """Problems in the plugin's own top-level section of routing.yaml, each naming its key path.
+
+    The section named like the plugin (``tools:`` for ``tools``) is kept raw by the config
+    loader (``config.sections``) and decoded by the plugin (``gateway.config.section``); a
+    section that does not decode raises ConfigError. Called while routing.yaml loads (and by
+    ``turnout check``), on the installed plugin, enabled or not.
+    """
+    return ()
 
 
 @hookspec
-def register_memory_backends(backends: MemoryBackends, context: PluginContext) -> None:
-    """Add memory backends (``backends.add(name, factory)``)."""
+def register_routes(context: PluginContext) -> Sequence[ControllerRouterHandler]:
+    """The plugin's HTTP API: controllers or routers, mounted when the app is built.
+
+    Called before the gateway starts, so a handler must reach what ``startup`` opens through
+    the plugin (a Litestar dependency it provides, say), not at registration time.
+    """
+    return ()
+
+
+@hookspec
+def register_engine_kinds(kinds: EngineKinds) -> None:
+    """Add local engine kinds (``kinds.register(EngineKind(...))``, see gateway/engines/kinds.py).
+
+    Called when the config is loaded (only if a role names a kind no built-in provides) and
+    when the gateway is built; roles in routing.yaml may then name the kind in ``engine``.
+    """
 
 
 @hookspec
@@ -69,6 +97,23 @@ async def before_upstream(request: RequestContext) -> None:
 
     May edit ``request.fields`` (``request.set_messages(...)``), and set
     ``request.capture_reply`` to get the answer's text in after_response.
+    """
+
+
+@hookspec
+def forwarder_for(
+    forwarder: Forwarding,
+    identity: Identity,
+    request_id: str,
+    model: Model,
+    request: ClientRequest,
+) -> Forwarding | None:
+    """Who answers one request: ``None`` leaves it to ``forwarder`` (the gateway's own).
+
+    Called per request after ``before_upstream``, only when some plugin implements it. A
+    plugin that answers differently (the tools plugin's server-side agent loop) returns a
+    stand-in shaped like the forwarder, usually wrapping it. The first plugin that returns
+    one answers; a refusal it raises (a ``GatewayError``) goes to the client as is.
     """
 
 

@@ -24,26 +24,27 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 from prometheus_client import Counter
 
-from gateway.config import Config, ConfigError
+from gateway.config import Config
 from gateway.config import Plugins as PluginsConfig
+from gateway.engines import builtin as builtin_engines
+from gateway.errors import PluginError
 from gateway.metrics import Metrics
 from gateway.plugins import hookspecs
-from gateway.plugins.context import Exchanged, PluginContext, RequestContext
+from gateway.plugins.context import Exchanged, Forwarding, Gateway, PluginContext, RequestContext
 from gateway.prompts import PromptLayers
 
 if TYPE_CHECKING:
+    from litestar.types import ControllerRouterHandler
+
     from adapters.base import AdapterRegistry
-    from gateway.plugins.memory.backends import MemoryBackends
-    from gateway.plugins.tools.registry import ToolRegistry
-    from gateway.state import GatewayState
+    from gateway.config import Model
+    from gateway.engines.kinds import EngineKinds
+    from gateway.identity import Identity
+    from gateway.wire import ClientRequest
 
 log = logging.getLogger("turnout.plugins")
 
 GROUP = "turnout"
-
-
-class PluginError(ConfigError):
-    """A plugin cannot be loaded, or failed while the gateway started."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,12 @@ class PluginManager:
         )
         self._pm = pluggy.PluginManager(GROUP)
         self._pm.add_hookspecs(hookspecs)
+        # A plugin may bring hooks of its own for others to implement (the tools plugin's
+        # register_tools): added before any plugin registers, so their implementations check.
+        for _, plugin in plugins:
+            specs = getattr(plugin, "turnout_hookspecs", None)
+            if specs is not None:
+                self._pm.add_hookspecs(specs)
         # pluggy calls the last registered plugin first: registering in reverse makes hooks
         # run in the order plugins are listed (the prompt layers, tryfirst, go before all).
         for name, plugin in reversed(plugins):
@@ -114,14 +121,18 @@ class PluginManager:
             raise PluginError(f"plugin {self._pm.get_name(exc.plugin)!r}: {exc}") from None
         self._before = self._impls("before_upstream")
         self._after = self._impls("after_response")
-        # The request path checks only this: with no request hooks it costs one attribute read.
+        self._forwarders = self._impls("forwarder_for")
+        # The request path checks only these: with no request hooks each costs one attribute read.
         self.active = bool(self._before or self._after)
+        self.wraps_forwarder = bool(self._forwarders)
         self._pending: set[asyncio.Task[None]] = set()
+        self._installed_names: frozenset[str] | None = None
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics) -> PluginManager:
         """Entry-point plugins from ``plugins.enabled``, plus the prompt layers if configured."""
-        plugins = load_enabled(config.plugins.enabled)
+        # The built-in engine kinds register through the same hook as a plugin's.
+        plugins = [("engine-kinds", builtin_engines), *load_enabled(config.plugins.enabled)]
         prompts = PromptLayers.from_config(config.prompts)
         if prompts is not None:
             plugins.append(("prompts", prompts))
@@ -152,23 +163,52 @@ class PluginManager:
         """Before any provider's adapter is created, so plugin kinds are usable in providers."""
         self._call_all("register_adapters", {"registry": registry})
 
-    def register_tools(self, tools: ToolRegistry, state: GatewayState) -> None:
-        self._call_all("register_tools", {"tools": tools}, state)
+    def register_engine_kinds(self, kinds: EngineKinds) -> None:
+        """Before roles' providers and drivers are built, so plugin kinds are usable in roles."""
+        self._call_all("register_engine_kinds", {"kinds": kinds})
 
-    def memory_backends(self, state: GatewayState) -> MemoryBackends | None:
-        """The memory backends plugins register; None when no plugin registers any.
+    def routes(self, state: Gateway) -> list[ControllerRouterHandler]:
+        """Every plugin's HTTP API (``register_routes``), for the app to mount."""
+        routes: list[ControllerRouterHandler] = []
+        for impl in self._impls("register_routes"):
+            kwargs = {"context": self._context(impl.plugin, state)}
+            try:
+                routes.extend(impl.function(*[kwargs[a] for a in impl.argnames]) or ())
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin!r} failed in register_routes: {exc!r}"
+                ) from exc
+        return routes
 
-        Imported only then: the registry needs numpy, which a gateway without memory does not.
+    def disabled_route_owner(self, path: str) -> str | None:
+        """The installed, not enabled plugin whose API ``path`` is under, if any.
+
+        Plugins mount their API under ``/v1/<name>`` or ``/internal/<name>``; only their names
+        are read (nothing is imported), so this costs nothing to plugins never enabled.
         """
-        if not self._impls("register_memory_backends"):
+        parts = path.split("/", 3)
+        if len(parts) < 3 or parts[1] not in ("v1", "internal"):
             return None
-        from gateway.plugins.memory.backends import MemoryBackends
+        name = parts[2]
+        if self._pm.has_plugin(name) or name not in self._installed():
+            return None
+        return name
 
-        backends = MemoryBackends()
-        self._call_all("register_memory_backends", {"backends": backends}, state)
-        return backends
+    def _installed(self) -> frozenset[str]:
+        # Read once: scanning the entry points costs milliseconds, and 404s come in floods.
+        if self._installed_names is None:
+            try:
+                self._installed_names = frozenset(available())
+            except PluginError:
+                self._installed_names = frozenset()
+        return self._installed_names
 
-    async def start(self, state: GatewayState) -> None:
+    def collect(self, hook: str, state: Gateway, **kwargs: Any) -> None:
+        """Runs a ``register_*`` hook over every plugin: the plugin that owns the registry
+        calls this (through its context's ``collect``) with the registry to fill."""
+        self._call_all(hook, kwargs, state)
+
+    async def start(self, state: Gateway) -> None:
         names = [name for name, _ in self._pm.list_name_plugin()]
         if names:
             log.info("plugins: %s", ", ".join(sorted(names)))
@@ -178,9 +218,7 @@ class PluginManager:
             except Exception as exc:
                 raise PluginError(f"plugin {impl.plugin!r} failed to start: {exc!r}") from exc
 
-    def _call_all(
-        self, hook: str, kwargs: dict[str, Any], state: GatewayState | None = None
-    ) -> None:
+    def _call_all(self, hook: str, kwargs: dict[str, Any], state: Gateway | None = None) -> None:
         for impl in self._impls(hook):
             if state is not None:
                 kwargs["context"] = self._context(impl.plugin, state)
@@ -189,8 +227,11 @@ class PluginManager:
             except Exception as exc:
                 raise PluginError(f"plugin {impl.plugin!r} failed in {hook}: {exc!r}") from exc
 
-    def _context(self, name: str, state: GatewayState) -> PluginContext:
-        return PluginContext(state, dict(self._config.settings.get(name, {})))
+    def _context(self, name: str, state: Gateway) -> PluginContext:
+        def collect(hook: str, **kwargs: Any) -> None:
+            self.collect(hook, state, **kwargs)
+
+        return PluginContext(state, dict(self._config.settings.get(name, {})), collect)
 
     # --- per request: isolated -------------------------------------------------------------
 
@@ -200,6 +241,32 @@ class PluginManager:
         timeout = self._config.before_upstream_timeout_seconds
         for impl in self._before:
             await self._isolated(impl, "before_upstream", kwargs, timeout)
+
+    def forwarder_for(
+        self,
+        forwarder: Forwarding,
+        identity: Identity,
+        request_id: str,
+        model: Model,
+        request: ClientRequest,
+    ) -> Forwarding | None:
+        """The first plugin's stand-in for ``forwarder`` on this request, or None.
+
+        Not isolated like the other request hooks: a refusal a plugin raises here (a tool
+        the caller may not use) is the client's answer.
+        """
+        kwargs = {
+            "forwarder": forwarder,
+            "identity": identity,
+            "request_id": request_id,
+            "model": model,
+            "request": request,
+        }
+        for impl in self._forwarders:
+            stand_in: Forwarding | None = impl.function(*[kwargs[a] for a in impl.argnames])
+            if stand_in is not None:
+                return stand_in
+        return None
 
     def after_response(self, request: RequestContext, exchanged: Exchanged) -> None:
         """Schedules after_response off the request path; the task is awaited at shutdown."""
@@ -247,7 +314,7 @@ class PluginManager:
 
     # --- shutdown --------------------------------------------------------------------------
 
-    async def stop(self, state: GatewayState) -> None:
+    async def stop(self, state: Gateway) -> None:
         """Lets after_response work finish (within the grace period), then shuts plugins down."""
         if self._pending:
             grace = self._config.shutdown_grace_seconds

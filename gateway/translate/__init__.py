@@ -9,23 +9,23 @@ clock (ids come from an injectable factory). Two rules keep errors in their lane
   upstream error), which the ingress turns into the protocol's mid-stream error event.
 
 This module holds what every translator shares: the OpenAI chat shapes they read, SSE
-framing, and ``Translated``, the request body that remembers where it came from.
+framing, and ``Translated``, the request body that says it was translated.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
+from gateway.contract import Fields as Fields  # re-exported: every translator names it
 from gateway.errors import BadRequest, UpstreamProtocolError
 from gateway.wire import PromptDetails as WirePromptDetails
 from gateway.wire import Usage
 
-Fields = dict[str, msgspec.Raw]
 # Makes a fresh id with the given prefix ("msg_", "toolu_", "resp_"...); tests inject a counter.
 IdFactory = Callable[[str], str]
 
@@ -45,61 +45,21 @@ def raw(value: Any) -> msgspec.Raw:
     return msgspec.Raw(encode(value))
 
 
-class Native:
-    """A client's request in its own protocol, for an upstream that speaks that protocol.
-
-    ``fields`` (the body one level deep, as the upstream should get it) is decoded on first
-    use: most requests go to an OpenAI upstream and never need it.
-    """
-
-    __slots__ = ("_body", "_fields", "_rewrite", "headers", "protocol")
-
-    def __init__(
-        self,
-        protocol: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        rewrite: Callable[[Fields], Fields] | None = None,
-    ) -> None:
-        self.protocol = protocol
-        # Protocol headers worth forwarding (``anthropic-beta``, ``anthropic-version``).
-        self.headers = headers
-        self._body = body
-        self._rewrite = rewrite
-        self._fields: Fields | None = None
-
-    @property
-    def fields(self) -> Fields:
-        if self._fields is None:
-            fields = FIELDS.decode(self._body)
-            self._fields = self._rewrite(fields) if self._rewrite else fields
-        return self._fields
-
-
 class Translated(dict[str, msgspec.Raw]):
-    """An OpenAI chat body translated from another protocol, remembering the original.
+    """An OpenAI chat body translated from another protocol (Anthropic Messages, Responses).
 
-    Adapters receive it as the plain ``fields`` mapping (the forwarder hands it over as is),
-    so every OpenAI upstream gets the translation. An adapter whose upstream speaks
-    ``native.protocol`` sends the original instead and nothing is lost in a round trip
-    through OpenAI's shape (thinking signatures, cache breakpoints, beta features).
+    Adapters receive it as the plain ``fields`` mapping (the forwarder hands it over as is).
+    What adapters need to know travels explicitly on the request instead: the client's original
+    body (``native``) and that the answer is translated (``translated``).
     """
 
-    __slots__ = ("native", "volatile_prefix")
+    __slots__ = ("volatile_prefix",)
 
-    def __init__(
-        self, fields: Fields, native: Native | None = None, volatile_prefix: bool = False
-    ) -> None:
+    def __init__(self, fields: Fields, volatile_prefix: bool = False) -> None:
         super().__init__(fields)
-        self.native = native
         # The client opened its system prompt with per-request text (Claude Code's billing
         # line): gateway.translate.prefix looks for it past the first bytes too.
         self.volatile_prefix = volatile_prefix
-
-
-def native_of(fields: Mapping[str, msgspec.Raw], protocol: str) -> Native | None:
-    native = fields.native if isinstance(fields, Translated) else None
-    return native if native is not None and native.protocol == protocol else None
 
 
 # --- OpenAI chat as the translators read it ----------------------------------------------------

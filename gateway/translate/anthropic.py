@@ -1,8 +1,8 @@
 """Anthropic's Messages API in front of OpenAI chat: what Claude Code sends, and how it is forwarded.
 
-A Messages request becomes an OpenAI chat body: a ``Translated`` that keeps the original, so an
-Anthropic upstream receives the request untouched. What has a meaning in OpenAI chat is
-translated; the rest (thinking settings and blocks, cache_control, betas, server tools,
+A Messages request becomes an OpenAI chat body (a ``Translated``) and keeps the original as the
+request's ``native`` body, so an Anthropic upstream receives the request untouched. What has a
+meaning in OpenAI chat is translated; the rest (thinking settings and blocks, cache_control, betas, server tools,
 context_management) is dropped without error, because a local engine must not see what it
 cannot handle. The answers go back through ``gateway.translate.anthropic_replies``.
 """
@@ -15,12 +15,11 @@ from typing import Any
 
 import msgspec
 
-from adapters.base import Operation
+from gateway.contract import Native, Operation, WireProtocol
 from gateway.errors import BadRequest
 from gateway.translate import (
     Fields,
     IdFactory,
-    Native,
     Translated,
     decode_client,
     encode,
@@ -33,7 +32,7 @@ from gateway.translate.anthropic_replies import MessageStream, render_message
 from gateway.translate.prefix import BILLING_LINE_START
 from gateway.wire import ClientRequest, Usage
 
-PROTOCOL = "anthropic"
+PROTOCOL = WireProtocol.ANTHROPIC
 # Client headers an Anthropic upstream needs to understand the original request.
 FORWARDED_HEADERS = ("anthropic-beta", "anthropic-version")
 
@@ -133,8 +132,10 @@ class MessagesExchange:
     thinking: bool
     ids: IdFactory = new_id
 
-    def reply(self, body: bytes) -> tuple[bytes, Usage | None]:
-        return render_message(body, self.model, self.thinking, self.ids)
+    def reply(
+        self, body: bytes, protocol: WireProtocol = WireProtocol.OPENAI
+    ) -> tuple[bytes, Usage | None]:
+        return render_message(body, self.model, self.thinking, self.ids, protocol)
 
     def stream(self) -> MessageStream:
         return MessageStream(self.model, self.thinking, self.ids)
@@ -145,8 +146,10 @@ def prepare(body: bytes, headers: Mapping[str, str], ids: IdFactory = new_id) ->
     request = decode_client(_REQUEST, body)
     thinking = request.thinking is not None and request.thinking.type != "disabled"
     native = Native(PROTOCOL, body, headers, _native_rewrite(request))
-    chat = Translated(chat_fields(request), native, opens_with_billing_line(request.system))
-    client = ClientRequest(Operation.CHAT, request.model, bool(request.stream), True, chat)
+    chat = Translated(chat_fields(request), opens_with_billing_line(request.system))
+    client = ClientRequest(
+        Operation.CHAT, request.model, bool(request.stream), True, chat, native, translated=True
+    )
     return MessagesExchange(client, request.model, thinking, ids)
 
 

@@ -1,8 +1,8 @@
 """OpenAI chat answers in Anthropic's shape: a Message, the Messages event stream, errors.
 
-An Anthropic upstream that was sent the client's original request answers in its own format;
-that answer is relayed unchanged (``MessageStream`` recognises native events by their
-``event:`` line, ``render_message`` a native Message by its ``type``).
+An Anthropic upstream that was sent the client's original request answers in its own format,
+and says so (``UpstreamReply.protocol``, ``OpenStream.protocol``): that answer is relayed
+unchanged, its usage read on the way.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.contract import WireProtocol
 from gateway.errors import GatewayError, UpstreamError, UpstreamProtocolError
 from gateway.translate import (
     ChatMessage,
@@ -31,10 +32,6 @@ from gateway.translate import (
 from gateway.wire import PromptDetails, Usage
 
 # --- replies -----------------------------------------------------------------------------------
-
-
-class _Kind(msgspec.Struct):
-    type: Any = None
 
 
 class _NativeUsage(msgspec.Struct):
@@ -63,7 +60,6 @@ class _NativeEvent(msgspec.Struct):
     usage: _NativeUsage | None = None
 
 
-_KIND = msgspec.json.Decoder(_Kind)
 _NATIVE = msgspec.json.Decoder(_NativeEvent)
 
 
@@ -91,12 +87,15 @@ def anthropic_usage(usage: ChatUsage | None) -> dict[str, int]:
 
 
 def render_message(
-    body: bytes, model: str, thinking: bool, ids: IdFactory = new_id
+    body: bytes,
+    model: str,
+    thinking: bool,
+    ids: IdFactory = new_id,
+    protocol: WireProtocol = WireProtocol.OPENAI,
 ) -> tuple[bytes, Usage | None]:
     """An OpenAI chat completion as an Anthropic Message (a native Message passes unchanged)."""
-    if _is_native(body):
-        usage = _NATIVE.decode(body).usage
-        return body, _native_usage(usage, usage)
+    if protocol is WireProtocol.ANTHROPIC:
+        return body, _native_reply_usage(body)
     chat = decode_chat(body)
     choice = chat.first()
     message = (choice.message if choice else None) or ChatMessage()
@@ -130,11 +129,12 @@ def render_message(
     return encode(reply), chat.usage.wire() if chat.usage else None
 
 
-def _is_native(body: bytes) -> bool:
+def _native_reply_usage(body: bytes) -> Usage | None:
     try:
-        return bool(_KIND.decode(body).type == "message")
+        usage = _NATIVE.decode(body).usage
     except (msgspec.ValidationError, msgspec.DecodeError):
-        return False
+        return None
+    return _native_usage(usage, usage)
 
 
 def _native_usage(start: _NativeUsage | None, end: _NativeUsage | None) -> Usage | None:
@@ -216,7 +216,8 @@ class MessageStream:
         self._model = model
         self._thinking = thinking
         self._ids = ids
-        self._native: bool | None = None
+        # The upstream answers in Anthropic's own events (``begin``): relayed, not translated.
+        self._native = False
         self._started = False
         # The bytes before a text delta's JSON string, for the open block.
         self._text_head = b""
@@ -233,10 +234,12 @@ class MessageStream:
         self.done = False
         self.failed = False
 
+    def begin(self, protocol: WireProtocol) -> None:
+        """Told once, before the first event, which protocol the upstream answers in."""
+        self._native = protocol is WireProtocol.ANTHROPIC
+
     def feed(self, event: bytes) -> bytes:
         """Anthropic events for one upstream event; raises ``UpstreamError`` on in-band errors."""
-        if self._native is None:
-            self._native = event.startswith(b"event:")
         if self._native:
             return self._relay(event)
         if self.done:
@@ -271,16 +274,16 @@ class MessageStream:
                 self._finish = choice.finish_reason
         return b"".join(out)
 
-    def finish(self) -> bytes:
+    def finish(self) -> list[bytes]:
         """The closing events once the upstream stream ended; raises if it ended too early."""
         if self.done or self.failed:
-            return b""
+            return []
         if self._native:
             raise UpstreamProtocolError("upstream stream ended before message_stop")
         if self._finish is None:
             raise UpstreamProtocolError("upstream stream ended before the answer was complete")
         # Some servers end after the finish chunk without [DONE]; the answer is whole.
-        return self._close()
+        return [self._close()]
 
     def fail(self, error: GatewayError) -> bytes:
         self.failed = True

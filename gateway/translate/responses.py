@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from adapters.base import Operation
+from gateway.contract import Operation, WireProtocol
 from gateway.errors import BadRequest
 from gateway.translate import (
     FIELDS,
@@ -130,7 +130,10 @@ class ResponsesExchange:
     request: ClientRequest
     template: ResponseTemplate
 
-    def reply(self, body: bytes) -> tuple[bytes, Usage | None]:
+    def reply(
+        self, body: bytes, protocol: WireProtocol = WireProtocol.OPENAI
+    ) -> tuple[bytes, Usage | None]:
+        # Responses requests carry no native body: the answer is always OpenAI chat.
         return render_response(body, self.template)
 
     def stream(self) -> ResponseStream:
@@ -172,7 +175,7 @@ def prepare(body: bytes, created_at: int, ids: IdFactory = new_id) -> ResponsesE
     if response_format is not None:
         chat["response_format"] = raw(response_format)
     client = ClientRequest(
-        Operation.CHAT, request.model, bool(request.stream), True, Translated(chat)
+        Operation.CHAT, request.model, bool(request.stream), True, Translated(chat), translated=True
     )
     echo = {k: fields[k] for k in _ECHOED if k in fields}
     return ResponsesExchange(client, ResponseTemplate(request.model, created_at, echo, names, ids))

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.contract import WireProtocol
 from gateway.errors import GatewayError, UpstreamError, UpstreamProtocolError
 from gateway.translate import (
     ChatMessage,
@@ -202,6 +203,27 @@ _TEXT_HEAD = (
 )
 
 
+# A piece this large is a closed item's text, shared by several events: written on its own.
+_SHARED = 64 * 1024
+
+
+def _pieces(out: list[bytes]) -> list[bytes]:
+    """Runs of small pieces joined (one write for an ordinary reply), large ones kept apart."""
+    pieces: list[bytes] = []
+    run: list[bytes] = []
+    for part in out:
+        if len(part) < _SHARED:
+            run.append(part)
+            continue
+        if run:
+            pieces.append(b"".join(run))
+            run = []
+        pieces.append(part)
+    if run:
+        pieces.append(b"".join(run))
+    return pieces
+
+
 @dataclass(slots=True)
 class _Open:
     """An output item being streamed: where it sits and what it has said so far."""
@@ -231,7 +253,9 @@ class ResponseStream:
     A closed text is repeated by protocol in up to four events (``*.done``, the part, the item,
     the final Response). It is encoded once and kept as bytes; events carry a slot for it
     (``_slot``) and are spliced around the one copy, so a 20 MB answer costs 20 MB of encoded
-    text plus the bytes actually sent, not one copy per event and per join.
+    text plus the bytes actually sent, not one copy per event and per join. The closing events
+    leave through ``finish()`` as pieces, the text one of them (``_pieces``), so even the four
+    final events together never hold it more than once.
     """
 
     def __init__(self, template: ResponseTemplate) -> None:
@@ -251,12 +275,17 @@ class ResponseStream:
         # Closed items' texts, JSON-encoded; events refer to them by slot.
         self._texts: list[bytes] = []
         self.usage: Usage | None = None
+        # The upstream said [DONE]: the closing events wait for finish(), which returns pieces.
+        self._ended = False
         self.done = False
         self.failed = False
 
+    def begin(self, protocol: WireProtocol) -> None:
+        """Responses requests carry no native body: the upstream always answers OpenAI chat."""
+
     def feed(self, event: bytes) -> bytes:
         """Responses events for one upstream event; raises ``UpstreamError`` on in-band errors."""
-        if self.done:
+        if self.done or self._ended:
             return b""  # nothing may follow response.completed
         data = chunk_data(event)
         if data is None:
@@ -266,7 +295,8 @@ class ResponseStream:
                     f"upstream error mid-stream: {data.decode('utf-8', 'replace')[:300]}"
                 )
         if data == b"[DONE]":
-            return self._close()
+            self._ended = True
+            return b""
         if not data:
             return b""
         chunk = decode_chat(data)
@@ -294,10 +324,10 @@ class ResponseStream:
                 self._finish = choice.finish_reason
         return b"".join(out)
 
-    def finish(self) -> bytes:
+    def finish(self) -> list[bytes]:
         if self.done or self.failed:
-            return b""
-        if self._finish is None:
+            return []
+        if self._finish is None and not self._ended:
             raise UpstreamProtocolError("upstream stream ended before the answer was complete")
         return self._close()
 
@@ -496,9 +526,9 @@ class ResponseStream:
             )
         self._done_item(out, item.index, final)
 
-    def _close(self) -> bytes:
+    def _close(self) -> list[bytes]:
         if self.done:
-            return b""
+            return []
         out: list[bytes] = []
         if not self._started:
             self._start(out)
@@ -515,4 +545,4 @@ class ResponseStream:
         self._emit(out, kind, {"response": response})
         self.done = True
         self.usage = self._chat_usage.wire() if self._chat_usage else None
-        return b"".join(out)
+        return _pieces(out)

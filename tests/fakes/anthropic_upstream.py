@@ -31,6 +31,9 @@ request's ``model`` if it names one, else ``ok``):
 ``error-mid-stream``    ``fake.mid_stream_after`` events, then ``event: error``
                         (``overloaded_error``), then the body ends cleanly.
 ``drop-mid-stream``     ``fake.mid_stream_after`` events, then the connection closes.
+``prompt-too-long``     The API's own context refusal: 400 ``invalid_request_error`` "prompt is
+                        too long: N tokens > M maximum", M being ``fake.context_window`` and N
+                        M plus the request's input tokens.
 ======================  ======================================================================
 
 Usage always reports ``fake.cache_read`` and ``fake.cache_creation`` cache tokens.
@@ -60,7 +63,8 @@ TOOLS = "tools"
 THINKING = "thinking"
 ERROR_MID_STREAM = "error-mid-stream"
 DROP_MID_STREAM = "drop-mid-stream"
-SCENARIOS = frozenset({OK, TOOLS, THINKING, ERROR_MID_STREAM, DROP_MID_STREAM})
+PROMPT_TOO_LONG = "prompt-too-long"
+SCENARIOS = frozenset({OK, TOOLS, THINKING, ERROR_MID_STREAM, DROP_MID_STREAM, PROMPT_TOO_LONG})
 
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 _ALNUM = string.ascii_letters + string.digits
@@ -277,8 +281,10 @@ class FakeAnthropic:
         cache_read: int = 0,
         cache_creation: int = 0,
         tool_calls: list[tuple[str, str]] | None = None,
+        context_window: int = 200_000,
     ) -> None:
         self.api_key = api_key  # None: any non-empty key is accepted
+        self.context_window = context_window  # the M of "prompt-too-long"
         self.host = host
         self.stream_chunks = stream_chunks
         self.mid_stream_after = mid_stream_after
@@ -333,6 +339,7 @@ class FakeAnthropic:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = await request.content.read() if request.body_exists else b""
+        body: Any  # whatever JSON the client sent; validate() below checks its shape
         try:
             body = msgspec.json.decode(raw) if raw else None
         except msgspec.DecodeError:
@@ -372,6 +379,10 @@ class FakeAnthropic:
         if status is not None:
             kind, message = _ERRORS.get(status, ("api_error", f"Scripted error {status}."))
             return self._error(status, request_id, kind, message)
+        if scenario == PROMPT_TOO_LONG:
+            tokens = self.context_window + self._input_tokens(body)
+            message = f"prompt is too long: {tokens} tokens > {self.context_window} maximum"
+            return self._error(400, request_id, "invalid_request_error", message)
         if body.get("stream") is True:
             return await self._stream(request, request_id, scenario, body)
         return self._json(self._message(scenario, body), request_id)
@@ -421,7 +432,9 @@ class FakeAnthropic:
                 )
                 pieces.append(_FRAGMENT.findall(arguments))
             return blocks, pieces, "tool_use"
-        last = next((m for m in reversed(body["messages"]) if m.get("role") == "user"), {})
+        last: dict[str, Any] = next(
+            (m for m in reversed(body["messages"]) if m.get("role") == "user"), {}
+        )
         text = "echo: " + _text_of(last.get("content"))
         n = max(1, self.stream_chunks)
         chunks = [text[i * len(text) // n : (i + 1) * len(text) // n] for i in range(n)]

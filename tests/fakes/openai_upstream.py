@@ -45,6 +45,10 @@ The behaviour of each POST request is a *scenario*, picked by the first rule tha
 ``error-mid-stream``    Sends ``fake.mid_stream_after`` events, then an SSE error event, then ends
                         the response cleanly (no ``[DONE]``). Non-stream: like drop-mid-stream.
 ``hang``                Never answers (the connection is closed at ``stop()``).
+``context-exceeded``    OpenAI's own context refusal: 400 with code ``context_length_exceeded``,
+                        "This model's maximum context length is M tokens. However, your
+                        messages resulted in N tokens. ...", M being ``fake.context_window``
+                        and N M plus a quarter of the request body's bytes.
 ======================  ========================================================================
 
 A name in ``script``/``scenario`` that is not a scenario gets a 500 so typos are loud.
@@ -52,7 +56,10 @@ GET endpoints are never scripted; ``fake.healthy = False`` makes ``/health`` ans
 
 ``fake.compress``: None (default) answers uncompressed; ``"honour"`` compresses API answers
 (JSON and SSE) with the first coding the request's ``Accept-Encoding`` offers, as servers behind
-nginx or a CDN do; ``"gzip"`` compresses with gzip whatever the request asked for.
+nginx or a CDN do; ``"gzip"`` compresses with gzip whatever the request asked for; any other
+value (``"br"``, ``"zstd"``, ``"compress"``) labels the answers with that ``Content-Encoding``
+without encoding them, as a misconfigured proxy does (a client that cannot decode the coding
+fails either way).
 
 Flavors (``FakeOpenAI(flavor=...)``), from /work/shared/reference/engines/samples/
 ---------------------------------------------------------------------------------
@@ -104,8 +111,9 @@ DROP_MID_STREAM = "drop-mid-stream"
 STALL_MID_STREAM = "stall-mid-stream"
 ERROR_MID_STREAM = "error-mid-stream"
 HANG = "hang"
+CONTEXT_EXCEEDED = "context-exceeded"
 MID_STREAM = frozenset({DROP_MID_STREAM, STALL_MID_STREAM, ERROR_MID_STREAM})
-SCENARIOS = frozenset({OK, TOOLS, SLOW_FIRST_BYTE, HANG, *MID_STREAM})
+SCENARIOS = frozenset({OK, TOOLS, SLOW_FIRST_BYTE, HANG, CONTEXT_EXCEEDED, *MID_STREAM})
 
 DONE = b"data: [DONE]\n\n"
 # Placeholder encoded into a chunk once per response; the encoded chunk is then split around it
@@ -255,7 +263,11 @@ class OpenAIFlavor:
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
                 for c in calls
             ],
             "refusal": None,
@@ -267,7 +279,9 @@ class OpenAIFlavor:
             "object": "chat.completion",
             "created": meta.created,
             "model": meta.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
             "usage": self.usage(meta),
             "system_fingerprint": self.fingerprint,
         }
@@ -313,9 +327,17 @@ class OpenAIFlavor:
         one delta per argument fragment."""
         deltas: list[bytes] = []
         for i, call in enumerate(calls):
-            head = {"index": i, "id": call.id, "type": "function",
-                    "function": {"name": call.name, "arguments": ""}}
-            first = {"role": "assistant", "content": None, "tool_calls": [head]} if i == 0 else {"tool_calls": [head]}
+            head = {
+                "index": i,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            first = (
+                {"role": "assistant", "content": None, "tool_calls": [head]}
+                if i == 0
+                else {"tool_calls": [head]}
+            )
             deltas.append(self.encode(first))
             deltas.extend(self._argument_delta(i, f) for f in _fragments(call.arguments))
         return deltas
@@ -380,15 +402,29 @@ class OpenAIFlavor:
         400: ("Invalid request (scripted by the fake upstream).", "invalid_request_error", None),
         401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
         403: ("You are not allowed to sample from this model.", "invalid_request_error", None),
-        404: ("The model does not exist or you do not have access to it.", "invalid_request_error", "model_not_found"),
-        429: ("Rate limit reached for requests (scripted by the fake upstream).", "requests", "rate_limit_exceeded"),
-        500: ("The server had an error while processing your request. Sorry about that!", "server_error", None),
+        404: (
+            "The model does not exist or you do not have access to it.",
+            "invalid_request_error",
+            "model_not_found",
+        ),
+        429: (
+            "Rate limit reached for requests (scripted by the fake upstream).",
+            "requests",
+            "rate_limit_exceeded",
+        ),
+        500: (
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            None,
+        ),
         503: ("The server is overloaded or not ready yet.", "server_error", None),
     }
 
     def _error_fields(self, status: int) -> tuple[str, str, str | None]:
         default_type = "server_error" if status >= 500 else "invalid_request_error"
-        return self._ERRORS.get(status, (f"Scripted error {status} from the fake upstream.", default_type, None))
+        return self._ERRORS.get(
+            status, (f"Scripted error {status} from the fake upstream.", default_type, None)
+        )
 
     def error_object(self, status: int, message: str | None) -> Any:
         msg, type_, code = self._error_fields(status)
@@ -410,7 +446,9 @@ class OpenAIFlavor:
     def models(self, ids: Iterable[str], created: int) -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": i, "object": "model", "created": created, "owned_by": "openai"} for i in ids],
+            "data": [
+                {"id": i, "object": "model", "created": created, "owned_by": "openai"} for i in ids
+            ],
         }
 
 
@@ -463,7 +501,11 @@ class LlamaCppFlavor(OpenAIFlavor):
             "role": "assistant",
             "content": "",  # llama.cpp: "" (not null) next to tool_calls
             "tool_calls": [
-                {"type": "function", "function": {"name": c.name, "arguments": c.arguments}, "id": c.id}
+                {
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                    "id": c.id,
+                }
                 for c in calls
             ],
         }
@@ -497,8 +539,12 @@ class LlamaCppFlavor(OpenAIFlavor):
         return chunk
 
     def chat_usage_chunk(self, meta: Meta) -> dict[str, Any]:
-        return {**self.chat_chunk(meta, None, None), "choices": [], "usage": self.usage(meta),
-                "timings": self.timings(meta)}
+        return {
+            **self.chat_chunk(meta, None, None),
+            "choices": [],
+            "usage": self.usage(meta),
+            "timings": self.timings(meta),
+        }
 
     def tool_deltas(self, calls: list[ToolCall]) -> list[bytes]:
         """llama.cpp: a role-only delta, then per call a head delta that already carries the
@@ -506,8 +552,12 @@ class LlamaCppFlavor(OpenAIFlavor):
         deltas = [self._role_delta] if self._role_delta is not None else []
         for i, call in enumerate(calls):
             first, *rest = _fragments(call.arguments) or [""]
-            head = {"index": i, "id": call.id, "type": "function",
-                    "function": {"name": call.name, "arguments": first}}
+            head = {
+                "index": i,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": first},
+            }
             deltas.append(self.encode({"tool_calls": [head]}))
             deltas.extend(self._argument_delta(i, f) for f in rest)
         return deltas
@@ -541,8 +591,13 @@ class LlamaCppFlavor(OpenAIFlavor):
         return None  # usage already rode on the final chunk
 
     def error_object(self, status: int, message: str | None) -> Any:
-        types = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                 501: "not_supported_error", 503: "unavailable_error"}
+        types = {
+            401: "authentication_error",
+            403: "permission_error",
+            404: "not_found_error",
+            501: "not_supported_error",
+            503: "unavailable_error",
+        }
         default_type = "server_error" if status >= 500 else "invalid_request_error"
         text = message or self._error_fields(status)[0]
         return {"error": {"code": status, "message": text, "type": types.get(status, default_type)}}
@@ -554,17 +609,52 @@ class LlamaCppFlavor(OpenAIFlavor):
     def models(self, ids: Iterable[str], created: int) -> dict[str, Any]:
         ids = list(ids)
         return {
-            "models": [{"name": i, "model": i, "modified_at": "", "size": "", "digest": "", "type": "model",
-                        "description": "", "tags": [""], "capabilities": ["completion"], "parameters": "",
-                        "details": {"parent_model": "", "format": "gguf", "family": "", "families": [""],
-                                    "parameter_size": "", "quantization_level": ""}} for i in ids],
+            "models": [
+                {
+                    "name": i,
+                    "model": i,
+                    "modified_at": "",
+                    "size": "",
+                    "digest": "",
+                    "type": "model",
+                    "description": "",
+                    "tags": [""],
+                    "capabilities": ["completion"],
+                    "parameters": "",
+                    "details": {
+                        "parent_model": "",
+                        "format": "gguf",
+                        "family": "",
+                        "families": [""],
+                        "parameter_size": "",
+                        "quantization_level": "",
+                    },
+                }
+                for i in ids
+            ],
             "object": "list",
-            "data": [{"id": i, "aliases": [i], "tags": [], "object": "model",
-                      "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
-                      "created": created, "owned_by": "llamacpp",
-                      "meta": {"vocab_type": 2, "n_vocab": 151936, "n_ctx": 2048, "n_ctx_train": 4096,
-                               "n_embd": 64, "n_params": 9855296, "size": 19711232, "ftype": "F16"}}
-                     for i in ids],
+            "data": [
+                {
+                    "id": i,
+                    "aliases": [i],
+                    "tags": [],
+                    "object": "model",
+                    "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
+                    "created": created,
+                    "owned_by": "llamacpp",
+                    "meta": {
+                        "vocab_type": 2,
+                        "n_vocab": 151936,
+                        "n_ctx": 2048,
+                        "n_ctx_train": 4096,
+                        "n_embd": 64,
+                        "n_params": 9855296,
+                        "size": 19711232,
+                        "ftype": "F16",
+                    },
+                }
+                for i in ids
+            ],
         }
 
 
@@ -607,8 +697,13 @@ class MlxFlavor(OpenAIFlavor):
         }
 
     def _envelope(self, meta: Meta, obj: str) -> dict[str, Any]:
-        return {"id": meta.id, "system_fingerprint": self.fingerprint, "object": obj,
-                "model": meta.model, "created": meta.created}
+        return {
+            "id": meta.id,
+            "system_fingerprint": self.fingerprint,
+            "object": obj,
+            "model": meta.model,
+            "created": meta.created,
+        }
 
     def message(self, text: str, calls: list[ToolCall]) -> dict[str, Any]:
         if not calls:
@@ -617,19 +712,27 @@ class MlxFlavor(OpenAIFlavor):
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"function": {"name": c.name, "arguments": c.arguments}, "type": "function", "id": c.id}
+                {
+                    "function": {"name": c.name, "arguments": c.arguments},
+                    "type": "function",
+                    "id": c.id,
+                }
                 for c in calls
             ],
         }
 
     def chat_completion(self, meta: Meta, message: dict[str, Any], finish: str) -> dict[str, Any]:
-        return {**self._envelope(meta, "chat.completion"),
-                "choices": [{"index": 0, "finish_reason": finish, "message": message}],
-                "usage": self.usage(meta)}
+        return {
+            **self._envelope(meta, "chat.completion"),
+            "choices": [{"index": 0, "finish_reason": finish, "message": message}],
+            "usage": self.usage(meta),
+        }
 
     def chat_chunk(self, meta: Meta, delta: Any, finish: str | None) -> dict[str, Any]:
-        return {**self._envelope(meta, "chat.completion.chunk"),
-                "choices": [{"index": 0, "finish_reason": finish, "delta": delta}]}
+        return {
+            **self._envelope(meta, "chat.completion.chunk"),
+            "choices": [{"index": 0, "finish_reason": finish, "delta": delta}],
+        }
 
     def chat_usage_chunk(self, meta: Meta) -> dict[str, Any]:
         # mlx labels the usage chunk "chat.completion", not ".chunk"
@@ -640,18 +743,35 @@ class MlxFlavor(OpenAIFlavor):
 
     def tool_deltas(self, calls: list[ToolCall]) -> list[bytes]:
         """mlx: every tool call, complete, in one delta."""
-        return [self.encode({"role": "assistant", "tool_calls": [
-            {"function": {"name": c.name, "arguments": c.arguments}, "type": "function", "id": c.id, "index": i}
-            for i, c in enumerate(calls)]})]
+        return [
+            self.encode(
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "function": {"name": c.name, "arguments": c.arguments},
+                            "type": "function",
+                            "id": c.id,
+                            "index": i,
+                        }
+                        for i, c in enumerate(calls)
+                    ],
+                }
+            )
+        ]
 
     def text_completion(self, meta: Meta, text: str, finish: str) -> dict[str, Any]:
-        return {**self._envelope(meta, "text_completion"),
-                "choices": [{"index": 0, "finish_reason": finish, "text": text}],
-                "usage": self.usage(meta)}
+        return {
+            **self._envelope(meta, "text_completion"),
+            "choices": [{"index": 0, "finish_reason": finish, "text": text}],
+            "usage": self.usage(meta),
+        }
 
     def text_chunk(self, meta: Meta, text: str, finish: str | None) -> dict[str, Any]:
-        return {**self._envelope(meta, "text_completion"),
-                "choices": [{"index": 0, "finish_reason": finish, "text": text}]}
+        return {
+            **self._envelope(meta, "text_completion"),
+            "choices": [{"index": 0, "finish_reason": finish, "text": text}],
+        }
 
     def text_usage_chunk(self, meta: Meta) -> dict[str, Any] | None:
         return {**self._envelope(meta, "text_completion"), "choices": [], "usage": self.usage(meta)}
@@ -660,10 +780,15 @@ class MlxFlavor(OpenAIFlavor):
         return {"error": message or self._error_fields(status)[0]}  # a plain string, not an object
 
     def models(self, ids: Iterable[str], created: int) -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": i, "object": "model", "created": created} for i in ids]}
+        return {
+            "object": "list",
+            "data": [{"id": i, "object": "model", "created": created} for i in ids],
+        }
 
 
-FLAVORS: dict[str, type[OpenAIFlavor]] = {f.name: f for f in (OpenAIFlavor, LlamaCppFlavor, MlxFlavor)}
+FLAVORS: dict[str, type[OpenAIFlavor]] = {
+    f.name: f for f in (OpenAIFlavor, LlamaCppFlavor, MlxFlavor)
+}
 
 
 # request helpers
@@ -683,7 +808,9 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return "".join(
+            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     return ""
 
 
@@ -783,7 +910,9 @@ class FakeOpenAI:
         self.mid_stream_after = mid_stream_after  # SSE events sent before a *-mid-stream failure
         self.retry_after = retry_after  # Retry-After seconds on 429
         self.models = list(models)  # ids listed by GET /v1/models
-        self.model_alias = model_alias  # response "model" instead of the requested one (llama.cpp -a)
+        self.model_alias = (
+            model_alias  # response "model" instead of the requested one (llama.cpp -a)
+        )
         self.tool_calls = tool_calls  # (name, arguments JSON) for "tools"; None: the request's tool
         self.embedding_dim = embedding_dim  # unless the request sets "dimensions"
         self.record = record  # False: keep no RecordedRequest (long benchmark runs)
@@ -791,7 +920,8 @@ class FakeOpenAI:
         self.script: list[str] = []
         self.scenario: str | None = None
         self.healthy = True
-        self.compress: str | None = None  # None, "honour" or "gzip" (see the module docstring)
+        self.compress: str | None = None  # None, "honour", "gzip" or a label (module docstring)
+        self.context_window = 128_000  # the M of "context-exceeded"
         self._port = port
         self._runner: web.ServerRunner | None = None
         self._stopping: asyncio.Event | None = None
@@ -813,7 +943,10 @@ class FakeOpenAI:
 
     def _build_routes(self) -> dict[tuple[str, str], Handler]:
         posts: dict[str, Handler] = {
-            "/chat/completions": self._chat, "/completions": self._completions, "/embeddings": self._embeddings}
+            "/chat/completions": self._chat,
+            "/completions": self._completions,
+            "/embeddings": self._embeddings,
+        }
         gets: dict[str, Handler] = {"/models": self._list_models}
         prefixes = ("/v1", "") if self._fmt.serves_unversioned_paths else ("/v1",)
         routes: dict[tuple[str, str], Handler] = {("GET", "/health"): self._health}
@@ -891,7 +1024,10 @@ class FakeOpenAI:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()
 
@@ -934,7 +1070,10 @@ class FakeOpenAI:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop_in_thread()
 
@@ -944,7 +1083,9 @@ class FakeOpenAI:
         # content.read() rather than request.read(): no 1 MiB client_max_size cap on bodies.
         raw = await request.content.read() if request.body_exists else b""
         headers = {k.lower(): v for k, v in request.headers.items()} if self.record else {}
-        rec = RecordedRequest(request.method, request.path, headers, _decode(raw), raw, time.monotonic())
+        rec = RecordedRequest(
+            request.method, request.path, headers, _decode(raw), raw, time.monotonic()
+        )
         if self.record:
             self.requests.append(rec)
         handler = self._routes.get((request.method, request.path))
@@ -952,7 +1093,9 @@ class FakeOpenAI:
             return self._error(404, f"Invalid URL ({request.method} {request.path})")
         return await handler(request, rec)
 
-    async def _before_reply(self, request: web.BaseRequest, rec: RecordedRequest) -> web.StreamResponse | None:
+    async def _before_reply(
+        self, request: web.BaseRequest, rec: RecordedRequest
+    ) -> web.StreamResponse | None:
         """Validate, pick the scenario and play its pre-response part; a response ends the request."""
         body = rec.body
         if not isinstance(body, dict):
@@ -965,6 +1108,8 @@ class FakeOpenAI:
         status = error_status(scenario)
         if status is not None:
             return self._error(status)
+        if scenario == CONTEXT_EXCEEDED:
+            return self._context_exceeded(len(rec.raw))
         if scenario == HANG:
             await self._until_stopped()
             return self._drop(request, web.Response())
@@ -972,10 +1117,14 @@ class FakeOpenAI:
             await asyncio.sleep(self.first_byte_delay)
         return None
 
-    def _meta(self, id_: str, body: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> Meta:
+    def _meta(
+        self, id_: str, body: dict[str, Any], prompt_tokens: int, completion_tokens: int
+    ) -> Meta:
         model = self.model_alias or body.get("model") or "default_model"
         include_usage = body.get("stream") is True and _include_usage(body)
-        return Meta(id_, int(time.time()), str(model), prompt_tokens, completion_tokens, include_usage)
+        return Meta(
+            id_, int(time.time()), str(model), prompt_tokens, completion_tokens, include_usage
+        )
 
     def _pieces(self, text: str, body: dict[str, Any]) -> tuple[list[str], str]:
         """The reply's content deltas and finish_reason, honouring max_tokens like an engine."""
@@ -988,7 +1137,9 @@ class FakeOpenAI:
     def _tool_calls(self, body: dict[str, Any]) -> list[ToolCall]:
         specs = self.tool_calls or [(_first_tool_name(body) or "get_weather", '{"city":"Paris"}')]
         fmt = self._fmt
-        return [ToolCall(fmt.tool_call_id(), name, fmt.tool_arguments(args)) for name, args in specs]
+        return [
+            ToolCall(fmt.tool_call_id(), name, fmt.tool_arguments(args)) for name, args in specs
+        ]
 
     async def _chat(self, request: web.BaseRequest, rec: RecordedRequest) -> web.StreamResponse:
         early = await self._before_reply(request, rec)
@@ -998,7 +1149,9 @@ class FakeOpenAI:
         messages = body.get("messages")
         if not isinstance(messages, list):
             return self._error(400, "Missing required parameter: 'messages'.")
-        prompt_tokens = _count_tokens(sum(len(_text_of(m.get("content"))) for m in messages if isinstance(m, dict)))
+        prompt_tokens = _count_tokens(
+            sum(len(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
+        )
         calls: list[ToolCall] = []
         pieces: list[str] = []
         if rec.scenario == TOOLS:
@@ -1014,7 +1167,9 @@ class FakeOpenAI:
         reply = fmt.chat_completion(meta, fmt.message("".join(pieces), calls), finish)
         return await self._json(request, rec.scenario, reply)
 
-    async def _completions(self, request: web.BaseRequest, rec: RecordedRequest) -> web.StreamResponse:
+    async def _completions(
+        self, request: web.BaseRequest, rec: RecordedRequest
+    ) -> web.StreamResponse:
         early = await self._before_reply(request, rec)
         if early is not None:
             return early
@@ -1024,9 +1179,13 @@ class FakeOpenAI:
         meta = self._meta(fmt.text_id(), body, _count_tokens(len(prompt)), len(pieces))
         if body.get("stream") is True:
             return await self._stream(request, rec.scenario, fmt.text_events(meta, pieces, finish))
-        return await self._json(request, rec.scenario, fmt.text_completion(meta, "".join(pieces), finish))
+        return await self._json(
+            request, rec.scenario, fmt.text_completion(meta, "".join(pieces), finish)
+        )
 
-    async def _embeddings(self, request: web.BaseRequest, rec: RecordedRequest) -> web.StreamResponse:
+    async def _embeddings(
+        self, request: web.BaseRequest, rec: RecordedRequest
+    ) -> web.StreamResponse:
         early = await self._before_reply(request, rec)
         if early is not None:
             return early
@@ -1040,14 +1199,18 @@ class FakeOpenAI:
         tokens = sum(_count_tokens(len(t)) for t in texts)
         reply = {
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": _embedding(t, dim, as_base64)}
-                     for i, t in enumerate(texts)],
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _embedding(t, dim, as_base64)}
+                for i, t in enumerate(texts)
+            ],
             "model": self.model_alias or body.get("model") or "default_model",
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return await self._json(request, rec.scenario, reply)
 
-    async def _list_models(self, request: web.BaseRequest, rec: RecordedRequest) -> web.StreamResponse:
+    async def _list_models(
+        self, request: web.BaseRequest, rec: RecordedRequest
+    ) -> web.StreamResponse:
         body = self._fmt.encode(self._fmt.models(self.models, int(time.time())))
         return web.Response(body=body, headers=self._fmt.json_headers)
 
@@ -1060,13 +1223,33 @@ class FakeOpenAI:
 
     # response writing
 
+    def _context_exceeded(self, body_bytes: int) -> web.Response:
+        limit = self.context_window
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, your messages "
+            f"resulted in {limit + 1 + body_bytes // 4} tokens. Please reduce the length of the messages."
+        )
+        error = {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+        return web.Response(
+            status=400, body=self._fmt.encode({"error": error}), headers=self._fmt.json_headers
+        )
+
     def _error(self, status: int, message: str | None = None) -> web.Response:
         headers = self._fmt.json_headers
         if status == 429:
             headers = {**headers, "Retry-After": str(self.retry_after)}
-        return web.Response(status=status, body=self._fmt.error_body(status, message), headers=headers)
+        return web.Response(
+            status=status, body=self._fmt.error_body(status, message), headers=headers
+        )
 
-    async def _json(self, request: web.BaseRequest, scenario: str | None, obj: Any) -> web.StreamResponse:
+    async def _json(
+        self, request: web.BaseRequest, scenario: str | None, obj: Any
+    ) -> web.StreamResponse:
         body = self._fmt.encode(obj)
         if scenario not in MID_STREAM:
             return self._compressed(web.Response(body=body, headers=self._fmt.json_headers))
@@ -1082,7 +1265,9 @@ class FakeOpenAI:
             return resp  # the client hung up first
         return self._drop(request, resp)
 
-    async def _stream(self, request: web.BaseRequest, scenario: str | None, events: list[bytes]) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.BaseRequest, scenario: str | None, events: list[bytes]
+    ) -> web.StreamResponse:
         resp = self._compressed(web.StreamResponse(headers=self._fmt.sse_headers))
         try:
             await resp.prepare(request)
@@ -1092,7 +1277,11 @@ class FakeOpenAI:
         return resp
 
     async def _write_events(
-        self, request: web.BaseRequest, resp: web.StreamResponse, scenario: str | None, events: list[bytes]
+        self,
+        request: web.BaseRequest,
+        resp: web.StreamResponse,
+        scenario: str | None,
+        events: list[bytes],
     ) -> None:
         broken = scenario in MID_STREAM
         if broken:
@@ -1114,6 +1303,8 @@ class FakeOpenAI:
             resp.enable_compression()  # aiohttp picks a coding from the request's Accept-Encoding
         elif self.compress == "gzip":
             resp.enable_compression(force=web.ContentCoding.gzip)
+        elif self.compress is not None:
+            resp.headers["Content-Encoding"] = self.compress
         return resp
 
     async def _until_stopped(self) -> None:
@@ -1134,13 +1325,19 @@ class FakeOpenAI:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.openai_upstream", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakes.openai_upstream", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
     parser.add_argument("--flavor", choices=sorted(FLAVORS), default="openai")
     parser.add_argument("--chunks", type=int, default=20, help="content deltas per streamed reply")
-    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds before each SSE event")
-    parser.add_argument("--first-byte-delay", type=float, default=0.5, help="for model slow-first-byte")
+    parser.add_argument(
+        "--chunk-delay", type=float, default=0.0, help="seconds before each SSE event"
+    )
+    parser.add_argument(
+        "--first-byte-delay", type=float, default=0.5, help="for model slow-first-byte"
+    )
     return parser.parse_args(argv)
 
 
@@ -1160,8 +1357,12 @@ async def _serve(fake: FakeOpenAI) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     fake = FakeOpenAI(
-        flavor=args.flavor, host=args.host, port=args.port, stream_chunks=args.chunks,
-        chunk_delay=args.chunk_delay, first_byte_delay=args.first_byte_delay,
+        flavor=args.flavor,
+        host=args.host,
+        port=args.port,
+        stream_chunks=args.chunks,
+        chunk_delay=args.chunk_delay,
+        first_byte_delay=args.first_byte_delay,
         record=False,  # nobody can read the records of a standalone server; keep memory flat
     )
     try:

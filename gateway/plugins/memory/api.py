@@ -16,22 +16,19 @@ A query without text lists the newest items of the scope.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from gateway.auth import Forbidden, speaking_for
-from gateway.errors import BadRequest, NotFound
+from gateway.auth import Authenticator, speaking_for
+from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.identity import Identity
 from gateway.plugins.memory.items import KINDS, Hit, MemoryItem, NewItem, Scope, kind_of
+from gateway.plugins.memory.service import MemoryService
 from gateway.plugins.memory.summary import timestamp
-from gateway.state import GatewayState
-
-if TYPE_CHECKING:
-    from gateway.plugins.memory.service import MemoryService
 
 MAX_LIMIT = 100
 MAX_ITEMS = 1000
@@ -123,12 +120,12 @@ class MemoryController(Controller):
     @post("/query", status_code=200)
     async def query(
         self,
-        gateway: NamedDependency[GatewayState],
+        memory: NamedDependency[MemoryService],
+        auth: NamedDependency[Authenticator],
         request: Request[Any, Any, Any],
         data: JSONBody[QueryBody],
     ) -> dict[str, Any]:
-        memory = _memory(gateway)
-        identity = _identity(gateway, request)
+        identity = _identity(auth, request)
         scope = Scope(
             _reader(identity, data.agent_id),
             data.project,
@@ -146,12 +143,12 @@ class MemoryController(Controller):
     @post("/store", status_code=200)
     async def store(
         self,
-        gateway: NamedDependency[GatewayState],
+        memory: NamedDependency[MemoryService],
+        auth: NamedDependency[Authenticator],
         request: Request[Any, Any, Any],
         data: JSONBody[StoreBody],
     ) -> dict[str, Any]:
-        memory = _memory(gateway)
-        agent = _writer(_identity(gateway, request), data.agent_id)
+        agent = _writer(_identity(auth, request), data.agent_id)
         entries = list(data.items)
         if data.content is not None:
             entries.insert(
@@ -180,24 +177,24 @@ class MemoryController(Controller):
     @post("/summarize", status_code=200)
     async def summarize(
         self,
-        gateway: NamedDependency[GatewayState],
+        memory: NamedDependency[MemoryService],
+        auth: NamedDependency[Authenticator],
         request: Request[Any, Any, Any],
         data: JSONBody[SummarizeBody],
     ) -> dict[str, Any]:
-        memory = _memory(gateway)
-        agent = _writer(_identity(gateway, request), data.agent_id)
+        agent = _writer(_identity(auth, request), data.agent_id)
         scope = Scope(agent, data.project, data.channel, data.session_id)
         return await _summarize(memory, scope, data.model, data.limit)
 
     @get("/items/{item_id:str}")
     async def item(
         self,
-        gateway: NamedDependency[GatewayState],
+        memory: NamedDependency[MemoryService],
+        auth: NamedDependency[Authenticator],
         request: Request[Any, Any, Any],
         item_id: FromPath[str],
     ) -> dict[str, Any]:
-        memory = _memory(gateway)
-        identity = _identity(gateway, request)
+        identity = _identity(auth, request)
         found = await memory.get([_parse_id(item_id)])
         agent = _reader(identity, None)
         if not found or (agent is not None and found[0].agent_id != agent):
@@ -207,12 +204,12 @@ class MemoryController(Controller):
     @delete("/items/{item_id:str}", status_code=200)
     async def forget_item(
         self,
-        gateway: NamedDependency[GatewayState],
+        memory: NamedDependency[MemoryService],
+        auth: NamedDependency[Authenticator],
         request: Request[Any, Any, Any],
         item_id: FromPath[str],
     ) -> dict[str, Any]:
-        memory = _memory(gateway)
-        scope = Scope(_reader(_identity(gateway, request), None))
+        scope = Scope(_reader(_identity(auth, request), None))
         deleted = await memory.delete(scope, [_parse_id(item_id)])
         if not deleted:
             raise NotFound(f"no memory item {item_id!r}")
@@ -221,7 +218,8 @@ class MemoryController(Controller):
     @delete("/", status_code=200)
     async def forget(
         self,
-        gateway: NamedDependency[GatewayState],
+        memory: NamedDependency[MemoryService],
+        auth: NamedDependency[Authenticator],
         request: Request[Any, Any, Any],
         agent_id: FromQuery[str | None] = None,
         project: FromQuery[str | None] = None,
@@ -230,8 +228,7 @@ class MemoryController(Controller):
         kind: FromQuery[list[str] | None] = None,
         all: FromQuery[bool] = False,
     ) -> dict[str, Any]:
-        memory = _memory(gateway)
-        identity = _identity(gateway, request)
+        identity = _identity(auth, request)
         scope = Scope(_reader(identity, agent_id), project, channel, session_id, _kinds(kind or []))
         narrowed = any((project, channel, session_id, kind))
         if not narrowed and not all:
@@ -251,12 +248,12 @@ class InternalMemoryController(Controller):
     @post("/query", status_code=200)
     async def query(
         self,
-        gateway: NamedDependency[GatewayState],
+        memory: NamedDependency[MemoryService],
+        auth: NamedDependency[Authenticator],
         request: Request[Any, Any, Any],
         data: JSONBody[SeedQuery],
     ) -> dict[str, Any]:
-        memory = _memory(gateway)
-        identity = _identity(gateway, request)
+        identity = _identity(auth, request)
         kinds = _kinds([data.kind] if data.kind else [])
         scope = Scope(
             _reader(identity, data.agent_id), data.microdao_id, data.channel_id, None, kinds
@@ -270,12 +267,12 @@ class InternalMemoryController(Controller):
     @post("/store", status_code=200)
     async def store(
         self,
-        gateway: NamedDependency[GatewayState],
+        memory: NamedDependency[MemoryService],
+        auth: NamedDependency[Authenticator],
         request: Request[Any, Any, Any],
         data: JSONBody[SeedStore],
     ) -> dict[str, Any]:
-        memory = _memory(gateway)
-        agent = _writer(_identity(gateway, request), data.agent_id)
+        agent = _writer(_identity(auth, request), data.agent_id)
         item = _new_item(
             agent,
             data.content,
@@ -291,33 +288,27 @@ class InternalMemoryController(Controller):
     @post("/summarize", status_code=200)
     async def summarize(
         self,
-        gateway: NamedDependency[GatewayState],
+        memory: NamedDependency[MemoryService],
+        auth: NamedDependency[Authenticator],
         request: Request[Any, Any, Any],
         data: JSONBody[SeedSummarize],
     ) -> dict[str, Any]:
-        memory = _memory(gateway)
-        agent = _writer(_identity(gateway, request), data.agent_id)
+        agent = _writer(_identity(auth, request), data.agent_id)
         scope = Scope(agent, data.microdao_id, data.channel_id)
         return {"ok": True, **await _summarize(memory, scope, data.model, data.limit)}
 
 
 def memory_controllers() -> list[type[Controller]]:
-    """For ``create_app``'s route handlers."""
+    """For the plugin's ``register_routes``: they take its service as the ``memory`` dependency."""
     return [MemoryController, InternalMemoryController]
 
 
 # --- who, and which items ----------------------------------------------------------------
 
 
-def _memory(gateway: GatewayState) -> MemoryService:
-    if gateway.memory is None:
-        raise NotFound("memory is off: add memory to plugins.enabled in routing.yaml")
-    return gateway.memory
-
-
-def _identity(gateway: GatewayState, request: Request[Any, Any, Any]) -> Identity:
+def _identity(auth: Authenticator, request: Request[Any, Any, Any]) -> Identity:
     scope: Any = request.scope
-    return speaking_for(gateway.auth.identify(scope), scope, {})
+    return speaking_for(auth.identify(scope), scope, {})
 
 
 def _named(identity: Identity, agent_id: str | None) -> str | None:

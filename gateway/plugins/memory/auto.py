@@ -1,8 +1,9 @@
-"""Automatic mode: recall into the system prompt before the upstream call, remember after.
+"""Automatic mode: recall into the latest user message before the upstream call, remember after.
 
 For the models and agents ``memory.auto`` names. Before: the items most relevant to the latest
 user message, and the latest turns of the same session that the request does not already
-carry, go into the system message. After: the user message and the reply are remembered as a
+carry, go in front of that message's text (not into the system prompt: see ``with_memory``).
+After: the user message and the reply are remembered as a
 ``conversation`` item of that session, in the background. Sessions are the caller's
 (``metadata.session_id``), not the model's, so a conversation
 carries over when the client switches models (seed 001).
@@ -16,14 +17,16 @@ from typing import Any
 
 import msgspec
 
-from gateway.config import MemoryAuto
 from gateway.plugins.context import Exchanged, RequestContext
 from gateway.plugins.memory.items import Hit, MemoryItem, NewItem, Scope
 from gateway.plugins.memory.service import MemoryService
+from gateway.plugins.memory.settings import MemoryAuto
 from gateway.plugins.memory.summary import timestamp
 
 HEADER = "Memory (what you remember from before; use it where it helps, do not recite it):"
 TURNS_HEADER = "Earlier in this conversation:"
+# The latest user message as the client sent it, before the memory block went in front of it.
+USER_TEXT = "memory.user_text"
 _metadata = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -80,7 +83,31 @@ def memory_block(hits: Sequence[Hit], turns: Sequence[MemoryItem], max_chars: in
 
 
 def with_memory(messages: list[dict[str, Any]], block: str) -> list[dict[str, Any]]:
-    """The messages with ``block`` appended to the first system message (or a new one)."""
+    """The messages with ``block`` in front of the latest user message's text.
+
+    Not in the system prompt: the block changes from turn to turn (new hits, new turns), and an
+    engine re-reads everything after the first token that changed, so a block in the first
+    message made every turn prefill the whole prompt again (tens of thousands of tokens for a
+    coding agent). In the latest user message only that message onward differs from what the
+    engine saw last turn, and it has to read that anyway. A separate system message there
+    instead is refused by some chat templates (system only first; strict user/assistant
+    alternation). With no user message at all, the system prompt is the only place left.
+    """
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].get("role") == "user":
+            latest = dict(messages[index])
+            latest["content"] = _before(block, latest.get("content"))
+            return [*messages[:index], latest, *messages[index + 1 :]]
+    return _into_system(messages, block)
+
+
+def _before(block: str, content: Any) -> Any:
+    if isinstance(content, list):
+        return [{"type": "text", "text": block}, *content]
+    return f"{block}\n\n{content}" if content else block
+
+
+def _into_system(messages: list[dict[str, Any]], block: str) -> list[dict[str, Any]]:
     if messages and messages[0].get("role") in ("system", "developer"):
         first = dict(messages[0])
         content = first.get("content")
@@ -112,11 +139,13 @@ async def recall(service: MemoryService, request: RequestContext) -> None:
         turns.reverse()
     block = memory_block(hits, turns, auto.max_chars)
     if block:
+        # Remembered as the client said it, without the block (which goes in front of it).
+        request.notes[USER_TEXT] = text
         request.set_messages(with_memory(messages, block))
 
 
 def exchange_item(request: RequestContext, reply: str) -> NewItem | None:
-    user = request.last_user_text()
+    user = request.notes.get(USER_TEXT) or request.last_user_text()
     if not user:
         return None
     identity = request.identity

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.config import ConfigError
+from gateway.errors import ConfigError
 from gateway.plugins.memory.items import Hit, MemoryItem, NewItem, Scope
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from gateway.config import Memory
+    from gateway.plugins.memory.settings import Memory
 
     # Unit-length float32 vectors: one row per item.
     Vectors = npt.NDArray[np.float32]

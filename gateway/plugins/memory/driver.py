@@ -14,15 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from gateway.config import ConfigError
+from gateway.errors import DriverError
 
 # (package to install, module to import)
 CANDIDATES = (("sqlean.py", "sqlean"), ("pysqlite3", "pysqlite3.dbapi2"), ("sqlite3", "sqlite3"))
 FIX = "install the memory extra: pip install 'turnout[memory]'"
-
-
-class DriverError(ConfigError):
-    """No SQLite driver here can load sqlite-vec; the message says how to fix it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,14 +22,14 @@ import msgspec
 import numpy as np
 
 from adapters.base import Operation
-from gateway.config import ConfigError, MemoryEmbeddings
-from gateway.errors import GatewayError, ModelNotFound, UpstreamProtocolError
+from gateway.errors import ConfigError, GatewayError, ModelNotFound, UpstreamProtocolError
 from gateway.forwarder import Trace
+from gateway.plugins.memory.settings import MemoryEmbeddings
 from gateway.wire import ClientRequest
 
 if TYPE_CHECKING:
+    from gateway.plugins.context import Gateway
     from gateway.plugins.memory.backends import Vectors
-    from gateway.state import GatewayState
 
 LOCAL_MODEL = "local:all-MiniLM-L6-v2-int8"
 # The model was trained on sequences up to 256 word pieces (sentence-transformers'
@@ -208,7 +208,7 @@ class GatewayEmbedder:
 
     dims: int | None = None
 
-    def __init__(self, state: GatewayState, model: str, batch_size: int) -> None:
+    def __init__(self, state: Gateway, model: str, batch_size: int) -> None:
         self._state = state
         self._model = model
         self._batch_size = batch_size
@@ -248,7 +248,7 @@ class GatewayEmbedder:
         return None
 
 
-def embedder_for(state: GatewayState, settings: MemoryEmbeddings) -> Embedder:
+def embedder_for(state: Gateway, settings: MemoryEmbeddings) -> Embedder:
     if settings.model:
         return GatewayEmbedder(state, settings.model, settings.batch_size)
     return LocalEmbedder(settings)

@@ -1,22 +1,32 @@
-"""The memory plugin's hooks (entry point ``memory = gateway.plugins.memory.plugin``).
+"""The memory plugin (entry point ``memory = gateway.plugins.memory.plugin:MemoryPlugin``).
 
-``register_memory_backends`` adds the ``sqlite-vec`` backend; ``startup`` opens the backend
-``memory.backend`` names and the embedder, and hangs the service off the gateway's state
-(``state.memory``), where the HTTP API and the request hooks find it. Nothing is kept here.
+One instance per gateway owns the service. ``register_memory_backends`` adds the
+``sqlite-vec`` backend; ``startup`` lets every plugin register its backends, then opens the
+backend ``memory.backend`` names and the embedder; the HTTP API (``register_routes``) and the
+request hooks use the service from here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
+from litestar import Router
+from litestar.di import Provide
+from litestar.types import ControllerRouterHandler
+
 from gateway.config import Config
+from gateway.errors import NotFound
 from gateway.plugins.context import Exchanged, PluginContext, RequestContext
 from gateway.plugins.hookspecs import hookimpl
+from gateway.plugins.memory import hookspecs as memory_hookspecs
+from gateway.plugins.memory.api import memory_controllers
 from gateway.plugins.memory.auto import recall, remember
 from gateway.plugins.memory.backends import MemoryBackends
 from gateway.plugins.memory.embeddings import embedder_for
 from gateway.plugins.memory.service import MemoryMetrics, MemoryService
+from gateway.plugins.memory.settings import section_problems, settings_of
 from gateway.plugins.memory.store import SqliteVecStore
 from gateway.plugins.memory.summary import GatewayChat
 
@@ -25,8 +35,9 @@ log = logging.getLogger("turnout.memory")
 
 def database_path(config: Config) -> str:
     """``memory.database``, else a file beside ``server.database`` (turnout-memory.db)."""
-    if config.memory.database:
-        return config.memory.database
+    settings = settings_of(config)
+    if settings.database:
+        return settings.database
     server = config.server.database
     if server == ":memory:" or server.startswith("file:"):
         return ":memory:"
@@ -34,52 +45,70 @@ def database_path(config: Config) -> str:
     return str(path.with_name(f"{path.stem}-memory{path.suffix or '.db'}"))
 
 
-@hookimpl
-def register_memory_backends(backends: MemoryBackends) -> None:
-    backends.add("sqlite-vec", SqliteVecStore.create)
+class MemoryPlugin:
+    # Its own hook (register_memory_backends), for other plugins to implement.
+    turnout_hookspecs = memory_hookspecs
 
+    def __init__(self) -> None:
+        self.service: MemoryService | None = None
 
-@hookimpl
-async def startup(context: PluginContext) -> None:
-    state = context.state
-    settings = state.config.memory
-    database = database_path(state.config)
-    backends = state.memory_backends
-    if backends is None:  # the manager fills it before startup, this plugin registering
-        raise RuntimeError("memory: no memory backends were registered")
-    service = MemoryService(
-        settings,
-        backends.create(settings.backend, settings, database),
-        embedder_for(state, settings.embeddings),
-        GatewayChat(state),
-        MemoryMetrics(state.metrics.registry),
-    )
-    await service.start()
-    state.memory = service
-    log.info(
-        "memory: %s backend at %s, embeddings from %s",
-        settings.backend,
-        database,
-        service.embedder.name,
-    )
+    @hookimpl
+    def check_config(self, config: Config) -> list[str]:
+        return section_problems(config, settings_of(config))
 
+    @hookimpl
+    def register_routes(self) -> Sequence[ControllerRouterHandler]:
+        # A closure, not a bound method: Litestar deep-copies its handlers' dependencies, and
+        # a copied method would carry a copy of this plugin.
+        def service() -> MemoryService:
+            if self.service is None:  # before startup, or after shutdown
+                raise NotFound("memory is off: add memory to plugins.enabled in routing.yaml")
+            return self.service
 
-@hookimpl
-async def shutdown(context: PluginContext) -> None:
-    service, context.state.memory = context.state.memory, None
-    if service is not None:
-        await service.close(context.state.config.plugins.shutdown_grace_seconds)
+        provide = Provide(service, sync_to_thread=False)
+        return [Router("/", route_handlers=memory_controllers(), dependencies={"memory": provide})]
 
+    @hookimpl
+    def register_memory_backends(self, backends: MemoryBackends) -> None:
+        backends.add("sqlite-vec", SqliteVecStore.create)
 
-@hookimpl
-async def before_upstream(request: RequestContext) -> None:
-    service = request.state.memory
-    if service is not None:
-        await recall(service, request)
+    @hookimpl
+    async def startup(self, context: PluginContext) -> None:
+        state = context.state
+        settings = settings_of(state.config)
+        database = database_path(state.config)
+        backends = MemoryBackends()
+        context.collect("register_memory_backends", backends=backends)
+        service = MemoryService(
+            settings,
+            backends.create(settings.backend, settings, database),
+            embedder_for(state, settings.embeddings),
+            GatewayChat(state),
+            MemoryMetrics(state.metrics.registry),
+        )
+        await service.start()
+        self.service = service
+        log.info(
+            "memory: %s backend at %s, embeddings from %s",
+            settings.backend,
+            database,
+            service.embedder.name,
+        )
 
+    @hookimpl
+    async def shutdown(self, context: PluginContext) -> None:
+        service, self.service = self.service, None
+        if service is not None:
+            await service.close(context.state.config.plugins.shutdown_grace_seconds)
 
-@hookimpl
-async def after_response(request: RequestContext, exchanged: Exchanged) -> None:
-    service = request.state.memory
-    if service is not None:
-        await remember(service, request, exchanged)
+    @hookimpl
+    async def before_upstream(self, request: RequestContext) -> None:
+        service = self.service
+        if service is not None:
+            await recall(service, request)
+
+    @hookimpl
+    async def after_response(self, request: RequestContext, exchanged: Exchanged) -> None:
+        service = self.service
+        if service is not None:
+            await remember(service, request, exchanged)

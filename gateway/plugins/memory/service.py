@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from gateway.config import Memory
 from gateway.errors import BadRequest, NotFound
 from gateway.plugins.memory.backends import MemoryBackend
 from gateway.plugins.memory.items import KINDS, Hit, MemoryItem, NewItem, Scope
 from gateway.plugins.memory.ranking import rank
+from gateway.plugins.memory.settings import Memory
 from gateway.plugins.memory.summary import summary_messages
 
 if TYPE_CHECKING:

@@ -33,15 +33,15 @@ import aiosqlite
 import msgspec
 import numpy as np
 
-from gateway.config import ConfigError
+from gateway.errors import ConfigError
 from gateway.migrations import migrate
 from gateway.plugins.memory.driver import Driver, find_driver
 from gateway.plugins.memory.items import KINDS, Hit, MemoryItem, NewItem, Scope
 from gateway.plugins.memory.ranking import candidates_per_shard, place, rerank_pool
 
 if TYPE_CHECKING:
-    from gateway.config import Memory
     from gateway.plugins.memory.backends import Vectors
+    from gateway.plugins.memory.settings import Memory
 
 log = logging.getLogger("turnout.memory")
 

@@ -17,7 +17,7 @@ from gateway.plugins.memory.items import MemoryItem
 from gateway.wire import ClientRequest
 
 if TYPE_CHECKING:
-    from gateway.state import GatewayState
+    from gateway.plugins.context import Gateway
 
 INSTRUCTIONS = (
     "You maintain an AI agent's memory. Summarise the memory items below (oldest first) in a "
@@ -45,7 +45,7 @@ def summary_messages(items: Sequence[MemoryItem]) -> list[dict[str, Any]]:
 class GatewayChat:
     """A whole (non-streamed) chat completion through the gateway's own routing."""
 
-    def __init__(self, state: GatewayState) -> None:
+    def __init__(self, state: Gateway) -> None:
         self._state = state
 
     async def __call__(

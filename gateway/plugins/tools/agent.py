@@ -10,8 +10,9 @@ A call to one of the client's own tools ends the loop at once: that reply goes b
 client with just its calls, as it would without turnout (server-side calls the model made in
 the same breath are dropped, not run: their results could not reach the model anyway).
 
-The ingress meets the loop as an ``AgentForwarder``, shaped like the gateway's ``Forwarder``:
-it sends the request as always and gets the final answer back, whole or as a stream.
+The ingress meets the loop as an ``AgentForwarder``, shaped like the gateway's ``Forwarder``
+and wrapping it (the tools plugin's ``forwarder_for`` hook): it sends the request as always
+and gets the final answer back, whole or as a stream.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from typing import Any, Protocol
 import msgspec
 
 from adapters.base import Operation, UpstreamReply
-from gateway.config import AgentLoop, Model
+from gateway.config import Model
 from gateway.forwarder import OpenStream, Trace
 from gateway.identity import Identity
 from gateway.plugins.tools.calls import Outcome, run_entry
 from gateway.plugins.tools.metrics import ToolMetrics
 from gateway.plugins.tools.plan import AgentPlan, plan_agent
-from gateway.plugins.tools.registry import Caller
+from gateway.plugins.tools.registry import Caller, ToolRegistry
 from gateway.plugins.tools.replies import (
     Message,
     ToolCall,
@@ -39,7 +40,7 @@ from gateway.plugins.tools.replies import (
     final_body,
     read_reply,
 )
-from gateway.state import GatewayState
+from gateway.plugins.tools.settings import AgentLoop
 from gateway.wire import ClientRequest
 
 log = logging.getLogger("turnout.agent")
@@ -289,28 +290,35 @@ def _merge(total: Trace, attempt: Trace) -> None:
 
 
 class AgentForwarder:
-    """Stands in for ``state.forwarder`` for one request that has an agent plan."""
+    """Stands in for the gateway's forwarder for one request that has an agent plan."""
 
-    def __init__(self, state: GatewayState, plan: AgentPlan, caller: Caller) -> None:
-        self._state = state
+    def __init__(
+        self,
+        sender: Sender,
+        settings: AgentLoop,
+        metrics: ToolMetrics | None,
+        plan: AgentPlan,
+        caller: Caller,
+    ) -> None:
+        self._sender = sender
+        self._settings = settings
+        self._metrics = metrics
         self._plan = plan
         self._caller = caller
 
     async def send(
         self, model: Model, request: ClientRequest, request_id: str, trace: Trace
     ) -> UpstreamReply:
-        state = self._state
         started = time.perf_counter()
         body = await run_agent_loop(
-            # Read now, not when built: the state swaps its forwarder once engines start.
-            state.forwarder,
-            state.config.tools.agent,
+            self._sender,
+            self._settings,
             self._plan,
             model,
             request,
             self._caller,
             trace,
-            state.tools.metrics,
+            self._metrics,
         )
         log.info(
             "agent loop for request %s: %d model calls in %.3fs",
@@ -353,12 +361,19 @@ class _Replay:
 
 
 def agent_forwarder(
-    state: GatewayState, identity: Identity, request_id: str, model: Model, request: ClientRequest
+    forwarder: Sender,
+    tools: ToolRegistry,
+    settings: AgentLoop,
+    identity: Identity,
+    request_id: str,
+    model: Model,
+    request: ClientRequest,
 ) -> AgentForwarder | None:
-    """The ingress's one call: an AgentForwarder when turnout runs tools for this request."""
+    """An AgentForwarder wrapping ``forwarder`` when turnout runs tools for this request
+    (the tools plugin's ``forwarder_for``)."""
     if request.op is not Operation.CHAT:
         return None
-    plan = plan_agent(state.tools, state.config.tools.agent, model.name, request.fields, identity)
+    plan = plan_agent(tools, settings, model.name, request.fields, identity)
     if plan is None:
         return None
-    return AgentForwarder(state, plan, Caller.of(identity, request_id))
+    return AgentForwarder(forwarder, settings, tools.metrics, plan, Caller.of(identity, request_id))

@@ -16,14 +16,14 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from gateway.auth import Forbidden, speaking_for
-from gateway.errors import BadRequest
+from gateway.auth import Authenticator, speaking_for
+from gateway.errors import BadRequest, Forbidden
 from gateway.identity import Identity
 from gateway.plugins.tools.calls import Outcome, call_tool
-from gateway.plugins.tools.registry import Caller, Entry
-from gateway.state import GatewayState
+from gateway.plugins.tools.registry import Caller, Entry, ToolRegistry
 
 # Refusals answer with their status; everything else that went wrong is the tool's own failure.
 _REFUSALS = {"not_found": 404, "permission_denied": 403, "invalid_arguments": 400}
@@ -62,18 +62,25 @@ class ToolsController(Controller):
     path = "/v1/tools"
 
     @get("/")
-    async def list_tools(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        gateway = _gateway(request)
-        identity = _identity(gateway, request)
-        data = [_openai_view(e, identity) for e in _visible(gateway, identity)]
+    async def list_tools(
+        self,
+        request: Request[Any, Any, Any],
+        tools: NamedDependency[ToolRegistry],
+        auth: NamedDependency[Authenticator],
+    ) -> dict[str, Any]:
+        identity = _identity(auth, request)
+        data = [_openai_view(e, identity) for e in _visible(tools, identity)]
         return {"object": "list", "data": data}
 
     @post("/call", status_code=200)
     async def call(
-        self, request: Request[Any, Any, Any], data: JSONBody[ToolCallBody]
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[ToolCallBody],
+        tools: NamedDependency[ToolRegistry],
+        auth: NamedDependency[Authenticator],
     ) -> Response[ToolCallResult]:
-        gateway = _gateway(request)
-        identity = _identity(gateway, request)
+        identity = _identity(auth, request)
         arguments: Any = data.arguments
         if isinstance(arguments, str):
             try:
@@ -83,24 +90,31 @@ class ToolsController(Controller):
                     f"arguments are not valid JSON: {exc}", param="arguments"
                 ) from None
         caller = Caller.of(identity, _request_id(request), data.context)
-        return await _call(gateway, data.tool, arguments, caller)
+        return await _call(tools, data.tool, arguments, caller)
 
 
 class InternalToolsController(Controller):
     path = "/internal/tools"
 
     @get("/")
-    async def list_tools(self, request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
-        gateway = _gateway(request)
-        identity = _identity(gateway, request)
-        return [_seed_view(e, identity) for e in _visible(gateway, identity)]
+    async def list_tools(
+        self,
+        request: Request[Any, Any, Any],
+        tools: NamedDependency[ToolRegistry],
+        auth: NamedDependency[Authenticator],
+    ) -> list[dict[str, Any]]:
+        identity = _identity(auth, request)
+        return [_seed_view(e, identity) for e in _visible(tools, identity)]
 
     @post("/call", status_code=200)
     async def call(
-        self, request: Request[Any, Any, Any], data: JSONBody[InternalCallBody]
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[InternalCallBody],
+        tools: NamedDependency[ToolRegistry],
+        auth: NamedDependency[Authenticator],
     ) -> Response[ToolCallResult]:
-        gateway = _gateway(request)
-        identity = _identity(gateway, request)
+        identity = _identity(auth, request)
         if data.agent_id and data.agent_id != identity.agent_id:
             if not identity.trusted:
                 raise Forbidden(
@@ -111,34 +125,26 @@ class InternalToolsController(Controller):
         caller = Caller.of(identity, _request_id(request), data.context)
         if data.microdao_id:
             caller = replace(caller, project=data.microdao_id)
-        return await _call(gateway, data.tool_id, data.args, caller)
+        return await _call(tools, data.tool_id, data.args, caller)
 
 
 def tool_controllers() -> list[type[Controller]]:
-    """For ``create_app``'s route handlers."""
+    """For the plugin's ``register_routes``: they take its registry as the ``tools`` dependency."""
     return [ToolsController, InternalToolsController]
 
 
 async def _call(
-    gateway: GatewayState, name: str, arguments: Any, caller: Caller
+    tools: ToolRegistry, name: str, arguments: Any, caller: Caller
 ) -> Response[ToolCallResult]:
-    tools = gateway.tools
     outcome: Outcome = await call_tool(tools, name, arguments, caller, tools.metrics)
     body = ToolCallResult(outcome.ok, outcome.result, outcome.error, outcome.code)
     status = _REFUSALS.get(outcome.code or "", 200)
     return Response(body, status_code=status)
 
 
-def _gateway(request: Request[Any, Any, Any]) -> GatewayState:
-    # From the app's state, as the guards read it, rather than through dependency injection:
-    # Litestar would then have msgspec inspect GatewayState's annotations on every call.
-    state: GatewayState = request.app.state["gateway"]
-    return state
-
-
-def _identity(gateway: GatewayState, request: Request[Any, Any, Any]) -> Identity:
+def _identity(auth: Authenticator, request: Request[Any, Any, Any]) -> Identity:
     scope: Any = request.scope
-    return speaking_for(gateway.auth.identify(scope), scope, {})
+    return speaking_for(auth.identify(scope), scope, {})
 
 
 def _acting_for(identity: Identity, agent_id: str) -> Identity:
@@ -155,8 +161,8 @@ def _acting_for(identity: Identity, agent_id: str) -> Identity:
     )
 
 
-def _visible(gateway: GatewayState, identity: Identity) -> list[Entry]:
-    entries = gateway.tools.visible_to(identity.agent_id, identity.is_admin)
+def _visible(tools: ToolRegistry, identity: Identity) -> list[Entry]:
+    entries = tools.visible_to(identity.agent_id, identity.is_admin)
     return sorted(entries, key=lambda e: e.spec.id)
 
 

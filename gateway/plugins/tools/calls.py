@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 import msgspec
 
+from gateway.errors import ToolFailed
 from gateway.plugins.tools.metrics import ToolMetrics
-from gateway.plugins.tools.registry import Caller, Entry, ToolFailed, ToolRegistry, may_call
+from gateway.plugins.tools.registry import Caller, Entry, ToolRegistry, may_call
 
 log = logging.getLogger("turnout.tools")
 

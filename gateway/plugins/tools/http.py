@@ -29,8 +29,9 @@ import msgspec
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-from gateway.config import HttpTools, ToolDefinition
-from gateway.plugins.tools.registry import Caller, ToolFailed, ToolSpec
+from gateway.errors import DestinationRefused, ToolFailed
+from gateway.plugins.tools.registry import Caller, ToolSpec
+from gateway.plugins.tools.settings import HttpTools, ToolDefinition
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -120,10 +121,6 @@ class Destinations:
         if _host_key(host) in self._hosts:
             return True
         return any(address in network for network in self._networks)
-
-
-class DestinationRefused(OSError):
-    """Raised by the resolver (aiohttp wraps resolver OSErrors; we unwrap it again)."""
 
 
 class GuardedResolver(AbstractResolver):

@@ -30,9 +30,10 @@ from mcp.shared._stream_protocols import ReadStream
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
-from gateway.config import McpServer, ToolDefinition
+from gateway.errors import ToolFailed
 from gateway.plugins.tools.metrics import ToolMetrics
-from gateway.plugins.tools.registry import Caller, ToolFailed, ToolRegistry, ToolSpec, function_name
+from gateway.plugins.tools.registry import Caller, ToolRegistry, ToolSpec, function_name
+from gateway.plugins.tools.settings import McpServer, ToolDefinition
 
 log = logging.getLogger("turnout.tools.mcp")
 

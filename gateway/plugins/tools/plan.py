@@ -19,11 +19,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from gateway.auth import Forbidden
-from gateway.config import AgentLoop
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, Forbidden
 from gateway.identity import Identity
 from gateway.plugins.tools.registry import Entry, ToolRegistry, may_call
+from gateway.plugins.tools.settings import AgentLoop
 
 
 class _FunctionRef(msgspec.Struct):

@@ -1,51 +1,106 @@
-"""The tools plugin's hooks (entry point ``tools = gateway.plugins.tools.plugin``).
+"""The tools plugin (entry point ``tools = gateway.plugins.tools.plugin:ToolsPlugin``).
 
-``register_tools`` registers the executor kinds (http, python, mcp) and the services they
-need; ``startup`` builds the tools of ``tools.registry`` in routing.yaml (after every plugin's
-``register_tools``, so kinds from other plugins work there too), then opens the HTTP client
-and connects the MCP servers, which list their tools into the same registry.
-
-Nothing is kept here: everything hangs off the gateway's registry (``state.tools``).
+One instance per gateway owns the tool registry. ``register_tools`` registers the executor
+kinds (http, python, mcp) and the services they need; ``startup`` first lets every plugin's
+``register_tools`` fill the registry, then builds the tools of ``tools.registry`` in
+routing.yaml (so kinds from other plugins work there too), then opens the HTTP client and
+connects the MCP servers, which list their tools into the same registry. ``forwarder_for``
+puts the server-side agent loop in front of the gateway's forwarder for requests that name
+server-side tools; ``register_routes`` mounts ``/v1/tools`` and ``/internal/tools``.
 """
 
 from __future__ import annotations
 
-from gateway.config import ConfigError
-from gateway.plugins.context import PluginContext
+from collections.abc import Sequence
+
+from litestar import Router
+from litestar.di import Provide
+from litestar.types import ControllerRouterHandler
+
+from adapters.base import Operation
+from gateway.config import Config, Model
+from gateway.errors import ConfigError
+from gateway.identity import Identity
+from gateway.plugins.context import Forwarding, PluginContext
 from gateway.plugins.hookspecs import hookimpl
+from gateway.plugins.tools import hookspecs as tools_hookspecs
+from gateway.plugins.tools.agent import AgentForwarder, agent_forwarder
+from gateway.plugins.tools.api import tool_controllers
 from gateway.plugins.tools.http import HttpClient, http_kind
 from gateway.plugins.tools.mcp import McpServers, mcp_kind
 from gateway.plugins.tools.metrics import ToolMetrics
 from gateway.plugins.tools.python import ToolThreads, python_kind
 from gateway.plugins.tools.registry import ToolRegistry
+from gateway.plugins.tools.settings import AgentLoop, section_problems, settings_of
+from gateway.wire import ClientRequest
 
 
-@hookimpl
-def register_tools(tools: ToolRegistry, context: PluginContext) -> None:
-    state = context.state
-    settings = state.config.tools
-    tools.metrics = ToolMetrics(state.metrics.registry)
-    http = HttpClient(settings.http)
-    mcp = McpServers(settings.mcp_servers, tools, tools.metrics)
-    tools.register_kind("http", http_kind(http))
-    tools.register_kind("python", python_kind(ToolThreads(settings.python_threads)))
-    tools.register_kind("mcp", mcp_kind(mcp))
-    tools.add_service(http)
-    tools.add_service(mcp)
+class ToolsPlugin:
+    # Its own hook (register_tools), for other plugins to implement.
+    turnout_hookspecs = tools_hookspecs
 
+    def __init__(self) -> None:
+        self.tools = ToolRegistry()
+        # Set at startup: the loop's settings (read per request) and the gateway it runs in.
+        self._agent: AgentLoop | None = None
 
-@hookimpl
-async def startup(context: PluginContext) -> None:
-    tools = context.state.tools
-    for i, definition in enumerate(context.state.config.tools.registry):
-        where = f"tools.registry[{i}] ({definition.id})"
-        try:
-            tools.add(tools.build(definition))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    await tools.start()
+    @hookimpl
+    def check_config(self, config: Config) -> list[str]:
+        return section_problems(config, settings_of(config))
 
+    @hookimpl
+    def register_routes(self) -> Sequence[ControllerRouterHandler]:
+        tools = self.tools
 
-@hookimpl
-async def shutdown(context: PluginContext) -> None:
-    await context.state.tools.close()
+        # A closure, not a bound method: Litestar deep-copies its handlers' dependencies, and
+        # a copied method would carry a copy of this plugin.
+        def registry() -> ToolRegistry:
+            return tools
+
+        provide = Provide(registry, use_cache=True, sync_to_thread=False)
+        return [Router("/", route_handlers=tool_controllers(), dependencies={"tools": provide})]
+
+    @hookimpl
+    def register_tools(self, tools: ToolRegistry, context: PluginContext) -> None:
+        settings = settings_of(context.state.config)
+        tools.metrics = ToolMetrics(context.state.metrics.registry)
+        http = HttpClient(settings.http)
+        mcp = McpServers(settings.mcp_servers, tools, tools.metrics)
+        tools.register_kind("http", http_kind(http))
+        tools.register_kind("python", python_kind(ToolThreads(settings.python_threads)))
+        tools.register_kind("mcp", mcp_kind(mcp))
+        tools.add_service(http)
+        tools.add_service(mcp)
+
+    @hookimpl
+    async def startup(self, context: PluginContext) -> None:
+        settings = settings_of(context.state.config)
+        context.collect("register_tools", tools=self.tools)
+        tools = self.tools
+        for i, definition in enumerate(settings.registry):
+            where = f"tools.registry[{i}] ({definition.id})"
+            try:
+                tools.add(tools.build(definition))
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        await tools.start()
+        self._agent = settings.agent
+
+    @hookimpl
+    async def shutdown(self) -> None:
+        await self.tools.close()
+
+    @hookimpl
+    def forwarder_for(
+        self,
+        forwarder: Forwarding,
+        identity: Identity,
+        request_id: str,
+        model: Model,
+        request: ClientRequest,
+    ) -> AgentForwarder | None:
+        # A cheap None for every request while no tool is registered.
+        agent = self._agent
+        if agent is None or not self.tools or request.op is not Operation.CHAT:
+            return None
+        return agent_forwarder(forwarder, self.tools, agent, identity, request_id, model, request)

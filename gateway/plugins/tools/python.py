@@ -18,8 +18,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config import ToolDefinition
-from gateway.plugins.tools.registry import Caller, ToolFactory, ToolFailed, ToolSpec
+from gateway.errors import ToolFailed
+from gateway.plugins.tools.registry import Caller, ToolFactory, ToolSpec
+from gateway.plugins.tools.settings import ToolDefinition
 
 
 def load_function(path: str) -> Callable[..., Any]:

@@ -17,10 +17,10 @@ from typing import Any, Protocol
 
 import msgspec
 
-from gateway.config import ToolDefinition
 from gateway.identity import Identity
 from gateway.plugins.tools.metrics import ToolMetrics
 from gateway.plugins.tools.schema import Schema
+from gateway.plugins.tools.settings import ToolDefinition
 
 # OpenAI's rule for function names; models only ever see names that match it.
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -114,10 +114,6 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
-
-
-class ToolFailed(Exception):
-    """A tool ran and failed; the message is what the caller (and the model) sees."""
 
 
 # Builds a tool from its routing.yaml entry; raises ValueError naming what is wrong.

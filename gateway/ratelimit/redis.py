@@ -1,9 +1,10 @@
 """Rate-limit state in Redis, shared by every turnout replica behind a load balancer.
 
-The rules are those of ``gateway.ratelimit`` (token buckets refilled per minute, all-or-nothing
-across scopes, estimates settled afterwards), run as Lua scripts so that each admission and each
-release is one atomic round trip: two replicas can never both take the last request of a minute.
-Time comes from the Redis server (``TIME``), so replicas with skewed clocks still agree.
+The rules are those of ``gateway.ratelimit.policy`` (token buckets refilled per minute,
+all-or-nothing across scopes, estimates settled afterwards), run as Lua scripts so that each
+admission and each release is one atomic round trip: two replicas can never both take the last
+request of a minute. Time comes from the Redis server (``TIME``), so replicas with skewed clocks
+still agree.
 
 Keys, under a prefix (``?prefix=`` on the URL, default ``turnout:rl:``):
   ``<prefix>b:<kind>:<name>``  hash {r, t, ts}: request and token buckets, last update in ms;
@@ -37,13 +38,15 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
-from gateway.ratelimit import Admission, Clock, LimitName, MemoryBackend, Scope
+from gateway.ratelimit.admission import Admission
+from gateway.ratelimit.memory import MemoryBackend
+from gateway.ratelimit.policy import Clock, LimitName, Scope
 
 log = logging.getLogger("turnout.ratelimit")
 
 DEFAULT_PREFIX = "turnout:rl:"
 
-# Shared preamble: the server's clock in ms, and a bucket refill that mirrors ratelimit.refill.
+# Shared preamble: the server's clock in ms, and a bucket refill that mirrors policy.refill.
 _PRELUDE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -249,6 +252,9 @@ class RedisBackend:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         await asyncio.shield(task)
+
+    def release_nowait(self, admission: Admission, actual_tokens: int | None) -> bool:
+        return False  # every release is a round trip to Redis: await ``release``
 
     async def start(self) -> None:
         """Say at start-up, not at the first request, whether Redis answers."""

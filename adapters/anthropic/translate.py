@@ -1,4 +1,4 @@
-"""OpenAI chat ⇄ Anthropic's Messages API, for upstreams that speak Anthropic (the ``anthropic`` adapter).
+"""OpenAI chat ⇄ Anthropic's Messages API, for the ``anthropic`` adapter (pure: no I/O).
 
 Requests: system prompt, content parts and images, tools and tool_choice, tool calls and their
 results. Answers: text, thinking (as ``reasoning_content``), tool calls, stop reasons, usage

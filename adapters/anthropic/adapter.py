@@ -1,13 +1,14 @@
-"""Anthropic's Messages API as an upstream (kind ``anthropic``): OpenAI chat in, OpenAI chat out.
+"""The Anthropic adapter: Anthropic's Messages API as an upstream.
 
 A request that came in through the Anthropic ingress carries its original body
-(``gateway.translate.Translated``): it is sent as it came, with the target's model name and the
-client's ``anthropic-beta``, and the answer is relayed in Anthropic's own format, which that
-ingress recognises. Nothing is lost in a round trip through OpenAI's shape: thinking blocks and
-their signatures, cache breakpoints, beta features.
+(``UpstreamRequest.native``): it is sent as it came, with the target's model name and the
+client's ``anthropic-beta``, and the answer is relayed in Anthropic's own format, declared as
+``WireProtocol.ANTHROPIC`` on the reply (the forwarder says the same of the stream). Nothing
+is lost in a round trip through OpenAI's shape: thinking blocks and their signatures, cache
+breakpoints, beta features.
 
 Every other request (OpenAI chat, Responses) is translated both ways by
-``gateway.translate.anthropic_upstream``.
+``adapters.anthropic.translate``.
 
 ``base_url`` is Anthropic's (``https://api.anthropic.com``), with or without ``/v1``.
 """
@@ -15,6 +16,7 @@ Every other request (OpenAI chat, Responses) is translated both ways by
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -22,17 +24,27 @@ from collections.abc import Mapping
 import aiohttp
 import msgspec
 
-from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, UpstreamRequest
-from adapters.openai_compat import (
-    SSEStream,
-    mapped_client_errors,
+from adapters.anthropic.translate import ChatChunks, chat_reply, messages_body
+from adapters.base import (
+    AdapterRegistry,
+    Operation,
+    Probe,
+    UpstreamReply,
+    UpstreamRequest,
+    WireProtocol,
+)
+from adapters.http import (
     open_event_stream,
+    post_for_body,
+    probe_url,
+    stream_timeout,
+    unprobed,
     whole_answer_timeout,
 )
+from adapters.openai_compat import SSEStream
 from gateway.config import Provider
-from gateway.errors import UpstreamError, UpstreamProtocolError, UpstreamStatus
-from gateway.translate import FIELDS, encode, native_of, raw
-from gateway.translate.anthropic_upstream import ChatChunks, chat_reply, messages_body
+from gateway.errors import ContextExceeded, UpstreamError, UpstreamProtocolError, UpstreamStatus
+from gateway.translate import FIELDS, encode, raw
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -88,6 +100,9 @@ class AnthropicStream:
 
 
 class AnthropicAdapter:
+    # Requests that came in as Messages arrive with the client's own body (``native``).
+    native_protocols = frozenset({WireProtocol.ANTHROPIC})
+
     def __init__(self, name: str, provider: Provider, session: aiohttp.ClientSession) -> None:
         self.name = name
         self.provider = provider
@@ -97,21 +112,19 @@ class AnthropicAdapter:
         self._messages_url = root + "/v1/messages"
         self._count_url = root + "/v1/messages/count_tokens"
         self._models_url = root + "/v1/models"
+        # Anthropic's own key header, not a bearer token; lower-case names, as its SDK sends.
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         headers.update({k.lower(): v for k, v in provider.headers.items()})
         if provider.api_key:
             headers["x-api-key"] = provider.api_key
         self._headers = headers
-        t = provider.timeouts
-        self._send_timeout = whole_answer_timeout(t)
+        self._send_timeout = whole_answer_timeout(provider.timeouts)
         # Streams are bounded by SSEStream's deadlines instead.
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=t.connect, sock_read=None
-        )
+        self._stream_timeout = stream_timeout(provider.timeouts)
 
     def _encode(self, request: UpstreamRequest) -> tuple[bytes, dict[str, str], bool]:
         """Body, headers, and whether the answer comes back in Anthropic's format."""
-        native = native_of(request.fields, "anthropic")
+        native = request.native  # given only in a protocol this adapter speaks: Anthropic's
         if native is not None:
             fields = dict(native.fields)
             fields["model"] = raw(request.model)
@@ -136,24 +149,31 @@ class AnthropicAdapter:
 
     async def send(self, request: UpstreamRequest) -> UpstreamReply:
         body, headers, native = self._encode(request)
-        with mapped_client_errors():
-            async with self._session.post(
-                self._messages_url, data=body, headers=headers, timeout=self._send_timeout
-            ) as response:
-                data = await response.read()
-                if response.status >= 400:
-                    raise UpstreamStatus(response.status, data, retry_after=_retry_after(response))
-        return UpstreamReply(
-            response.status, data if native else chat_reply(data, int(time.time()))
-        )
+        try:
+            status, data = await post_for_body(
+                self._session,
+                self._messages_url,
+                body,
+                headers,
+                self._send_timeout,
+                self.provider.timeouts.max_body_bytes,
+            )
+        except UpstreamStatus as exc:
+            raise context_error(exc) from None
+        if native:
+            return UpstreamReply(status, data, protocol=WireProtocol.ANTHROPIC)
+        return UpstreamReply(status, chat_reply(data, int(time.time())))
 
     async def open_stream(self, request: UpstreamRequest) -> AnthropicStream:
         body, headers, native = self._encode(request)
         t = self.provider.timeouts
         started = asyncio.get_running_loop().time()
-        response = await open_event_stream(
-            self._session, self._messages_url, body, headers, self._stream_timeout, t
-        )
+        try:
+            response = await open_event_stream(
+                self._session, self._messages_url, body, headers, self._stream_timeout, t
+            )
+        except UpstreamStatus as exc:
+            raise context_error(exc) from None
         events = SSEStream(response, None, t, started)
         return AnthropicStream(events, None if native else ChatChunks(int(time.time())))
 
@@ -162,52 +182,48 @@ class AnthropicAdapter:
         body, headers, _ = self._encode(request)
         fields = FIELDS.decode(body)
         count = encode({k: v for k, v in fields.items() if k in _COUNT_FIELDS})
-        with mapped_client_errors():
-            async with self._session.post(
-                self._count_url, data=count, headers=headers, timeout=self._send_timeout
-            ) as response:
-                data = await response.read()
-                if response.status >= 400:
-                    raise UpstreamStatus(response.status, data, retry_after=_retry_after(response))
+        _, data = await post_for_body(
+            self._session,
+            self._count_url,
+            count,
+            headers,
+            self._send_timeout,
+            self.provider.timeouts.max_body_bytes,
+        )
         tokens = _input_tokens(data)
         if tokens is None:
             raise UpstreamProtocolError("count_tokens answered no input_tokens")
         return tokens
 
     async def probe(self) -> Probe:
-        if self.provider.missing_env:
-            return Probe(
-                False, f"environment variable {', '.join(self.provider.missing_env)} not set"
-            )
-        if not self.provider.is_local:
-            # Probing a cloud API costs the user a request; a configured key is the best we know.
-            return Probe(True, "cloud provider with API key configured")
-        timeout = aiohttp.ClientTimeout(total=min(2.0, self.provider.timeouts.connect + 1))
-        try:
-            with mapped_client_errors():
-                async with self._session.get(
-                    self._models_url, headers=self._headers, timeout=timeout
-                ) as response:
-                    await response.read()
-                    if response.status == 200:
-                        return Probe(True, "ready")
-                    return Probe(False, f"{self._models_url} answered HTTP {response.status}")
-        except UpstreamError as exc:
-            return Probe(False, exc.message)
+        unprobed_answer = unprobed(self.provider)
+        if unprobed_answer is not None:
+            return unprobed_answer
+        return await probe_url(
+            self._session, self._models_url, self._headers, self.provider.timeouts
+        )
 
     async def close(self) -> None:
         # The session is shared and owned by the app state.
         return None
 
 
-def _retry_after(response: aiohttp.ClientResponse) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+_TOO_LONG = re.compile(rb"prompt is too long: (\d+) tokens > (\d+) maximum")
+
+
+def context_error(exc: UpstreamStatus) -> UpstreamStatus | ContextExceeded:
+    """Anthropic's own 400 "prompt is too long: N tokens > M maximum" → ContextExceeded.
+
+    Rendered as an UpstreamStatus it reached Anthropic clients as "upstream returned HTTP 400:
+    prompt is too long...", which Claude Code does not recognise, so it never compacted; and
+    OpenAI clients got ``upstream_rejected`` instead of ``context_length_exceeded``.
+    """
+    if exc.upstream_status != 400:
+        return exc
+    found = _TOO_LONG.search(exc.body, 0, 4000)
+    if found is None:
+        return exc
+    return ContextExceeded(int(found[1]), int(found[2]))
 
 
 def _input_tokens(data: bytes) -> int | None:
