@@ -165,11 +165,7 @@ def instructions(
                 ),
             )
             counts.setdefault(kind, {})[name] = counted.as_dict()
-        off, on = counts[kind]["off"], counts[kind]["on"]
-        counts[kind]["off_over_on"] = {
-            "main_thread": round(off["main_thread"] / on["main_thread"], 3),
-            "process": round(off["process"] / on["process"], 3),
-        }
+        counts[kind]["off_over_on"] = callgrind.ratio(counts[kind]["off"], counts[kind]["on"])
     return counts
 
 
@@ -235,12 +231,7 @@ def report(result: dict[str, Any]) -> str:
         )
         lines.append(side_by_side_line(MODES, kind, result["side_by_side"][kind]["median"]))
     for kind, count in result["instructions_per_request"].items():
-        off, on, ratio = count["off"], count["on"], count["off_over_on"]
-        lines.append(
-            f"{kind} instructions/request (callgrind): event loop {off['main_thread']:,.0f} off, "
-            f"{on['main_thread']:,.0f} on, off/on {ratio['main_thread']:.3f}; whole process "
-            f"{off['process']:,.0f} off, {on['process']:,.0f} on, off/on {ratio['process']:.3f}"
-        )
+        lines.append(callgrind.report_line(MODES, kind, count))
     usage = result["usage_log"]
     lines.append(
         f"usage log: {usage['rows']:,} rows for {usage['requests_answered_by_on']:,} answers"

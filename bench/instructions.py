@@ -117,3 +117,20 @@ def count(
     time.sleep(0.5)
     main, every = _totals(out)
     return Count(requests, round(main / requests), round(every / requests))
+
+
+def ratio(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """a/b of two callgrind counts: instructions per request on the event loop and in all."""
+    return {part: round(a[part] / b[part], 3) for part in ("main_thread", "process")}
+
+
+def report_line(modes: tuple[str, str], kind: str, count: dict[str, dict[str, float]]) -> str:
+    """The report's line for one kind's counts of two modes and their ``{a}_over_{b}`` ratio."""
+    a, b = modes
+    first, second, over = count[a], count[b], count[f"{a}_over_{b}"]
+    return (
+        f"{kind} instructions/request (callgrind): event loop {first['main_thread']:,.0f} {a}, "
+        f"{second['main_thread']:,.0f} {b}, {a}/{b} {over['main_thread']:.3f}; whole process "
+        f"{first['process']:,.0f} {a}, {second['process']:,.0f} {b}, {a}/{b} "
+        f"{over['process']:.3f}"
+    )

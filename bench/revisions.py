@@ -84,11 +84,9 @@ def instructions(
                 cwd=build.cwd or where,
             )
             counts.setdefault(kind, {})[mode] = counted.as_dict()
-        before, after = counts[kind]["before"], counts[kind]["after"]
-        counts[kind]["before_over_after"] = {
-            "main_thread": round(before["main_thread"] / after["main_thread"], 3),
-            "process": round(before["process"] / after["process"], 3),
-        }
+        counts[kind]["before_over_after"] = callgrind.ratio(
+            counts[kind]["before"], counts[kind]["after"]
+        )
     return counts
 
 
@@ -163,13 +161,7 @@ def report(result: dict[str, Any]) -> str:
         added = f", adds {first['added_ms']:.3f} ms to direct" if name != "direct" else ""
         lines.append(f"TTFT {name}: p50 {first['p50_ms']:.3f} ms{added}")
     for kind, count in result["instructions_per_request"].items():
-        before, after, ratio = count["before"], count["after"], count["before_over_after"]
-        lines.append(
-            f"{kind} instructions/request (callgrind): event loop {before['main_thread']:,.0f} "
-            f"before, {after['main_thread']:,.0f} after, before/after {ratio['main_thread']:.3f}; "
-            f"whole process {before['process']:,.0f} before, {after['process']:,.0f} after, "
-            f"before/after {ratio['process']:.3f}"
-        )
+        lines.append(callgrind.report_line(MODES, kind, count))
     lines.append("after/before throughput: " + json.dumps(result["after_over_before"]))
     return "\n".join(lines)
 

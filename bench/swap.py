@@ -31,31 +31,15 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.engines.builtin import LLAMACPP_COMMAND  # noqa: E402
 from tests.engines.engines import ensure_models, free_port, llama_server_binary  # noqa: E402
 
 USER = [{"role": "user", "content": "hi"}]
 
 
 def engine_command(binary: Path) -> list[str]:
-    return [
-        str(binary),
-        "-m",
-        "${MODEL}",
-        "--host",
-        "${HOST}",
-        "--port",
-        "${PORT}",
-        "-c",
-        "${CTX}",
-        "--jinja",
-        "--no-webui",
-        "-a",
-        "${ROLE}",
-        "-np",
-        "4",
-        "-t",
-        "1",
-    ]
+    """The registered llamacpp kind's command, run by this binary with four slots on one thread."""
+    return [str(binary), *LLAMACPP_COMMAND[1:], "-np", "4", "-t", "1"]
 
 
 def direct_cold_start(binary: Path, model: Path) -> float:

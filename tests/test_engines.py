@@ -17,6 +17,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from gateway.engines.builtin import LLAMACPP_COMMAND
 from tests.engines.engines import HELLO_TEXT, llama_server_binary
 from tests.gateway_server import RunningGateway, config_of, running_gateway
 
@@ -26,26 +27,7 @@ USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def role(model: Path, **extra: Any) -> dict[str, Any]:
-    binary = str(llama_server_binary())
-    command = [
-        binary,
-        "-m",
-        "${MODEL}",
-        "--host",
-        "${HOST}",
-        "--port",
-        "${PORT}",
-        "-c",
-        "${CTX}",
-        "--jinja",
-        "--no-webui",
-        "-a",
-        "${ROLE}",
-        "-np",
-        "4",
-        "-t",
-        "1",
-    ]
+    command = [str(llama_server_binary()), *LLAMACPP_COMMAND[1:], "-np", "4", "-t", "1"]
     return {
         "engine": "llamacpp",
         "model": str(model),

@@ -365,74 +365,69 @@ def upstream_models(served: Served) -> list[str | None]:
     return [r.model for r in served.fake.requests if r.path.endswith("/chat/completions")]
 
 
+def launch_to_the_upstream(
+    served: Served, env: dict[str, str], timeout: float, client: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Launch ``client`` once: it must exit 0 having asked the upstream for the mapped model."""
+    assert served.fake is not None
+    served.fake.reset()
+    result = turnout("launch", client, "--url", served.url, "--", *args, env=env, timeout=timeout)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "coder-upstream" in upstream_models(served)
+    return result
+
+
 def test_claude_code_print_mode_reaches_the_upstream_with_the_mapped_model(
     clients_bin: Path, served: Served, tmp_path: Path
 ) -> None:
-    assert served.fake is not None
-    served.fake.reset()
     env = real_client_env(tmp_path, clients_bin)
-    result = turnout(
-        "launch", "claude", "--url", served.url, "--", "-p", "hi", env=env, timeout=120
-    )
-    assert result.returncode == 0, result.stderr + result.stdout
+    result = launch_to_the_upstream(served, env, 120, "claude", "-p", "hi")
     assert "echo:" in result.stdout
-    assert "coder-upstream" in upstream_models(served)
+
+
+def edit_notes_through_the_gateway(
+    scripted: tuple[Served, Path], env: dict[str, str], client: str, *args: str
+) -> None:
+    """Launch ``client`` in the scripted workdir: its tool loop must leave notes.txt edited."""
+    served, workdir = scripted
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "launch", client, "--url", served.url, "--", *args],
+        cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (workdir / "notes.txt").read_text() == "hello, turnout\n"
 
 
 def test_claude_code_runs_a_tool_loop_through_the_gateway(
     clients_bin: Path, scripted: tuple[Served, Path], tmp_path: Path
 ) -> None:
-    served, workdir = scripted
-    env = real_client_env(tmp_path, clients_bin)
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "launch", "claude", "--url", served.url, "--",
-         "-p", "edit notes.txt", "--allowedTools", "Read,Bash,Edit"],
-        cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-        timeout=180,
+    edit_notes_through_the_gateway(
+        scripted, real_client_env(tmp_path, clients_bin),
+        "claude", "-p", "edit notes.txt", "--allowedTools", "Read,Bash,Edit",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert (workdir / "notes.txt").read_text() == "hello, turnout\n"
 
 
 def test_codex_runs_a_tool_loop_through_the_gateway(
     clients_bin: Path, scripted: tuple[Served, Path], tmp_path: Path
 ) -> None:
-    served, workdir = scripted
-    env = real_client_env(tmp_path, clients_bin)
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "launch", "codex", "--url", served.url, "--",
-         "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
-         "edit notes.txt"],
-        cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-        timeout=180,
+    edit_notes_through_the_gateway(
+        scripted, real_client_env(tmp_path, clients_bin),
+        "codex", "exec", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
+        "edit notes.txt",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert (workdir / "notes.txt").read_text() == "hello, turnout\n"
 
 
 def test_codex_exec_reaches_the_upstream_through_the_responses_api(
     clients_bin: Path, served: Served, tmp_path: Path
 ) -> None:
-    assert served.fake is not None
-    served.fake.reset()
     env = real_client_env(tmp_path, clients_bin)
-    result = turnout(
-        "launch", "codex", "--url", served.url, "--",
-        "exec", "--skip-git-repo-check", "hi", env=env, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert "coder-upstream" in upstream_models(served)
+    launch_to_the_upstream(served, env, 120, "codex", "exec", "--skip-git-repo-check", "hi")
     assert not (tmp_path / ".codex" / "config.toml").exists()  # no file of the user's written
 
 
 def test_opencode_run_reaches_the_upstream_with_the_mapped_model(
     clients_bin: Path, served: Served, tmp_path: Path
 ) -> None:
-    assert served.fake is not None
-    served.fake.reset()
     env = real_client_env(tmp_path, clients_bin)
-    result = turnout(
-        "launch", "opencode", "--url", served.url, "--", "run", "hi", env=env, timeout=180
-    )
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert "coder-upstream" in upstream_models(served)
+    launch_to_the_upstream(served, env, 180, "opencode", "run", "hi")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from gateway.translate.anthropic_replies import error_body
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.ollama_upstream import FakeOllama
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.gateway_server import config_of, running_gateway
+from tests.gateway_server import RunningGateway, config_of, running_gateway
 
 HI: list[MessageParam] = [{"role": "user", "content": "hello there, how many tokens is this?"}]
 WEATHER: ToolParam = {
@@ -89,14 +90,29 @@ def claude(url: str, key: str) -> AsyncAnthropic:
 # --- count_tokens ------------------------------------------------------------------------------------
 
 
+def gateway_for(
+    openai_up: FakeOpenAI, anthropic_up: FakeAnthropic, database: Path
+) -> AbstractAsyncContextManager[RunningGateway]:
+    return running_gateway(from_mapping(raw_config(openai_up, anthropic_up, database), "test", {}))
+
+
+async def count_tokens(gw: RunningGateway, model: str) -> tuple[int, str | None, Any]:
+    """POST /v1/messages/count_tokens for HI, keyless: status, x-turnout-token-count, body."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gw.url + "/v1/messages/count_tokens", json={"model": model, "messages": HI}
+        ) as response,
+    ):
+        return response.status, response.headers.get("x-turnout-token-count"), await response.json()
+
+
 async def test_count_tokens_refuses_missing_wrong_and_forbidden_keys(
     openai_up: FakeOpenAI, anthropic_up: FakeAnthropic, tmp_path: Path
 ) -> None:
     database = tmp_path / "t.db"
     fast_only = new_key(database, "fast")
-    async with running_gateway(
-        from_mapping(raw_config(openai_up, anthropic_up, database), "test", {})
-    ) as gw:
+    async with gateway_for(openai_up, anthropic_up, database) as gw:
         async with aiohttp.ClientSession() as session:
             url = gw.url + "/v1/messages/count_tokens"
             body = {"model": "fast", "messages": HI}
@@ -120,9 +136,7 @@ async def test_count_tokens_is_forwarded_to_an_anthropic_target(
 ) -> None:
     database = tmp_path / "t.db"
     key = new_key(database)
-    async with running_gateway(
-        from_mapping(raw_config(openai_up, anthropic_up, database), "test", {})
-    ) as gw:
+    async with gateway_for(openai_up, anthropic_up, database) as gw:
         client = claude(gw.url, key)
         raw = await client.messages.with_raw_response.count_tokens(
             model="claude-sonnet",
@@ -147,21 +161,11 @@ async def test_count_tokens_without_an_engine_tokenizer_is_a_marked_estimate(
     openai_up: FakeOpenAI, anthropic_up: FakeAnthropic, tmp_path: Path
 ) -> None:
     database = tmp_path / "t.db"
-    async with running_gateway(
-        from_mapping(raw_config(openai_up, anthropic_up, database), "test", {})
-    ) as gw:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(
-                gw.url + "/v1/messages/count_tokens", json={"model": "fast", "messages": HI}
-            ) as response:
-                assert response.status == 200
-                assert response.headers["x-turnout-token-count"] == "estimate"
-                assert await response.json() == {"input_tokens": 13}
-            async with session.post(
-                gw.url + "/v1/messages/count_tokens", json={"model": "nope", "messages": HI}
-            ) as response:
-                assert response.status == 404
-                assert (await response.json())["error"]["type"] == "not_found_error"
+    async with gateway_for(openai_up, anthropic_up, database) as gw:
+        assert await count_tokens(gw, "fast") == (200, "estimate", {"input_tokens": 13})
+        status, _, body = await count_tokens(gw, "nope")
+        assert status == 404
+        assert body["error"]["type"] == "not_found_error"
     assert not [r for r in openai_up.requests if r.method == "POST"]
 
 
@@ -169,16 +173,10 @@ async def test_count_tokens_falls_back_to_the_estimate_when_the_upstream_refuses
     openai_up: FakeOpenAI, anthropic_up: FakeAnthropic, tmp_path: Path
 ) -> None:
     anthropic_up.api_key = "another-key"  # the gateway's key is now refused with 401
-    async with running_gateway(
-        from_mapping(raw_config(openai_up, anthropic_up, tmp_path / "t.db"), "test", {})
-    ) as gw:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(
-                gw.url + "/v1/messages/count_tokens", json={"model": "cloud", "messages": HI}
-            ) as response:
-                assert response.status == 200
-                assert response.headers["x-turnout-token-count"] == "estimate"
-                assert (await response.json())["input_tokens"] > 0
+    async with gateway_for(openai_up, anthropic_up, tmp_path / "t.db") as gw:
+        status, count, body = await count_tokens(gw, "cloud")
+        assert (status, count) == (200, "estimate")
+        assert body["input_tokens"] > 0
 
 
 # --- /v1/models ------------------------------------------------------------------------------------
@@ -190,9 +188,7 @@ async def test_models_lists_only_what_the_key_may_use(
     database = tmp_path / "t.db"
     fast_only = new_key(database, "fast")
     everything = new_key(database)
-    async with running_gateway(
-        from_mapping(raw_config(openai_up, anthropic_up, database), "test", {})
-    ) as gw:
+    async with gateway_for(openai_up, anthropic_up, database) as gw:
         limited = gw.openai(api_key=fast_only)
         assert [m.id async for m in limited.models.list()] == ["fast"]
         full = gw.openai(api_key=everything)
@@ -209,9 +205,7 @@ async def test_models_in_anthropic_shape_for_anthropic_clients(
 ) -> None:
     database = tmp_path / "t.db"
     key = new_key(database, "cloud", "fast")
-    async with running_gateway(
-        from_mapping(raw_config(openai_up, anthropic_up, database), "test", {})
-    ) as gw:
+    async with gateway_for(openai_up, anthropic_up, database) as gw:
         client = claude(gw.url, key)
         page = await client.models.list()
         one = await client.models.retrieve("claude-sonnet")

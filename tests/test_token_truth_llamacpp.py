@@ -17,6 +17,7 @@ from anthropic import AsyncAnthropic
 from anthropic.types import MessageParam, ToolParam
 from openai.types.chat import ChatCompletionMessageParam
 
+from gateway.engines.builtin import LLAMACPP_COMMAND
 from gateway.engines.states import EngineState
 from gateway.state import GatewayState
 from tests.engines.engines import llama_server_binary
@@ -47,25 +48,9 @@ LONG_CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": LONG_
 
 @pytest.fixture
 async def gw(tiny_models: dict[str, Path], tmp_path: Path) -> AsyncIterator[RunningGateway]:
-    command = [
-        str(llama_server_binary()),
-        "-m",
-        "${MODEL}",
-        "--host",
-        "${HOST}",
-        "--port",
-        "${PORT}",
-        "-c",
-        str(ENGINE_CTX),
-        "-np",
-        "1",
-        "-t",
-        "1",
-        "--jinja",
-        "--no-webui",
-        "-a",
-        "${ROLE}",
-    ]
+    # The registered kind's command, with the engine's context fixed below the role's.
+    template = [str(ENGINE_CTX) if part == "${CTX}" else part for part in LLAMACPP_COMMAND[1:]]
+    command = [str(llama_server_binary()), *template, "-np", "1", "-t", "1"]
     tiny = {
         "engine": "llamacpp",
         "model": str(tiny_models["tiny-hello"]),

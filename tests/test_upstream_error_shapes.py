@@ -98,17 +98,22 @@ async def _openai_refusal(gw: RunningGateway, model: str, stream: bool) -> opena
 # --- context refusals ------------------------------------------------------------------------
 
 
+def _assert_prompt_too_long(body: dict[str, Any], context_window: int) -> None:
+    """Anthropic's own refusal: its type, and its message with nothing in front."""
+    error = body["error"]
+    assert error["type"] == "invalid_request_error"
+    found = TOO_LONG.match(error["message"])
+    assert found, error["message"]  # no "upstream returned HTTP 400: " in front
+    assert int(found[1]) > int(found[2]) == context_window
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_anthropics_prompt_too_long_reaches_claude_clients_in_its_own_words(
     claude_up: FakeAnthropic, cloud_up: FakeOpenAI, stream: bool
 ) -> None:
     async with _gateway(claude_up, cloud_up) as gw:
         body = await _anthropic_refusal(gw, "claude", stream)
-    error = body["error"]
-    assert error["type"] == "invalid_request_error"
-    found = TOO_LONG.match(error["message"])
-    assert found, error["message"]  # no "upstream returned HTTP 400: " in front
-    assert int(found[1]) > int(found[2]) == claude_up.context_window
+    _assert_prompt_too_long(body, claude_up.context_window)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -140,10 +145,7 @@ async def test_openais_context_length_exceeded_reaches_claude_clients_as_prompt_
 ) -> None:
     async with _gateway(claude_up, cloud_up) as gw:
         body = await _anthropic_refusal(gw, "gpt", stream)
-    found = TOO_LONG.match(body["error"]["message"])
-    assert found, body
-    assert int(found[1]) > int(found[2]) == cloud_up.context_window
-    assert body["error"]["type"] == "invalid_request_error"
+    _assert_prompt_too_long(body, cloud_up.context_window)
 
 
 # --- /v1/models refusals -------------------------------------------------------------------------

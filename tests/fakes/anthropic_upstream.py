@@ -50,13 +50,13 @@ import random
 import re
 import string
 import time
-from types import TracebackType
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from tests.fakes.openai_upstream import RecordedRequest
+from tests.fakes.server import LoopbackServer, serve
 
 OK = "ok"
 TOOLS = "tools"
@@ -267,7 +267,7 @@ def _validate_tools(body: dict[str, Any]) -> None:
         raise Invalid("tool_choice: Input tag does not match any of the expected tags")
 
 
-class FakeAnthropic:
+class FakeAnthropic(LoopbackServer):
     """A scriptable Anthropic API on 127.0.0.1 (see the module docstring)."""
 
     def __init__(
@@ -311,29 +311,12 @@ class FakeAnthropic:
         self.script[:0] = [f"error-{status}"] * n
 
     async def start(self) -> None:
-        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
-        runner = web.ServerRunner(server, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, self.host, 0).start()
-        self._runner = runner
-        self._port = runner.addresses[0][1]
+        self._runner, self._port = await serve(self._handle, self.host)
 
     async def stop(self) -> None:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
-
-    async def __aenter__(self) -> FakeAnthropic:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # --- requests ---
 

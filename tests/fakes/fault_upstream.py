@@ -29,10 +29,11 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.server import LoopbackServer, serve
 
 _OPENAI_CHUNK = (
     b'data: {"id":"chatcmpl-f","object":"chat.completion.chunk","created":1,"model":"m",'
@@ -82,7 +83,7 @@ _WIRES = {
 }
 
 
-class FaultUpstream:
+class FaultUpstream(LoopbackServer):
     def __init__(
         self, *, interval: float = 0.05, settle: float = 0.5, huge_bytes: int = 2 * 1024 * 1024
     ) -> None:
@@ -97,21 +98,10 @@ class FaultUpstream:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._port}"
 
-    async def __aenter__(self) -> FaultUpstream:
-        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
-        self._runner = web.ServerRunner(server, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self._port = self._runner.addresses[0][1]
-        return self
+    async def start(self) -> None:
+        self._runner, self._port = await serve(self._handle, shutdown_timeout=0.5)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -53,11 +53,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import Any
 
 import msgspec
 from aiohttp import web
+
+from tests.fakes.server import LoopbackServer, serve
 
 JSON_TYPE = "application/json; charset=utf-8"
 NDJSON_TYPE = "application/x-ndjson"
@@ -186,7 +187,7 @@ def _call_id() -> str:
     return "call_" + "".join(_rng.choices(string.ascii_lowercase + string.digits, k=8))
 
 
-class FakeOllama:
+class FakeOllama(LoopbackServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self._port = port
@@ -238,33 +239,12 @@ class FakeOllama:
     # lifecycle
 
     async def start(self) -> None:
-        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
-        runner = web.ServerRunner(server, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self._port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = runner.addresses[0][1]
+        self._runner, self._port = await serve(self._handle, self.host, self._port)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> FakeOllama:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # request handling
 

@@ -104,6 +104,8 @@ from typing import Any, ClassVar
 import msgspec
 from aiohttp import web
 
+from tests.fakes.server import LoopbackServer, serve
+
 OK = "ok"
 TOOLS = "tools"
 SLOW_FIRST_BYTE = "slow-first-byte"
@@ -882,7 +884,7 @@ def _embedding(text: str, dim: int, as_base64: bool) -> list[float] | str:
 Handler = Callable[[web.BaseRequest, RecordedRequest], Awaitable[web.StreamResponse]]
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """A scriptable OpenAI-compatible HTTP server on 127.0.0.1 (see the module docstring)."""
 
     def __init__(
@@ -998,18 +1000,7 @@ class FakeOpenAI:
         if self._runner is not None:
             raise RuntimeError("FakeOpenAI already started")
         self._stopping = asyncio.Event()
-        # The low-level Server skips Application routing/middlewares: one dict lookup per request.
-        # handler_cancellation: a client that gives up on a "hang" frees its handler at once.
-        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
-        runner = web.ServerRunner(server, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self._port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = runner.addresses[0][1]
+        self._runner, self._port = await serve(self._handle, self.host, self._port)
 
     async def stop(self) -> None:
         if self._runner is None:
@@ -1018,18 +1009,6 @@ class FakeOpenAI:
         self._stopping.set()  # releases "hang"/"stall" handlers, which then drop their connection
         runner, self._runner = self._runner, None
         await runner.cleanup()
-
-    async def __aenter__(self) -> FakeOpenAI:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def start_in_thread(self, timeout: float = 10.0) -> None:
         """Serve from a private event loop in a daemon thread, for sync tests and clients."""

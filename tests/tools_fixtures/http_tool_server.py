@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.server import LoopbackServer
 
-class HttpToolServer:
+
+class HttpToolServer(LoopbackServer):
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.delay = 2.0
@@ -32,7 +33,7 @@ class HttpToolServer:
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
 
-    async def __aenter__(self) -> HttpToolServer:
+    async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/weather", self._weather)
         app.router.add_post("/plain", self._plain)
@@ -48,14 +49,8 @@ class HttpToolServer:
         self.port = sock.getsockname()[1]
         site = web.SockSite(self._runner, sock)
         await site.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
 
