@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -233,6 +233,11 @@ class _Open:
     # One growing buffer, not a list of deltas: a list holds ~60 bytes per token (the str
     # object and its slot), twelve times the text of a typical 5-character token.
     text: io.StringIO = field(default_factory=io.StringIO)
+    # A text item's content as JSON string contents, grown from each delta's encoding (which
+    # the delta event needs anyway). JSON escapes character by character, so the pieces joined
+    # are the whole text's encoding: closing costs no decode-and-encode of a second and third
+    # copy (a 100 MB answer peaked at 3x its size that way).
+    escaped: bytearray = field(default_factory=bytearray)
 
 
 @dataclass(slots=True)
@@ -306,10 +311,11 @@ class ResponseStream:
         text = plain_text(chunk) if message is not None else None
         if text is not None and message is not None:
             # Most chunks: one more piece of the open message's text.
-            message.text.write(text)
+            quoted = encode(text)
+            message.escaped += quoted[1:-1]
             seq = self._seq
             self._seq += 1
-            return _TEXT_HEAD + b"%d" % seq + self._text_mid + encode(text) + b',"logprobs":[]}\n\n'
+            return _TEXT_HEAD + b"%d" % seq + self._text_mid + quoted + b',"logprobs":[]}\n\n'
         out: list[bytes] = []
         if not self._started:
             self._start(out)
@@ -365,10 +371,20 @@ class ResponseStream:
             out.append(pieces[i + 1])
         out.append(b"\n\n")
 
-    def _slot(self, text: io.StringIO) -> msgspec.Raw:
-        """Encode a closed item's text once; the slot that stands for it in events."""
-        self._texts.append(encode(text.getvalue()))
-        text.close()  # the encoded copy is the only one kept
+    def _slot(self, item: _Open) -> msgspec.Raw:
+        """A closed text item's encoded text, kept once; the slot that stands for it in events.
+
+        The buffer itself becomes the JSON string (quotes added in place), not a copy of it: a
+        large one is written to the client in slices (``SSEResponse.write``); a small one is
+        joined with the events around it (``_pieces``).
+        """
+        encoded = item.escaped
+        item.escaped = bytearray()
+        encoded[0:0] = b'"'
+        encoded += b'"'
+        # Typed as bytes: everything downstream only joins, slices and writes it (the buffer
+        # protocol), and a bytes() of a 100 MB text would be the very copy this avoids.
+        self._texts.append(cast(bytes, encoded) if len(encoded) >= _SHARED else bytes(encoded))
         return msgspec.Raw(b"\x00%d\x00" % (len(self._texts) - 1))
 
     def _start(self, out: list[bytes]) -> None:
@@ -413,7 +429,8 @@ class ResponseStream:
 
     def _text_delta(self, out: list[bytes], kind: str, item: _Open, text: str) -> None:
         # The per-token path: bytes assembled directly (ids are ours, plain ASCII).
-        item.text.write(text)
+        quoted = encode(text)
+        item.escaped += quoted[1:-1]
         name = kind.encode()
         tail = b',"logprobs":[]}' if kind == "response.output_text.delta" else b"}"
         data = b'{"type":"%s","sequence_number":%d,"item_id":"%s","output_index":%d,' % (
@@ -423,7 +440,7 @@ class ResponseStream:
             item.index,
         )
         self._seq += 1
-        out.append(sse(name, data + b'"content_index":0,"delta":' + encode(text) + tail))
+        out.append(sse(name, data + b'"content_index":0,"delta":' + quoted + tail))
 
     def _open_message(self, out: list[bytes]) -> None:
         self._message = self._add_item(out, _message_item(self._ids("msg_"), "in_progress", None))
@@ -442,7 +459,7 @@ class ResponseStream:
         item, self._message = self._message, None
         if item is None:
             return
-        text = self._slot(item.text)
+        text = self._slot(item)
         where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
         self._emit(out, "response.output_text.done", {**where, "text": text, "logprobs": []})
         self._emit(out, "response.content_part.done", {**where, "part": _text_part(text)})
@@ -452,7 +469,7 @@ class ResponseStream:
         item, self._reasoning = self._reasoning, None
         if item is None:
             return
-        text = self._slot(item.text)
+        text = self._slot(item)
         where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
         self._emit(out, "response.reasoning_text.done", {**where, "text": text})
         self._done_item(out, item.index, _reasoning_item(item.id, text))
