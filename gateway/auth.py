@@ -44,11 +44,6 @@ _CROSS_SITE = (
 )
 
 
-def cross_site(scope: Scope) -> bool:
-    """A browser request from another site (its Origin is not this host)."""
-    return _foreign_origin(header(scope, b"origin"), header(scope, b"host"))
-
-
 def _foreign_origin(origin: bytes | None, host: bytes | None) -> bool:
     """Keyless trust rests on "the caller is on this machine", which any web page open in a local
     browser also satisfies; browsers always send Origin on such cross-site requests.

@@ -247,6 +247,9 @@ async def test_a_full_or_read_only_database_holds_rows_in_memory_until_it_recove
     assert rows(path) == 0
     await connection.execute(mend_it)
     await wait_until(lambda: rows(path) == 500)
+    # The rows are visible to another connection as soon as they commit, a moment before the
+    # writer's own thread marks itself healthy again: wait for that too, then check it.
+    await wait_until(lambda: sample(metrics, "turnout_usage_writer_healthy") == 1)
     assert sample(metrics, "turnout_usage_writer_healthy") == 1
     await writer.stop()
 

@@ -92,8 +92,8 @@ def prepare(body: bytes, scope: Scope) -> ProxyExchange:
 def render(
     exchange: Exchange, body: bytes, protocol: WireProtocol, target: Target | None
 ) -> tuple[bytes, Usage | None]:
-    # OpenAI chat requests carry no native body: ``protocol`` is always OpenAI's here.
     """The upstream's chat completion in seed 004's shape, naming who answered."""
+    # OpenAI chat requests carry no native body: ``protocol`` is always OpenAI's here.
     try:
         completion = _COMPLETION.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from litestar import Controller, MediaType, Request, Response, get
+from litestar import Controller, Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
@@ -25,7 +25,6 @@ from gateway.errors import ModelNotFound, UpstreamError
 from gateway.guards import api_caller
 from gateway.router import eligible
 from gateway.state import GatewayState
-from gateway.translate.anthropic_replies import error_body
 
 # Release dates are unknown for local models; Anthropic's API documents the epoch for that.
 EPOCH = "1970-01-01T00:00:00Z"
@@ -56,7 +55,7 @@ class ModelsController(Controller):
         request: Request[Any, Any, Any],
         gateway: NamedDependency[GatewayState],
         model_id: FromPath[str],
-    ) -> dict[str, Any] | Response[bytes]:
+    ) -> dict[str, Any]:
         for model in _visible(gateway, request):
             if model_id == model.name or model_id in model.aliases:
                 contexts = await _contexts(gateway, [model])
@@ -65,14 +64,8 @@ class ModelsController(Controller):
                 return next(
                     e for e in _openai_entries(gateway, model, contexts) if e["id"] == model_id
                 )
-        error = ModelNotFound(f"model {model_id!r} not found", param="model_id")
-        if _anthropic(request):
-            # Anthropic's SDK reads its own envelope; everyone else gets OpenAI's (the handler).
-            request_id = request.headers.get("x-request-id", "")
-            return Response(
-                error_body(error, request_id), status_code=404, media_type=MediaType.JSON
-            )
-        raise error
+        # The app's error handler answers in Anthropic's envelope when anthropic-version is sent.
+        raise ModelNotFound(f"model {model_id!r} not found", param="model_id")
 
 
 def _anthropic(request: Request[Any, Any, Any]) -> bool:

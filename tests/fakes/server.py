@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
@@ -30,14 +31,14 @@ async def serve(
     return runner, runner.addresses[0][1]
 
 
-class LoopbackServer:
+class LoopbackServer(ABC):
     """A fake served from ``start`` to ``stop``, or for the span of ``async with``."""
 
-    async def start(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def start(self) -> None: ...
 
-    async def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def stop(self) -> None: ...
 
     async def __aenter__(self) -> Self:
         await self.start()
