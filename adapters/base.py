@@ -12,14 +12,14 @@ This module knows no implementation: ``adapters/builtin.py`` lists the built-in 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import aiohttp
 import msgspec
 
-from gateway.config import Provider
+from gateway.config.upstreams import Provider
 from gateway.contract import Native, Operation, WireProtocol
 
 __all__ = [
@@ -137,6 +137,16 @@ class ContextReporter(Protocol):
 
 
 @runtime_checkable
+class ReadsAhead(Protocol):
+    """A stream whose reads can bring several events: the relay takes the rest of a read at
+    once and writes it to the client in one piece (one send, not one per event)."""
+
+    def drain(self) -> list[bytes]:
+        """The events already read and not yet returned, consumed (empty: none)."""
+        ...
+
+
+@runtime_checkable
 class SpeaksNative(Protocol):
     """Speaks client protocols besides OpenAI's: requests in them arrive with ``native`` set."""
 
@@ -158,11 +168,38 @@ class AdapterRegistry:
 
     def __init__(self) -> None:
         self._factories: dict[str, AdapterFactory] = {}
+        self._keep_prefix: set[str] = set()
 
-    def register(self, kind: str, factory: AdapterFactory) -> None:
+    def register(
+        self, kind: str, factory: AdapterFactory, *, keeps_client_prefix: bool = False
+    ) -> None:
+        """``keeps_client_prefix``: the kind's API reads what clients put at the very start of
+        a prompt (Anthropic's reads Claude Code's billing line), so it always gets the prompt
+        as sent and ``strip_volatile_prefix`` does not apply (gateway/translate/prefix.py)."""
         if kind in self._factories:
             raise ValueError(f"adapter kind {kind!r} is already registered")
         self._factories[kind] = factory
+        if keeps_client_prefix:
+            self._keep_prefix.add(kind)
+
+    def keeps_client_prefix(self, kind: str) -> bool:
+        return kind in self._keep_prefix
+
+    def problems(self, providers: Mapping[str, Provider]) -> list[str]:
+        """What is wrong with ``providers`` that only the kinds registered know, by key path."""
+        problems = []
+        for name, provider in providers.items():
+            if provider.kind not in self._factories:
+                problems.append(
+                    f"providers.{name}.kind: unknown adapter kind {provider.kind!r} "
+                    f"(known: {', '.join(self.kinds())})"
+                )
+            elif provider.strip_volatile_prefix and provider.kind in self._keep_prefix:
+                problems.append(
+                    f"providers.{name}.strip_volatile_prefix: kind {provider.kind} always gets "
+                    "the client's prompt as sent (its API reads the billing line); remove the key"
+                )
+        return problems
 
     def kinds(self) -> list[str]:
         return sorted(self._factories)

@@ -19,7 +19,7 @@ import msgspec
 from adapters.base import Probe
 from adapters.connections import connection_reused
 from adapters.streams import Expiry, refuse_unknown_encoding
-from gateway.config import Provider, Timeouts
+from gateway.config.upstreams import Provider, Timeouts
 from gateway.errors import (
     StaleConnection,
     UpstreamConnectError,

@@ -23,7 +23,7 @@ from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, Upst
 from adapters.http import decode_json_object, mapped_client_errors, probe_timeout
 from adapters.llamacpp_slots import LlamaCppSlots
 from adapters.openai_compat import OpenAICompatAdapter, SSEStream
-from gateway.config import Provider
+from gateway.config.upstreams import Provider
 from gateway.errors import ContextExceeded, UpstreamProtocolError, UpstreamStatus
 
 _encode = msgspec.json.Encoder().encode

@@ -18,7 +18,7 @@ import aiohttp
 import msgspec
 
 from adapters.http import mapped_client_errors
-from gateway.config import Provider
+from gateway.config.upstreams import Provider
 from gateway.errors import UpstreamProtocolError, UpstreamStatus
 
 

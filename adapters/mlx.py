@@ -17,7 +17,7 @@ import msgspec
 from adapters.base import AdapterRegistry, Operation, Probe
 from adapters.http import decode_json_object
 from adapters.openai_compat import EventFix, OpenAICompatAdapter
-from gateway.config import Provider
+from gateway.config.upstreams import Provider
 
 _encode = msgspec.json.Encoder().encode
 _DATA = b"data: "

@@ -26,11 +26,13 @@ from adapters.http import (
     whole_answer_timeout,
 )
 from adapters.streams import Expiry, Framer, StreamDeadlines, refuse_unknown_encoding
-from gateway.config import Provider, Timeouts
+from gateway.config.upstreams import Provider, Timeouts
 from gateway.errors import ContextExceeded, UpstreamStatus
 
 _encode = msgspec.json.Encoder().encode
 _INCLUDE_USAGE = msgspec.Raw(b'{"include_usage":true}')
+
+_NONE: list[bytes] = []
 
 # Rewrites one canonical SSE event (without its trailing blank line); None drops it.
 EventFix = Callable[[bytes], bytes | None]
@@ -90,6 +92,14 @@ class SSEStream:
         event = self._events[self._index]
         self._index += 1
         return event
+
+    def drain(self) -> list[bytes]:
+        """The events of the last read not yet returned (``adapters.base.ReadsAhead``)."""
+        events, index = self._events, self._index
+        if index >= len(events):
+            return _NONE
+        self._index = len(events)
+        return events[index:] if index else events
 
     async def _read(self) -> None:
         deadlines = self._deadlines

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from gateway.config import Timeouts
+from gateway.config.upstreams import Timeouts
 from gateway.errors import UpstreamProtocolError, UpstreamTimeout
 
 # What the upstream session decodes itself (aiohttp with auto_decompress, gateway/state.py);

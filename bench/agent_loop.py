@@ -41,7 +41,7 @@ from gateway.plugins.tools.plan import plan_agent
 from gateway.plugins.tools.python import python_tool
 from gateway.plugins.tools.registry import Caller, ToolRegistry
 from gateway.plugins.tools.settings import AgentLoop, ToolDefinition
-from gateway.state import GatewayState
+from gateway.state import GatewayState, Wiring
 from gateway.wire import ClientRequest, decode_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,8 +212,8 @@ async def e2e(loops: int, rounds: int, system_bytes: int, client_tools: int) -> 
     with FakeOpenAI() as fake, tempfile.TemporaryDirectory() as scratch:
         # The fake answers "tools" with a call of the request's first tool: make it ours.
         fake.tool_calls = [("lookup", '{"city":"Paris"}')]
-        state = GatewayState(e2e_config(fake.url, rounds, f"{scratch}/t.db"), default_registry())
-        await state.start()
+        config = e2e_config(fake.url, rounds, f"{scratch}/t.db")
+        state = await GatewayState.open(Wiring.of(config, default_registry()))
         try:
             model = state.models.resolve("bench")
             assert model is not None
@@ -233,7 +233,7 @@ async def e2e(loops: int, rounds: int, system_bytes: int, client_tools: int) -> 
                 if i >= 20:
                     samples.append((wall - trace.upstream_seconds) * 1000 / (rounds + 1))
         finally:
-            await state.stop()
+            await state.close()
     return {"client_tools": client_tools, **summary(samples)}
 
 

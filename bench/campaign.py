@@ -14,7 +14,7 @@ by its category's timeout and comes out ``clean`` (refused, fell back, clean err
 category and writes bench/results/campaign-latest.json.
 
 One config is written with every hardening key; each build gets only the keys its
-``gateway/config.py`` knows (an older build refuses unknown keys), and the JSON lists what was
+``gateway.config`` knows (an older build refuses unknown keys), and the JSON lists what was
 dropped.
 """
 

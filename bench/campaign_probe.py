@@ -1,7 +1,7 @@
 """Checks that run inside the build under test, in their own process.
 
 ``python -m bench.campaign_probe prune`` reads a routing document (JSON) on stdin and writes it
-back without the keys that build's ``gateway/config.py`` does not know, plus the key paths it
+back without the keys that build's ``gateway.config`` does not know, plus the key paths it
 dropped: the campaign writes one config with every hardening key, and an older build (where an
 unknown key stops ``turnout serve``) gets only what it understands.
 

@@ -38,6 +38,7 @@ import argparse
 import functools
 import json
 import sqlite3
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -100,6 +101,23 @@ def create_key(database: Path) -> str:
         secret, _ = create(connection, "bench", "bench-agent")
     finally:
         connection.close()
+    return secret
+
+
+def create_key_with(prefix: tuple[str, ...], cwd: Path | None, database: Path) -> str:
+    """A key made by the build under test (``prefix``: its command up to ``serve``), so the
+    database carries that build's own schema: an older build refuses a newer database."""
+    config = database.with_suffix(".keys.yaml")
+    config.write_text(f"server:\n  database: {database}\n")
+    command = [*prefix[:-1], "keys", "--config", str(config), "--json", "create"]
+    done = subprocess.run(
+        [*command, "--name", "bench", "--agent", "bench-agent"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    secret: str = json.loads(done.stdout)["key"]
     return secret
 
 

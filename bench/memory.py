@@ -207,6 +207,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     real_texts = texts[args.queries : args.queries + args.real]
     embedder = LocalEmbedder(MemoryEmbeddings())
     await embedder.start()
+    await embedder.ready()  # the model loads in the background; time embedding, not the load
     embed = await bench_embed(embedder, real_texts)
     real = await embedded(embedder, real_texts)
     queries = await embedded(embedder, query_texts)

@@ -90,7 +90,9 @@ def start_measured_turnout(
         return start_turnout(procs, build, upstream, work, name=name)
     database = work / f"{name}.db"
     headers = dict(upstream.headers)
-    headers["Authorization"] = f"Bearer {governance.create_key(database)}"
+    headers["Authorization"] = (
+        f"Bearer {governance.create_key_with(build.prefix, build.cwd, database)}"
+    )
     config = work / f"{name}.yaml"
     config.write_text(governance.config(upstream, database, governed=True, headers="refusals"))
     return start_turnout(procs, build, upstream, work, name=name, config=config, headers=headers)

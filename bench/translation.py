@@ -35,7 +35,8 @@ import msgspec
 from adapters.base import Operation, UpstreamRequest
 from adapters.openai_compat import OpenAICompatAdapter
 from gateway.api.proxy import PassthroughStream
-from gateway.streaming import SSEResponse, StreamTranslator
+from gateway.pipeline.endpoint import HttpClient
+from gateway.streaming import StreamTranslator
 from gateway.translate import anthropic, responses
 from gateway.wire import decode_request, usage_of
 
@@ -225,6 +226,10 @@ class _Sink:
         return None
 
 
+async def _no_receive() -> Any:
+    raise AssertionError("the relay never reads the request")
+
+
 async def _stream_cost(
     kind: str, payloads: dict[str, bytes], events: list[bytes], streams: int
 ) -> float:
@@ -233,7 +238,7 @@ async def _stream_cost(
     for _ in range(5):
         started = time.perf_counter()
         for _ in range(streams):
-            response = SSEResponse(sink, [])
+            response = HttpClient({"headers": []}, _no_receive, sink, limit=0)
             translator: StreamTranslator
             if kind == "chat":
                 # OpenAI chat in, OpenAI chat out: the ingress relays through the passthrough.
@@ -245,8 +250,8 @@ async def _stream_cost(
                     else responses.prepare(payloads["responses"], 0)
                 )
                 translator = exchange.stream()
-            # The ingress's relay loop (gateway/api/ingress.py), minus the upstream read.
-            await response.start()
+            # The pipeline's relay loop (gateway/pipeline/relay.py), minus the upstream read.
+            await response.start([])
             for event in events:
                 out = translator.feed(event)
                 if out:

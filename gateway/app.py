@@ -1,4 +1,5 @@
-"""``create_app``: wiring only. Everything long-lived hangs off one ``GatewayState``."""
+"""``create_app``: wiring only. Everything long-lived hangs off one ``GatewayState``, built in
+the lifespan from the ``Wiring`` the app is mounted with."""
 
 from __future__ import annotations
 
@@ -6,32 +7,33 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, InternalServerException
+from litestar.exceptions import HTTPException, InternalServerException, ValidationException
 from litestar.handlers import ASGIRouteHandler, asgi
 
 from adapters.base import AdapterRegistry
 from adapters.builtin import default_registry
-from gateway.api.anthropic import anthropic_endpoints
+from gateway.api import anthropic, internal, proxy, responses
 from gateway.api.engine import EngineController
 from gateway.api.events import RequestsController
-from gateway.api.ingress import new_request_id
-from gateway.api.internal import internal_endpoints
 from gateway.api.models import ModelsController
-from gateway.api.proxy import proxy_endpoints
-from gateway.api.responses import responses_endpoints
 from gateway.api.system import SystemController
 from gateway.api.usage import UsageController
 from gateway.api.websocket import chat_socket
 from gateway.asgi import Receive, Scope, Send, header
-from gateway.config import Config
+from gateway.config.schema import Config
 from gateway.errors import BadRequest, ErrorBody, ErrorEnvelope, GatewayError
+from gateway.field_errors import field_error
+from gateway.framework import GatewayApp
 from gateway.nesting import check_depth
-from gateway.state import GatewayState
+from gateway.pipeline.call import new_request_id
+from gateway.pipeline.endpoint import EndpointFactory, HotPaths, IngressEndpoint, Slot
+from gateway.pipeline.run import Pipeline
+from gateway.state import GatewayState, Wiring
 from gateway.translate.anthropic_replies import error_body as anthropic_error_body
 from gateway.ui import DashboardController
 
@@ -41,50 +43,54 @@ log = logging.getLogger("turnout.app")
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def create_app(config: Config, registry: AdapterRegistry | None = None) -> Litestar:
-    state = GatewayState(config, registry or default_registry())
+def create_app(
+    config: Config, registry: AdapterRegistry | None = None, wiring: Wiring | None = None
+) -> Litestar:
+    """``wiring``: built from ``config`` already (by the start-up checks, gateway/preflight.py)."""
+    wiring = wiring or Wiring.of(config, registry or default_registry())
+    live = _Live()
+    slots = {path: Slot() for path in INGRESS}
 
     @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await state.start()
-        # Everything built so far lives as long as the process: moving it out of the
-        # collector's generations makes each full collection scan only per-request garbage
-        # (measured here: gen2 pauses of 25-35 ms down to ~8 ms, and a lower p99).
-        gc.collect()
-        gc.freeze()
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        state = await GatewayState.open(wiring)
         try:
+            for path, build in INGRESS.items():
+                slots[path].endpoint = build(state)
+            chat = slots["/v1/chat/completions"].endpoint
+            assert isinstance(chat, IngressEndpoint)
+            live.chat = chat.pipeline
+            # For tests and embedders: the running app's GatewayState (app.state.gateway).
+            live.state = app.state.gateway = state
+            # Everything built so far lives as long as the process: moving it out of the
+            # collector's generations makes each full collection scan only per-request garbage
+            # (measured here: gen2 pauses of 25-35 ms down to ~8 ms, and a lower p99). No full
+            # collection first: it found ~10 unreachable objects here, not worth the 35-65 ms of
+            # readiness it cost on the bench machine (issue 13); they stay frozen, unfreed.
+            gc.freeze()
             yield
         finally:
-            await state.stop()
+            await state.close()
 
-    async def provide_state() -> GatewayState:
-        return state
-
-    endpoints: dict[str, ASGIApp] = {
-        **proxy_endpoints(state),
-        **anthropic_endpoints(state),
-        **responses_endpoints(state),
-        **internal_endpoints(state),
-    }
-    handlers = [_mount(path, endpoint) for path, endpoint in endpoints.items()]
-    return Litestar(
+    return GatewayApp(
         route_handlers=[
-            *handlers,
+            *(_mount(path, slot) for path, slot in slots.items()),
             ModelsController,
             SystemController,
             EngineController,
             UsageController,
-            *state.plugins.routes(state),
+            *wiring.plugins.routes(wiring),
             RequestsController,
             DashboardController,
-            chat_socket(endpoints["/v1/chat/completions"]),
+            chat_socket(live.chat_pipeline),
         ],
-        dependencies={"gateway": Provide(provide_state, use_cache=True), **_narrow(state)},
+        dependencies=_narrow(wiring, live),
         lifespan=[lifespan],
-        # For tests and embedders: the running app's GatewayState (app.state.gateway).
-        state=State({"gateway": state}),
+        # For ``serving_app``: the hot-path slots by path.
+        state=State({"hot_paths": slots}),
         exception_handlers={
             HTTPException: _http_error,
+            ValidationException: _validation_error,
             GatewayError: _gateway_error,
             Exception: _internal_error,
         },
@@ -97,23 +103,61 @@ def create_app(config: Config, registry: AdapterRegistry | None = None) -> Lites
     )
 
 
-def _narrow(state: GatewayState) -> dict[str, Provide]:
+def serving_app(
+    app: Litestar, cancels_on_disconnect: bool, rest: ASGIApp | None = None
+) -> HotPaths:
+    """``app`` with its proxy endpoints answered before Litestar's routing (see HotPaths).
+
+    ``cancels_on_disconnect``: the server runs gateway/connections.py's protocol, which
+    cancels a request whose connection is lost. ``rest``: what answers the other paths and
+    the lifespan instead of ``app`` itself (``app`` wrapped: see gateway/server.py).
+    """
+    # Litestar types its ASGI messages more narrowly.
+    return HotPaths(app.state["hot_paths"], rest or cast(ASGIApp, app), cancels_on_disconnect)
+
+
+# Every client protocol's endpoints, by path: the hot path, answered raw (gateway/asgi.py).
+# Mounted when the app is built, before the gateway they serve exists; the lifespan builds each
+# from the running state into its slot. A new client protocol is a module with its Dialect and
+# ``ENDPOINTS``, plus one line here.
+INGRESS: dict[str, EndpointFactory] = {
+    **proxy.ENDPOINTS,
+    **anthropic.ENDPOINTS,
+    **responses.ENDPOINTS,
+    **internal.ENDPOINTS,
+}
+
+
+class _Live:
+    """The running gateway, for what ``create_app`` mounts before the lifespan builds it."""
+
+    __slots__ = ("chat", "state")
+    state: GatewayState
+    # The pipeline of /v1/chat/completions, which chats on /v1/chat/ws run through too.
+    chat: Pipeline
+
+    def chat_pipeline(self) -> Pipeline:
+        return self.chat
+
+
+def _narrow(wiring: Wiring, live: _Live) -> dict[str, Provide]:
     """What controllers take instead of the whole state: each names only the parts it uses.
 
-    ``usage`` and ``supervisor`` are read per request: the lifespan opens them.
+    Built from the config: cached. Opened by the lifespan: read from the running state.
     """
     return {
-        "auth": Provide(lambda: state.auth, use_cache=True, sync_to_thread=False),
-        "metrics": Provide(lambda: state.metrics, use_cache=True, sync_to_thread=False),
-        "recent": Provide(lambda: state.recent, use_cache=True, sync_to_thread=False),
-        "usage": Provide(lambda: state.usage, sync_to_thread=False),
-        "supervisor": Provide(lambda: state.supervisor, sync_to_thread=False),
+        "auth": Provide(lambda: wiring.auth, use_cache=True, sync_to_thread=False),
+        "metrics": Provide(lambda: wiring.metrics, use_cache=True, sync_to_thread=False),
+        "recent": Provide(lambda: wiring.recent, use_cache=True, sync_to_thread=False),
+        "gateway": Provide(lambda: live.state, sync_to_thread=False),
+        "usage": Provide(lambda: live.state.usage, sync_to_thread=False),
+        "supervisor": Provide(lambda: live.state.supervisor, sync_to_thread=False),
     }
 
 
-def _mount(path: str, endpoint: ASGIApp) -> ASGIRouteHandler:
+def _mount(path: str, slot: Slot) -> ASGIRouteHandler:
     async def forward(scope: Scope, receive: Receive, send: Send) -> None:
-        await endpoint(scope, receive, send)
+        await slot.endpoint(scope, receive, send)
 
     forward.__name__ = "forward_" + path.strip("/").replace("/", "_")
     return asgi(path, copy_scope=False)(forward)
@@ -143,6 +187,11 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     error.status = exc.status_code
     error.code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
     return _answer(request, error)
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    """A body (or query) Litestar decoded and refused: the 400 names the field, as wire.py's do."""
+    return _answer(request, field_error(exc.extra, str(exc.detail)))
 
 
 def _off_plugin(request: Request[Any, Any, Any], exc: HTTPException) -> str | None:

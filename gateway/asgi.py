@@ -21,6 +21,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
+# Scope keys shared by gateway/connections.py and the pipeline's HTTP client: a server whose
+# protocol cancels a request's task when its connection is lost finds the task under ``TASK``
+# (None while nothing may be cancelled) and marks the scope ``GONE`` before cancelling.
+# ``pipeline.endpoint.HotPaths`` adds ``TASK`` when that server runs it.
+TASK = "turnout.task"
+GONE = "turnout.gone"
+
 JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"
 

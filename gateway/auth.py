@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.asgi import Scope, header
-from gateway.config import Auth
+from gateway.config.schema import Auth
 from gateway.errors import Forbidden, HostNotAllowed, Unauthorized
 from gateway.hosts import HostPolicy
 from gateway.identity import Identity

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from gateway.config import Price
+from gateway.config.schema import Price
 from gateway.keys import KeyCache, spent_by_key
 from gateway.pricing import cost
 from gateway.usage import UsageRecord

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from gateway.config import Server
+from gateway.asgi import GONE, TASK
+from gateway.config.schema import Server
 from gateway.errors import GatewayError, RequestTimeout, ServerBusy, openai_envelope
 
 log = logging.getLogger("turnout.connections")
@@ -148,7 +149,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.unwatch(self)
+        cycle: RequestResponseCycle | None = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and cycle.disconnected:
+            # A request still being answered: cancel its task now (it stops its upstream
+            # call too), rather than have a watcher task per request wait on receive().
+            # (uvicorn types its scope as a TypedDict; the pipeline's keys are our own.)
+            scope = cast(dict[str, Any], cycle.scope)
+            task: asyncio.Task[None] | None = scope.get(TASK)
+            if task is not None:
+                scope[TASK] = None
+                scope[GONE] = True
+                task.cancel()
 
     def handle_websocket_upgrade(self) -> None:
         if self.app == self.guard.busy:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 from pathlib import Path
 
 import aiosqlite
@@ -40,6 +41,28 @@ async def connect(
         await connection.close()
         raise
     return connection
+
+
+def creation_problem(key: str, path: str) -> str:
+    """Why the file or directory at ``path`` (routing.yaml's ``key``) could not be created or
+    written, or "": the start-up checks' look at it, which writes nothing.
+
+    The gateway creates the missing directories (``connect`` here, the engines' log files):
+    the nearest one that exists must let it.
+    """
+    if path == MEMORY or path.startswith("file:"):
+        return ""
+    target = Path(path)
+    if target.exists():
+        return "" if os.access(target, os.R_OK | os.W_OK) else f"{key}: {path} is not writable"
+    parent = target.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{key}: cannot create {path}: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{key}: cannot create {path}: directory {parent} is not writable"
+    return ""
 
 
 async def set_busy_timeout(connection: aiosqlite.Connection, seconds: float) -> None:

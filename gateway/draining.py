@@ -18,15 +18,26 @@ look" travels in the timer's argument.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 # How long an idle connection may take to begin a request once shutdown starts: ample for
 # bytes already on their way, short enough not to hold a restart up.
 DRAIN_SECONDS = 0.5
+# A stream with no end of its own (``GET /engine/events``) leaves a callable here in its
+# request's scope: called once shutdown begins, it ends the stream, and the connection then
+# drains like any other instead of holding the shutdown up for its whole grace period.
+ON_SHUTDOWN = "turnout.on_shutdown"
 
 
 class DrainingShutdown(HttpToolsProtocol):
     def shutdown(self) -> None:
+        scope = cast(dict[str, Any] | None, self.scope)
+        ending: Callable[[], None] | None = scope.get(ON_SHUTDOWN) if scope is not None else None
+        if ending is not None:
+            ending()
         self._drain(idle_before=False)
 
     def _drain(self, idle_before: bool) -> None:

@@ -21,10 +21,11 @@ The hierarchy (the status a client sees in brackets)::
     ├── BudgetExceeded [429]
     ├── ServerBusy [503] ── answered by the transport (gateway/connections.py)
     ├── NoTargetAvailable [503]
+    ├── PluginUnavailable [503] ── what a plugin loads in the background failed to load
     └── UpstreamError [502] ── one upstream failed; ``retryable`` decides whether to fall back
         ├── UpstreamConnectError [502]
         ├── UpstreamTimeout [504]
-        ├── UpstreamStatus [the upstream's 4xx, 429, or 502]
+        ├── UpstreamStatus [the upstream's 4xx, 429 or 501, else 502]
         ├── UpstreamProtocolError [502]
         │   └── StaleConnection ── resent on a new connection, never seen by a client
         ├── EngineUnavailable [503]
@@ -169,6 +170,14 @@ class NoTargetAvailable(GatewayError):
     code = "no_target_available"
 
 
+class PluginUnavailable(GatewayError):
+    """A part a plugin loads in the background, off the start-up path, failed to load."""
+
+    status = 503
+    type = "server_error"
+    code = "plugin_unavailable"
+
+
 class UpstreamError(GatewayError):
     """Something went wrong talking to one upstream. ``retryable`` decides whether to try the next."""
 
@@ -195,13 +204,18 @@ class UpstreamStatus(UpstreamError):
         self.body = body
         self.retry_after = retry_after
         super().__init__(f"upstream returned HTTP {status}: {_upstream_message(body)}")
-        # 429 and 5xx may succeed elsewhere; other 4xx are the client's fault and would fail anywhere.
-        self.retryable = status == 429 or status >= 500
+        # 429 and 5xx may succeed elsewhere; other 4xx are the client's fault and would fail
+        # anywhere. So would 501: the upstream cannot do what was asked (llama-server without
+        # --embeddings), an answer for the client, not an outage to fail over from.
+        self.retryable = status == 429 or (status >= 500 and status != 501)
         self.status = status if not self.retryable else 502
         if status == 429:
             self.status = 429
             self.type = "rate_limit_error"
             self.code = "rate_limit_exceeded"
+        elif status == 501:
+            self.type = "invalid_request_error"
+            self.code = "not_implemented"
         elif not self.retryable:
             self.type = "invalid_request_error"
             self.code = "upstream_rejected"

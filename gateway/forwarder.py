@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 import msgspec
 
 from adapters.base import Adapter, UpstreamReply, UpstreamRequest, UpstreamStream, native_for
-from gateway.config import Model, Provider, Routing, Target
+from gateway.config.upstreams import Model, Provider, Routing, Target
 from gateway.contract import WireProtocol
 from gateway.engines.supervisor import Lease
 from gateway.errors import (
@@ -34,7 +34,7 @@ from gateway.metrics import Metrics
 from gateway.router import backoff_delay, plan, should_fall_back, target_key
 from gateway.targets import TargetBook
 from gateway.translate import sse_fields
-from gateway.translate.prefix import request_shapers
+from gateway.translate.prefix import RequestShaper
 from gateway.wire import ClientRequest
 
 T = TypeVar("T")
@@ -53,12 +53,18 @@ class Trace:
     attempts: int = 0
     upstream_seconds: float = 0.0
     target: Target | None = None
+    # The last target that failed: a request no target answered still names the upstream that
+    # refused it in the usage log (an upstream's 429 is not turnout's own rate limit).
+    failed: Target | None = None
     failures: list[str] = field(default_factory=list)
     # Set when a local target failed and a cloud one answered (response header, usage notes).
     fallback: str = ""
     # Held while a local engine serves this request; released with the answer.
     lease: Lease | None = None
     released: bool = False
+    # The local role this request is queued for, while it is (set by the gate): a stream that
+    # waits shows that role's loading stages (gateway/pipeline/progress.py).
+    engine_role: str = ""
 
 
 class Gate(Protocol):
@@ -66,7 +72,9 @@ class Gate(Protocol):
 
     def handles(self, target: Target) -> bool: ...
 
-    async def enter(self, target: Target, request: ClientRequest) -> tuple[Lease, Target]: ...
+    async def enter(
+        self, target: Target, request: ClientRequest, trace: Trace
+    ) -> tuple[Lease, Target]: ...
 
     def release(self, lease: Lease) -> None: ...
 
@@ -80,15 +88,23 @@ class OpenStream:
     first: bytes
     # What the events are written in: OpenAI's chunks, or the native body's own protocol.
     protocol: WireProtocol = WireProtocol.OPENAI
+    # Gives back the target's in-flight count and the engine lease: closing the stream is
+    # the one cleanup duty its owner has.
+    release: Callable[[], None] | None = None
 
     async def aclose(self) -> None:
-        # Adapters written as async generators get closed too; one interrupted mid-await
-        # (a cancelled relay) refuses, and closing the stream below releases it anyway.
-        aclose = getattr(self.events, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(RuntimeError):
-                await aclose()
-        await self.stream.aclose()
+        try:
+            # Adapters written as async generators get closed too; one interrupted mid-await
+            # (a cancelled relay) refuses, and closing the stream below releases it anyway.
+            aclose = getattr(self.events, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(RuntimeError):
+                    await aclose()
+            await self.stream.aclose()
+        finally:
+            release, self.release = self.release, None
+            if release is not None:
+                release()
 
 
 class Forwarder:
@@ -101,6 +117,7 @@ class Forwarder:
         metrics: Metrics,
         rng: random.Random | None = None,
         gate: Gate | None = None,
+        shapers: Mapping[str, RequestShaper] | None = None,
     ) -> None:
         self._gate = gate
         self._routing = routing
@@ -110,22 +127,26 @@ class Forwarder:
         self._metrics = metrics
         self._rng = rng or random.Random()
         # Per provider, what its requests go through first (see gateway/translate/prefix.py).
-        self._shapers = request_shapers(providers)
+        self._shapers = shapers or {}
 
     async def send(
         self, model: Model, request: ClientRequest, request_id: str, trace: Trace
     ) -> UpstreamReply:
         reply = await self._with_fallback(model, request, request_id, trace, _send)
-        self.release(trace)
+        self._release(trace)
         return reply
 
     async def open_stream(
         self, model: Model, request: ClientRequest, request_id: str, trace: Trace
     ) -> OpenStream:
-        """The caller owns the result: it must ``aclose()`` it and ``release(trace)``."""
-        return await self._with_fallback(model, request, request_id, trace, _open_with_first_event)
+        """The caller owns the result and must ``aclose()`` it: that releases the target."""
+        opened = await self._with_fallback(
+            model, request, request_id, trace, _open_with_first_event
+        )
+        opened.release = lambda: self._release(trace)
+        return opened
 
-    def release(self, trace: Trace) -> None:
+    def _release(self, trace: Trace) -> None:
         """Once per request: the target's in-flight count and the engine lease go back."""
         if trace.released:
             return
@@ -201,7 +222,7 @@ class Forwarder:
         lease: Lease | None = None
         if self._gate is not None and self._gate.handles(target):
             try:
-                lease, target = await self._gate.enter(target, request)
+                lease, target = await self._gate.enter(target, request, trace)
             except UpstreamError as exc:
                 trace.attempts += 1
                 trace.failures.append(f"{target_key(target)}: {exc.message}")
@@ -259,8 +280,12 @@ class Forwarder:
                     m.child(m.reconnects, target.provider).inc()
         except UpstreamError as exc:
             self._book.finished(key)
-            self._book.failed(key, time.monotonic(), exc.message)
+            if exc.retryable:
+                # A refusal of this request (a 400, a 501) says nothing of the target's health:
+                # it must not cool the target down for the requests after it.
+                self._book.failed(key, time.monotonic(), exc.message)
             trace.failures.append(f"{key}: {exc.message}")
+            trace.failed = target
             m.child(m.upstream, target.provider, target.model, exc.code or "error").inc()
             return exc
         except BaseException:

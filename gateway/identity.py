@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.config import Limits
+from gateway.config.schema import Limits
 
 
 @dataclass(frozen=True, slots=True)

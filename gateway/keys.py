@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Limits
+from gateway.config.schema import Limits
 
 log = logging.getLogger("turnout.keys")
 

@@ -11,15 +11,20 @@ import json
 import sys
 import time
 
-from gateway.config import Limits
+from gateway.config.schema import Limits
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = commands.add_parser("keys", help="manage virtual API keys")
-    keys.add_argument("--config", default="routing.yaml", help="routing file naming the database")
-    keys.add_argument("--json", action="store_true", help="machine-readable output")
+    _options(keys, "routing.yaml", False)
+    # The same options after the action too (`turnout keys create --config X`); SUPPRESS
+    # there, so an action that does not repeat them keeps what came before it.
+    after = argparse.ArgumentParser(add_help=False)
+    _options(after, argparse.SUPPRESS, argparse.SUPPRESS)
     actions = keys.add_subparsers(dest="action", required=True)
-    create = actions.add_parser("create", help="create a key (its secret is shown once)")
+    create = actions.add_parser(
+        "create", parents=[after], help="create a key (its secret is shown once)"
+    )
     create.add_argument("--name", required=True)
     create.add_argument(
         "--agent", required=True, help="agent id requests with this key are logged as"
@@ -36,14 +41,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument(
         "--trusted", action="store_true", help="may act for other agents (X-Agent-Id)"
     )
-    listing = actions.add_parser("list", help="list keys")
+    listing = actions.add_parser("list", parents=[after], help="list keys")
     listing.add_argument("--all", action="store_true", help="include revoked keys")
-    revoke = actions.add_parser("revoke", help="revoke a key by id or name")
+    revoke = actions.add_parser("revoke", parents=[after], help="revoke a key by id or name")
     revoke.add_argument("key")
 
 
+def _options(parser: argparse.ArgumentParser, config: str, as_json: bool | str) -> None:
+    parser.add_argument("--config", default=config, help="routing file naming the database")
+    parser.add_argument(
+        "--json", action="store_true", default=as_json, help="machine-readable output"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    from gateway.config import load
+    from gateway.config.loading import load
     from gateway.errors import ConfigError
     from gateway.keys import connect, create_key, list_keys, revoke_key
 

@@ -281,7 +281,7 @@ def config_window(config: Any, name: str) -> int | None:
     """A model's context window from the routing file: the role of its first target (by
     priority) that is a local role; a role's own name and aliases are models too.
     ``config`` is a loaded ``gateway.config.Config``."""
-    from gateway.config import ROLE_PREFIX
+    from gateway.config.roles import ROLE_PREFIX
 
     roles = config.roles
     for model in config.models:
@@ -377,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _config_reader(path: Path) -> Callable[[str], int | None]:
     """A lookup into the routing file, or one that knows nothing when it cannot be read."""
-    from gateway.config import load
+    from gateway.config.loading import load
     from gateway.errors import ConfigError
 
     try:

@@ -10,11 +10,22 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.values import MutexValue
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Without its charset: Litestar adds "; charset=utf-8" to every text/ type, and with
+# prometheus_client's own the header said it twice, which strict parsers refuse.
+CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
 # Latency buckets reach from sub-millisecond gateway overhead to minute-long generations.
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -65,6 +76,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_* (RSS, CPU seconds, open files) and python_* (version, GC): read at scrape
+        # time only, nothing on the request path. prometheus_client's shared instances, which
+        # hold no state of their own; registered here since this registry is not the default.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.requests = LoopCounter(
             "turnout_requests",
             "Requests answered, by route, logical model and status.",

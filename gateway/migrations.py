@@ -83,8 +83,27 @@ async def m002_keys(db: aiosqlite.Connection) -> None:
     await db.execute("CREATE INDEX keys_updated ON keys (updated_at)")
 
 
+async def m003_engine_memory(db: aiosqlite.Connection) -> None:
+    # What each local role measured after its last load, so the scheduler plans with real
+    # sizes from the first request after a restart. Keyed by the model and context too: a
+    # changed model or context is a different size, and starts again from an estimate.
+    await db.execute(
+        """
+        CREATE TABLE engine_memory (
+            role TEXT NOT NULL,
+            model TEXT NOT NULL,
+            context INTEGER NOT NULL,
+            measured_mb INTEGER NOT NULL,
+            load_seconds REAL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (role, model, context)
+        )
+        """
+    )
+
+
 # Append only. Position n (from 1) is migration number n.
-MIGRATIONS: tuple[Migration, ...] = (m001_usage, m002_keys)
+MIGRATIONS: tuple[Migration, ...] = (m001_usage, m002_keys, m003_engine_memory)
 
 
 async def migrate(

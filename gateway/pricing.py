@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 
-from gateway.config import Price
+from gateway.config.schema import Price
 
 _GLOB_CHARS = frozenset("*?[")
 

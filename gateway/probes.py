@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 import psutil
 
 from adapters.base import Adapter, Probe
-from gateway.config import ROLE_PREFIX, Role
+from gateway.config.engines import Role
+from gateway.config.roles import ROLE_PREFIX
 from gateway.engines.resources import Resources, read_resources
 from gateway.engines.states import EngineState
 from gateway.engines.supervisor import Supervisor
@@ -58,14 +59,14 @@ class Prober:
             ram_total_mb=memory.total // 2**20,
             vram_free_mb=vram.vram_free_mb if vram else None,
             vram_total_mb=vram.vram_total_mb if vram else None,
+            gpus=vram.gpus if vram else (),
         )
 
     async def probe_all(self) -> None:
         names = [n for n in self._adapters if not n.startswith(ROLE_PREFIX)]
         results = await asyncio.gather(*(self._adapters[n].probe() for n in names))
         for name, probe in zip(names, results, strict=True):
-            previous = self.probes.get(name)
-            if previous is None or previous.available != probe.available:
+            if self._news(name, probe):
                 level = logging.INFO if probe.available else logging.WARNING
                 state = "available" if probe.available else "unavailable"
                 log.log(level, "provider %s %s: %s", name, state, probe.detail)
@@ -73,6 +74,15 @@ class Prober:
             self._metrics.child(self._metrics.provider_up, name).set(1 if probe.available else 0)
         if self._roles:
             self._vram = await read_resources()
+
+    def _news(self, name: str, probe: Probe) -> bool:
+        """Whether ``probe`` is worth a log line: a change, or the first word on a provider."""
+        previous = self.probes.get(name)
+        if previous is not None:
+            return previous.available != probe.available
+        # An unset key was said once already, with the config warnings at start (see
+        # gateway/config/validation.py), and cannot change while the gateway runs.
+        return not self._adapters[name].provider.missing_env
 
     async def _probe_forever(self) -> None:
         while True:

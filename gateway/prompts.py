@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.config import Layer, Prompt, Prompts
+from gateway.config.schema import Layer, Prompt, Prompts
 from gateway.errors import PromptError
 from gateway.plugins.context import RequestContext
 from gateway.plugins.hookspecs import hookimpl

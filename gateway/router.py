@@ -12,7 +12,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gateway.config import Config, Model, Provider, Routing, Target
+from gateway.config.schema import Config
+from gateway.config.upstreams import Model, Provider, Routing, Target
 from gateway.errors import GatewayError, UpstreamError
 
 

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, cast
 
-from gateway.config import Config
+from gateway.asgi import Message, Receive, Scope, Send
+from gateway.config.schema import Config
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.state import Wiring
+
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def run(
-    config: Config, host: str | None = None, port: int | None = None, log_level: str | None = None
+    config: Config,
+    wiring: Wiring,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str | None = None,
 ) -> int:
+    """Serves ``config`` until a signal; ``wiring``: what passed the start-up checks
+    (gateway/preflight.py). Raises ConfigError for a problem only the start found."""
     import uvicorn
 
-    from gateway.app import create_app
-    from gateway.config import warnings
+    from gateway.app import create_app, serving_app
+    from gateway.config.validation import warnings
     from gateway.connections import guarded_protocol
     from gateway.draining import draining
 
@@ -25,32 +40,88 @@ def run(
     log = logging.getLogger("turnout")
     for note in warnings(config):
         log.warning("%s", note)
-    bind = host or config.server.host
-    refusal = open_network_refusal(config, bind)
-    if refusal:
-        log.error("%s", refusal)
-        return 2
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
     # that was installed before it; these make that final step a clean exit instead of a kill
     # (exit status 0 for SIGTERM, so service managers see a normal stop) or a traceback.
     signal.signal(signal.SIGTERM, _exit_with(0))
     signal.signal(signal.SIGINT, _exit_with(130))
-    uvicorn.run(
-        create_app(config),
-        host=bind,
-        port=port if port is not None else config.server.port,
-        # uvloop + httptools: the fastest pair measured here; access logs cost ~10% at load,
-        # and the gateway keeps its own per-request metrics. The httptools protocol carries
-        # client deadlines and the connection cap (gateway/connections.py), and
-        # serves the requests clients had begun when SIGTERM came (gateway/draining.py).
-        loop="uvloop",
-        http=draining(guarded_protocol(config.server)),
-        access_log=False,
-        log_level=level.lower(),
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
+    app = create_app(config, wiring=wiring)
+    startup = StartupReport(cast(ASGIApp, app))
+    try:
+        uvicorn.run(
+            # The protocol below cancels a request whose connection is lost.
+            serving_app(app, cancels_on_disconnect=True, rest=startup),
+            host=host or config.server.host,
+            port=port if port is not None else config.server.port,
+            # uvloop + httptools: the fastest pair measured here; access logs cost ~10% at
+            # load, and the gateway keeps its own per-request metrics. The httptools protocol
+            # carries client deadlines and the connection cap (gateway/connections.py), and
+            # serves the requests clients had begun when SIGTERM came (gateway/draining.py).
+            loop="uvloop",
+            http=draining(guarded_protocol(config.server)),
+            access_log=False,
+            log_level=level.lower(),
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    except SystemExit:
+        # uvicorn exits (status 3) when the start fails.
+        if startup.problem is not None:
+            raise startup.problem from None
+        raise
     return 0
+
+
+class StartupReport:
+    """The app as uvicorn's lifespan sees it: a configuration problem that stops the start is
+    reported as one line (``problem``, raised by ``run``), not as the traceback Litestar sends.
+
+    The start-up checks (gateway/preflight.py) find what they can before this; this catches
+    what only opening the gateway finds. It answers the paths off the hot path too, one call
+    deeper; the proxy endpoints never pass through it.
+    """
+
+    __slots__ = ("_app", "problem")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self.problem: ConfigError | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self._app(scope, receive, send)
+            return
+        failed: list[Message] = []
+
+        async def held(message: Message) -> None:
+            # Litestar sends the failure before it raises the error: hold it until the error
+            # says whether it is a configuration problem.
+            if message["type"] == "lifespan.startup.failed":
+                failed.append(message)
+            else:
+                await send(message)
+
+        try:
+            await self._app(scope, receive, held)
+        except BaseException as exc:
+            if failed:
+                self.problem = _config_error(exc)
+            raise
+        finally:
+            if failed:
+                await send({**failed[0], "message": ""} if self.problem else failed[0])
+
+
+def _config_error(exc: BaseException) -> ConfigError | None:
+    """The ConfigError ``exc`` is or carries (Litestar's task groups wrap it in a group)."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _config_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _exit_with(status: int) -> Callable[[int, FrameType | None], None]:
@@ -67,14 +138,21 @@ def open_network_refusal(config: Config, bind: str) -> str:
 
     if is_loopback(bind) or config.auth.admin_key or config.auth.allow_open_network:
         return ""
-    connection = connect(config.server.database)
+    database = config.server.database
+    if database == ":memory:" or not (database.startswith("file:") or Path(database).exists()):
+        # No file, no keys: say so without creating it (``turnout check`` writes nothing).
+        return _REFUSAL.format(bind=bind)
+    connection = connect(database)
     try:
         if list_keys(connection):
             return ""
     finally:
         connection.close()
-    return (
-        f"refusing to listen on {bind}: no API keys are configured, so anyone on the network could "
-        "use every model. Set auth.admin_key (e.g. ${TURNOUT_ADMIN_KEY}) or create keys with "
-        "`turnout keys create`, or set auth.allow_open_network: true to accept that."
-    )
+    return _REFUSAL.format(bind=bind)
+
+
+_REFUSAL = (
+    "refusing to listen on {bind}: no API keys are configured, so anyone on the network could "
+    "use every model. Set auth.admin_key (e.g. ${{TURNOUT_ADMIN_KEY}}) or create keys with "
+    "`turnout keys create`, or set auth.allow_open_network: true to accept that."
+)

@@ -23,7 +23,7 @@ import aiosqlite
 import msgspec
 
 from gateway import db
-from gateway.config import Config, Price, Usage
+from gateway.config.schema import Config, Price, Usage
 from gateway.metrics import Metrics
 from gateway.migrations import migrate
 from gateway.pricing import find_price, price_tokens
@@ -64,7 +64,7 @@ class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
-    # Token counts were guessed (estimate_tokens or a tokenizer), not reported by the upstream.
+    # Token counts were guessed (gateway.tokens or a tokenizer), not reported by the upstream.
     estimated: bool = False
     ttft_ms: float | None = None
     overhead_ms: float = 0.0
@@ -101,18 +101,6 @@ _BAD_ROWS = (
     sqlite3.ProgrammingError,
     OverflowError,
 )
-
-
-def estimate_tokens(text: str) -> int:
-    """A tokenizer-free guess at how many tokens ``text`` is.
-
-    About four ASCII characters per token (English and code under BPE vocabularies), and one
-    per other character (CJK, emoji), where four-per-token would undercount several times over.
-    """
-    if not text:
-        return 0
-    ascii_chars = len(text.encode("ascii", "ignore"))
-    return max(1, -(-ascii_chars // 4) + len(text) - ascii_chars)
 
 
 def error_reason(exc: BaseException) -> str:

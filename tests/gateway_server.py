@@ -15,8 +15,10 @@ import uvicorn
 from litestar import Litestar
 from openai import AsyncOpenAI
 
-from gateway.app import create_app
+from gateway.app import create_app, serving_app
 from gateway.config import Config, from_mapping
+from gateway.connections import guarded_protocol
+from gateway.draining import draining
 
 
 def free_port() -> int:
@@ -66,9 +68,12 @@ def config_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> Config:
 async def running_gateway(config: Config) -> AsyncIterator[RunningGateway]:
     app = create_app(config)
     port = free_port()
+    # As gateway/server.py serves it: the hot paths before Litestar, and the protocol with
+    # client deadlines, the connection cap and cancel-on-disconnect.
     server = uvicorn.Server(
         uvicorn.Config(
-            app,
+            serving_app(app, cancels_on_disconnect=True),
+            http=draining(guarded_protocol(config.server)),
             host="127.0.0.1",
             port=port,
             loop="none",
@@ -91,5 +96,24 @@ async def running_gateway(config: Config) -> AsyncIterator[RunningGateway]:
     finally:
         for client in running.clients:
             await client.close()
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+@asynccontextmanager
+async def plain_uvicorn(app: Any) -> AsyncIterator[str]:
+    """``app`` under uvicorn's own protocol (not turnout's server setup); its base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    for _ in range(1500):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)

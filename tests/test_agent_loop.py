@@ -8,7 +8,6 @@ reason).
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -20,7 +19,6 @@ import pytest
 from anthropic.types import MessageParam
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
-import gateway.api.ingress
 from adapters.base import Operation
 from gateway.errors import Forbidden
 from gateway.forwarder import Trace
@@ -46,7 +44,6 @@ READ_FILE = {
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "weather in Paris?"}]
 CLAUDE_USER: list[MessageParam] = [{"role": "user", "content": "weather in Paris?"}]
 SOFIA = Identity(key_id=None, agent_id="agent:sofia")
-WIRED = "forwarder_for" in inspect.getsource(gateway.api.ingress)
 
 
 def tools_section(**agent: Any) -> dict[str, Any]:
@@ -149,7 +146,38 @@ async def test_a_registered_tool_runs_server_side_and_the_model_answers(fake: Fa
     assert json.loads(tool["content"])["city"] == "Paris"
     usage = reply["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
-    assert trace.attempts == 2 and trace.target is not None and trace.released
+    # Two model calls, one attempt: nothing failed over.
+    assert trace.attempts == 1 and trace.target is not None
+
+
+async def test_a_loop_that_never_failed_over_sends_no_attempts_header(fake: FakeOpenAI) -> None:
+    """x-turnout-attempts counts fail-overs; the loop's second model call is not one."""
+    fake.script = ["tools", "ok"]
+    async with gateway_for(fake.url) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="chat", messages=USER, tools=[WEATHER]
+        )
+    assert raw.parse().choices[0].message.content == "echo: weather in Paris?"
+    assert len(posts(fake)) == 2
+    assert raw.headers.get("x-turnout-attempts") is None
+
+
+async def test_a_round_that_failed_over_adds_one_attempt(fake: FakeOpenAI) -> None:
+    fake.script = ["tools", "error-500", "ok"]  # the second round's first call fails once
+    raw_config = {
+        "providers": {"up": {"kind": "openai", "base_url": fake.url, "local": True}},
+        "models": [{"name": "chat", "targets": [{"provider": "up", "model": "ok"}]}],
+        "routing": {"retries": 1, "backoff_seconds": 0.01},
+        "plugins": {"enabled": ["tools"]},
+        "tools": tools_section(),
+    }
+    async with running_gateway(config_of(raw_config)) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="chat", messages=USER, tools=[WEATHER]
+        )
+    assert raw.parse().choices[0].message.content == "echo: weather in Paris?"
+    assert len(posts(fake)) == 3
+    assert raw.headers.get("x-turnout-attempts") == "2"
 
 
 async def test_the_loop_is_bounded_and_forces_a_final_answer(fake: FakeOpenAI) -> None:
@@ -159,7 +187,7 @@ async def test_the_loop_is_bounded_and_forces_a_final_answer(fake: FakeOpenAI) -
             gw, {"messages": USER, "tools": [WEATHER], "turnout": {"debug": True}}
         )
     sent = posts(fake)
-    assert len(sent) == 3 == trace.attempts
+    assert len(sent) == 3 and trace.attempts == 1
     assert "tool_choice" not in sent[0] and sent[2]["tool_choice"] == "none"
     assert sent[2]["messages"][-1]["role"] == "user"
     assert sent[2]["messages"][-1]["content"].startswith("Do not call any more tools.")
@@ -258,7 +286,6 @@ async def test_plain_requests_are_left_to_the_normal_path(fake: FakeOpenAI) -> N
 # --- through the HTTP API ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not WIRED, reason="gateway/api/ingress.py does not use forwarder_for yet")
 async def test_the_chat_endpoint_runs_the_loop(fake: FakeOpenAI) -> None:
     fake.script = ["tools", "ok", "tools", "ok"]
     async with gateway_for(fake.url) as gw:
@@ -281,7 +308,6 @@ async def test_the_chat_endpoint_runs_the_loop(fake: FakeOpenAI) -> None:
         assert text == "echo: weather in Paris?"
 
 
-@pytest.mark.skipif(not WIRED, reason="gateway/api/ingress.py does not use forwarder_for yet")
 async def test_anthropic_clients_get_route_tools(fake: FakeOpenAI) -> None:
     fake.script = ["tools", "ok"]
     async with gateway_for(fake.url, routes={"chat": ["get_weather"]}) as gw:
@@ -314,4 +340,4 @@ async def test_end_to_end_on_a_real_llama_server(llama_toolcall: LlamaServer) ->
     assert result["result"]["city"] == "Paris" and result["result"]["temperature_c"] == 21
     message = reply["choices"][0]["message"]
     assert "tool_calls" not in message and "get_weather" in message["content"]
-    assert reply["usage"]["prompt_tokens"] > 0 and trace.attempts == 2
+    assert reply["usage"]["prompt_tokens"] > 0 and trace.attempts == 1

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import pytest
-import uvicorn
-from litestar import Litestar, Request, get, post
+from litestar import Request, get, post
 
 from gateway.app import create_app
-from tests.gateway_server import config_of, free_port
+from tests.gateway_server import config_of, plain_uvicorn
 
 
 @get("/v1/broken", sync_to_thread=False)
@@ -31,30 +28,12 @@ async def upload(request: Request[Any, Any, Any]) -> int:
     return len(await request.body())
 
 
-@asynccontextmanager
-async def serving(app: Litestar) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    for _ in range(1500):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
-
-
 async def test_an_unexpected_exception_is_logged_with_its_request_id_and_enveloped(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = create_app(config_of({}))
     app.register(broken)
-    async with serving(app) as url, aiohttp.ClientSession() as session:
+    async with plain_uvicorn(app) as url, aiohttp.ClientSession() as session:
         with caplog.at_level(logging.ERROR, logger="turnout"):
             async with session.get(url + "/v1/broken", headers={"x-request-id": "req-42"}) as r:
                 status, body = r.status, await r.json()
@@ -80,7 +59,7 @@ async def test_a_client_that_leaves_mid_body_is_no_gateway_failure(
     """A slowloris that gives up (or was answered 408 and closed) must not fill the log."""
     app = create_app(config_of({}))
     app.register(upload)
-    async with serving(app) as url:
+    async with plain_uvicorn(app) as url:
         port = int(url.rsplit(":", 1)[1])
         with caplog.at_level(logging.DEBUG, logger="turnout"):
             _, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -62,3 +62,34 @@ def test_check_command_from_the_console_script(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "models[0].targets[0].provider: unknown provider 'ghost'" in result.stderr
+
+
+def test_check_finds_what_only_the_adapter_kinds_know(tmp_path: Path) -> None:
+    """An adapter kind nobody registered, or a key its kind refuses: found before serving."""
+    bad = tmp_path / "kinds.yaml"
+    bad.write_text(
+        "providers:\n"
+        "  typo: {kind: opneai, base_url: 'https://api.example.com/v1'}\n"
+        "  claude: {kind: anthropic, base_url: 'https://api.anthropic.com',"
+        " strip_volatile_prefix: true}\n"
+        "models: [{name: m, targets: [{provider: typo, model: x}, {provider: claude, model: y}]}]\n"
+    )
+    check = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 1
+    assert "providers.typo.kind: unknown adapter kind 'opneai'" in check.stderr
+    assert "providers.claude.strip_volatile_prefix: kind anthropic" in check.stderr
+    serve = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(bad), "--port", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert serve.returncode != 0
+    assert "providers.typo.kind: unknown adapter kind 'opneai'" in serve.stderr
+    assert "Traceback" not in serve.stderr

@@ -382,7 +382,7 @@ def test_switch_in_chat_loads_the_role_and_talks_to_it(
         term = chat(terminals, env, "--model", "coder")
         term.prompt("coder")
         term.line("/switch fast")
-        term.expect(r"loading \(fast\)\n")
+        term.expect(r"starting role fast\n")
         term.expect(r"fast is ready \([\d.]+ s\); talking to fast\n")
         term.prompt("fast")
         term.line("hi")

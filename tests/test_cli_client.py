@@ -390,7 +390,10 @@ def test_status_and_switch_follow_real_engines(engines: Served, tmp_path: Path) 
     switched = turnout("switch", "fast", env=env)
     assert switched.returncode == 0, switched.stderr
     progress = switched.stdout.splitlines()
-    assert any(line.split()[1:] == ["loading", "(fast)"] for line in progress[:-1]), progress
+    # Real stages, not a spinner. The events are read from when the switch was accepted, so a
+    # tiny model may already be past "starting" by then: its next stage is shown instead.
+    shown = [line.split()[1:] for line in progress[:-1]]
+    assert ["starting", "role", "fast"] in shown or ["loading", "role", "fast"] in shown, progress
     assert progress[-1].startswith("fast is ready (")
     print(f"switch fast: {time.perf_counter() - started:.2f} s, progress {progress}")
 

@@ -312,3 +312,114 @@ async def test_dashboard_switches_and_unloads_real_engines_and_charts_traffic(
     assert errors == []
     for name in ("1-idle", "2-fast-ready", "3-traffic", "4-unloaded"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10000
+
+
+# --- issue 16: upstream 429s and colours past the palette ------------------------------------------
+
+
+async def test_an_upstream_429_passed_through_is_not_counted_as_a_turnout_refusal(
+    browser: Any, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    raw = {
+        "providers": {"cloud": {"kind": "openai", "base_url": fake.url, "local": True}},
+        "models": [{"name": "busy", "targets": [{"provider": "cloud", "model": "error-429"}]}],
+        "routing": {"retries": 0},
+        "usage": {"flush_interval_seconds": 0.05},
+    }
+    errors: list[str] = []
+    async with running_gateway(config_of(raw)) as gw:
+        with pytest.raises(openai.RateLimitError):
+            await ask(gw, "busy", "alice")
+        await asyncio.sleep(0.3)  # the usage writer flushes every 50 ms here
+        _, _, recent = await get(gw, "/v1/requests/recent")
+        _, _, series = await get(gw, "/v1/requests/series?since=10m")
+        page = await open_dashboard(browser, gw, errors)
+        row = page.locator("#recent tr[data-status='429']")
+        await row.wait_for()
+        badge = await row.locator(".status").inner_text()
+        await page.locator("[data-kpi=requests] .kpi-value", has_text=exactly("1")).wait_for()
+        limited = await page.locator("[data-kpi=limited] .kpi-value").inner_text()
+        caption = await page.locator("#rejections").inner_text()
+        await page.screenshot(path=tmp_path / "upstream-429.png", full_page=True)
+    assert recent["data"][0]["provider"] == "cloud" and recent["rejections"] == []
+    assert series["totals"]["errors"] == 1 and series["totals"]["rate_limited"] == 0
+    # The table and the caption agree: the upstream said 429, turnout refused nothing.
+    assert badge == "429 upstream"
+    assert limited == "0" and "No request has been refused" in caption
+    assert [e for e in errors if "429" not in e] == []
+
+
+async def test_a_turnout_refusal_is_still_shown_as_limited(browser: Any, fake: FakeOpenAI) -> None:
+    errors: list[str] = []
+    async with with_fake(fake, limits={"models": {"chat": {"rpm": 1}}}) as gw:
+        await ask(gw, "chat", "alice")
+        with pytest.raises(openai.RateLimitError):
+            await ask(gw, "chat", "alice")
+        page = await open_dashboard(browser, gw, errors)
+        row = page.locator("#recent tr[data-status='429']")
+        await row.wait_for()
+        badge = await row.locator(".status").inner_text()
+        await page.locator("[data-kpi=limited] .kpi-value", has_text=exactly("1")).wait_for()
+    assert badge == "429 limited" and errors == []
+
+
+async def test_chart_colours_stay_distinct_past_the_palette(browser: Any, fake: FakeOpenAI) -> None:
+    names = [f"m{i:02}" for i in range(14)]
+    raw = {
+        "providers": {"cloud": {"kind": "openai", "base_url": fake.url, "local": True}},
+        "models": [{"name": n, "targets": [{"provider": "cloud", "model": "ok"}]} for n in names],
+        "usage": {"flush_interval_seconds": 0.05},
+    }
+    errors: list[str] = []
+    async with running_gateway(config_of(raw)) as gw:
+        for name in names:
+            await ask(gw, name, "alice")
+        await asyncio.sleep(0.3)
+        page = await open_dashboard(browser, gw, errors)
+        legend = page.locator("#legend-requests .legend-item")
+        await legend.nth(len(names) - 1).wait_for()
+        colours = await page.eval_on_selector_all(
+            "#legend-requests .swatch", "nodes => nodes.map(n => getComputedStyle(n).borderColor)"
+        )
+    assert len(colours) == len(names)
+    assert len(set(colours)) == len(names), colours
+    assert errors == []
+
+
+# --- issue 14 item 4: engine states from /engine/events ------------------------------------------
+
+
+@pytest.mark.engine
+async def test_dashboard_shows_a_role_change_from_engine_events_while_polling_is_down(
+    browser: Any, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    raw = {
+        "roles": {"fast": role(tiny_models["tiny-hello"])},
+        "engines": {"wait_timeout_seconds": 60, "log_dir": str(tmp_path)},
+    }
+    errors: list[str] = []
+    async with running_gateway(config_of(raw)) as gw:
+        page = await open_dashboard(browser, gw, errors)
+        await page.locator("[data-role=fast][data-state=stopped]").wait_for()
+        # The page subscribed: the gateway has a reader of its engine events.
+        events = gw.app.state.gateway.supervisor.events
+        for _ in range(200):
+            if events.readers:
+                break
+            await asyncio.sleep(0.05)
+        assert events.readers == 1
+        # From now on every /engine/status poll fails: only the event stream can tell the page.
+        await page.route("**/engine/status", lambda route: route.abort())
+        status, _ = await post_json(gw, "/engine/switch/fast?wait=true")
+        assert status == 200
+        ready = page.locator("[data-role=fast][data-state=ready]")
+        await ready.wait_for(timeout=20000)
+        assert "ready" in await ready.locator(".badge").inner_text()
+        status, _ = await post_json(gw, "/engine/unload?role=fast")
+        await page.locator("[data-role=fast][data-state=stopped]").wait_for(timeout=20000)
+    assert [e for e in errors if "ERR_FAILED" not in e] == []
+
+
+async def post_json(gw: RunningGateway, path: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.post(gw.url + path) as response:
+        return response.status, await response.json()

@@ -370,8 +370,7 @@ async def test_back_to_back_streams_straight_from_the_forwarder_resend_on_closed
             try:
                 events = [opened.first, *[event async for event in opened.events]]
             finally:
-                await opened.aclose()
-                state.forwarder.release(trace)
+                await opened.aclose()  # gives back the target too
             assert events[-1] == b"data: [DONE]\n\n"
             assert trace.attempts == 1 and trace.target is not None
             assert trace.target.provider == "engine"

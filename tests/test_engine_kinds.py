@@ -103,13 +103,13 @@ async def test_a_plugin_engine_kind_spawns_its_server_and_serves_chat(
 
 
 def test_an_unknown_engine_kind_is_one_line_naming_the_known_ones() -> None:
-    raw = {"roles": {"coder": {"engine": "vllm", "model": "/m.gguf"}}}
+    raw = {"roles": {"coder": {"engine": "sglang", "model": "/m.gguf"}}}
     with pytest.raises(ConfigError) as caught:
         from_mapping(raw, "test", {})
     message = str(caught.value)
     assert "\n" not in message
-    assert "roles.coder.engine: unknown engine kind 'vllm'" in message
-    assert "(known: external, llamacpp, mlx, ollama)" in message
+    assert "roles.coder.engine: unknown engine kind 'sglang'" in message
+    assert "(known: external, llamacpp, llamacpp-router, mlx, ollama, vllm)" in message
 
 
 def test_a_plugin_kind_is_known_once_its_plugin_is_enabled(fakeserver_installed: None) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from gateway.config import Engines, Group, Role
+from gateway.engines.builtin import builtin_kinds
 from gateway.engines.policy import (
     RoleView,
     Topology,
     backoff,
-    estimate_tokens,
     evictions,
     fits,
     may_evict_now,
@@ -28,7 +28,7 @@ def test_roles_outside_groups_share_one_slot_and_external_ones_none() -> None:
     all_roles = roles("fast", "coder") | {
         "remote": Role(engine="external", model="x", base_url="http://h/v1")
     }
-    topology = Topology.build(all_roles, Engines())
+    topology = Topology.build(all_roles, Engines(), builtin_kinds().unmanaged(all_roles))
     assert topology.group_of["fast"] == topology.group_of["coder"]
     assert "remote" not in topology.group_of
     assert topology.max_loaded[topology.group_of["fast"]] == 1
@@ -112,9 +112,7 @@ def test_next_to_load_puts_the_explicit_switch_first_then_the_oldest_waiter() ->
     assert next_to_load(views, pinned=None, blocked=lambda r: r == "b") == ["a"]
 
 
-def test_token_estimate_and_backoff() -> None:
-    assert estimate_tokens(3000, 100) == 1100
-    assert estimate_tokens(0, -1) == 0
+def test_backoff_doubles_up_to_its_cap() -> None:
     assert [backoff(n, 1.0, 10.0) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 8.0, 10.0]
 
 
@@ -122,3 +120,62 @@ def test_nvidia_smi_parsing() -> None:
     assert parse_nvidia_smi("20000, 24576\n1000, 8192\n") == (21000, 32768)
     assert parse_nvidia_smi("") is None
     assert parse_nvidia_smi("No devices were found") is None
+
+
+# --- turns: residency, priorities, the starvation bound, strict FIFO ----------------------------
+
+
+def test_min_residency_holds_an_idle_role_just_loaded_until_a_request_starves() -> None:
+    fresh = {
+        "a": RoleView(loaded=True, ready=True, resident_seconds=2.0),
+        "b": RoleView(waiting=1, oldest_wait=5.0),
+    }
+    assert not may_evict_now("b", ["a"], fresh, max_wait=30, urgent=False, min_residency=10)
+    assert may_evict_now("b", ["a"], fresh, max_wait=30, urgent=False, min_residency=1)
+    # The hard bound and an explicit switch beat residency.
+    assert may_evict_now("b", ["a"], fresh, max_wait=5, urgent=False, min_residency=10)
+    assert may_evict_now("b", ["a"], fresh, max_wait=30, urgent=True, min_residency=10)
+
+
+def test_a_higher_priority_role_does_not_queue_behind_a_lower_ones_requests() -> None:
+    views = {
+        "a": RoleView(loaded=True, ready=True, inflight=1, waiting=3, priority=0),
+        "b": RoleView(waiting=1, oldest_wait=1.0, priority=5),
+        "c": RoleView(waiting=1, oldest_wait=1.0, priority=0),
+    }
+    assert may_evict_now("b", ["a"], views, max_wait=30, urgent=False)
+    assert not may_evict_now("c", ["a"], views, max_wait=30, urgent=False)
+    # ... but only once the loaded role's residency is over.
+    held = {**views, "a": RoleView(loaded=True, ready=True, inflight=1, resident_seconds=1.0)}
+    assert not may_evict_now("b", ["a"], held, max_wait=30, urgent=False, min_residency=10)
+
+
+def test_strict_fifo_swaps_for_the_next_request_whatever_the_loaded_role_has_queued() -> None:
+    views = {
+        "a": RoleView(loaded=True, ready=True, inflight=1, waiting=3, resident_seconds=0.5),
+        "b": RoleView(waiting=1, oldest_wait=0.1),
+    }
+    assert not may_evict_now("b", ["a"], views, max_wait=30, urgent=False, min_residency=10)
+    assert may_evict_now(
+        "b", ["a"], views, max_wait=30, urgent=False, min_residency=10, grouping=False
+    )
+
+
+def never(role: str) -> bool:
+    return False
+
+
+def test_next_to_load_orders_by_priority_but_a_starving_role_goes_first() -> None:
+    views = {
+        "low": RoleView(waiting=1, oldest_wait=8.0, priority=0),
+        "high": RoleView(waiting=1, oldest_wait=1.0, priority=9),
+        "mid": RoleView(waiting=2, oldest_wait=2.0, priority=3),
+    }
+    assert next_to_load(views, None, never, max_wait=10) == ["high", "mid", "low"]
+    assert next_to_load(views, None, never, max_wait=5) == ["low", "high", "mid"]
+    # Strict FIFO ignores priorities: the oldest request first.
+    assert next_to_load(views, None, never, max_wait=10, by_priority=False) == [
+        "low",
+        "mid",
+        "high",
+    ]

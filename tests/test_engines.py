@@ -149,7 +149,8 @@ async def test_streaming_client_gets_keepalives_while_the_engine_loads(
         body = {"model": "fast", "messages": USER, "max_tokens": 32, "stream": True}
         async with session.post(gw.v1 + "/chat/completions", json=body) as response:
             raw = await response.read()
-    assert raw.startswith(b": keepalive\n\n"), raw[:80]
+    # The keep-alives name the stage the swap is at (gateway/pipeline/progress.py).
+    assert raw.startswith(b": turnout: starting role fast\n\n"), raw[:80]
     text = "".join(
         json.loads(e[6:])["choices"][0]["delta"].get("content") or ""
         for e in raw.split(b"\n\n")

@@ -20,29 +20,12 @@ PACKAGES = ("gateway", "adapters")
 # What adapters may use of the gateway: leaves that know nothing of adapters. A name ending in
 # "." admits the package and everything under it.
 ADAPTERS_MAY_IMPORT = (
-    "gateway.config",  # Provider, Timeouts (a package of its own once config.py is split)
+    "gateway.config",  # Provider, Timeouts (re-exported by the package from config.upstreams)
     "gateway.config.",
     "gateway.errors",  # the error tree adapters raise
     "gateway.contract",  # Operation, WireProtocol, Native: the wire contract both sides share
     "gateway.translate",  # the package's __init__ only: pure OpenAI-chat shapes and SSE framing
     "gateway.wire",  # imported by gateway.translate for the Usage it reports
-)
-
-# Imports that close a cycle today, outside the adapter layer, each being removed in its own
-# change (issue 13). Left out of the graph, so everything else is checked strictly: a new
-# cycle fails. Delete an entry once its import is gone (the last test says when).
-KNOWN_CYCLIC_IMPORTS: frozenset[tuple[str, str]] = frozenset(
-    {
-        # Config validation asks the engine-kind registry (built from config's own types and
-        # plugins) which kinds exist, through a function-level import; being inverted in the
-        # engine-kinds change (problem 4). Through forwarder → adapters.base → config it
-        # would otherwise tie adapters into the engine layer.
-        ("gateway.config", "gateway.engines.registry"),
-        # Pure policy reaches the built-in engine kinds through a function-level import;
-        # engines.builtin registers through plugins.hookspecs, whose context names the
-        # forwarder, which holds supervisor leases (problem 4, in progress).
-        ("gateway.engines.policy", "gateway.engines.builtin"),
-    }
 )
 
 # Adapter modules the gateway may name: the contract, the built-ins' list, and the shared
@@ -98,17 +81,11 @@ def imported(name: str, path: Path, known: Iterable[str]) -> Iterator[str]:
                 yield target
 
 
-def full_graph() -> dict[str, set[str]]:
+def graph() -> dict[str, set[str]]:
+    """Every import between gateway and adapters modules: module level, in functions and
+    under TYPE_CHECKING alike, with no exceptions."""
     found = modules()
     return {name: set(imported(name, path, found)) for name, path in found.items()}
-
-
-def graph() -> dict[str, set[str]]:
-    """The import graph without the known cyclic imports."""
-    return {
-        name: {t for t in targets if (name, t) not in KNOWN_CYCLIC_IMPORTS}
-        for name, targets in full_graph().items()
-    }
 
 
 def cycles(edges: dict[str, set[str]]) -> list[frozenset[str]]:
@@ -203,15 +180,22 @@ def test_adapters_base_knows_no_implementation() -> None:
     assert naming == [], "the gateway names adapter implementations:\n" + "\n".join(naming)
 
 
+# Small modules named after their concept (../shared/STYLE.md): past this, split by concept.
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_in_gateway_or_adapters_is_over_500_lines() -> None:
+    long = sorted(
+        f"{name}: {lines} lines"
+        for name, path in modules().items()
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    )
+    assert not long, "split these by concept:\n" + "\n".join(long)
+
+
 def test_no_import_cycles_in_gateway_and_adapters() -> None:
     found = cycles(graph())
     assert not found, "import cycles:\n" + "\n".join(" ↔ ".join(sorted(c)) for c in found)
-
-
-def test_every_known_cyclic_import_still_exists() -> None:
-    edges = full_graph()
-    gone = sorted(f"{a} -> {b}" for a, b in KNOWN_CYCLIC_IMPORTS if b not in edges.get(a, ()))
-    assert not gone, "no longer imported; delete from KNOWN_CYCLIC_IMPORTS:\n" + "\n".join(gone)
 
 
 def test_the_cycle_finder_finds_a_cycle_and_only_cycles() -> None:

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from gateway.keys import connect, create_key
+from gateway.plugins.memory.embeddings import PACKAGED_DIMS
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import RunningGateway, config_of, running_gateway
 
@@ -279,3 +280,43 @@ async def test_without_the_plugin_the_memory_api_says_how_to_turn_it_on(
     async with running_gateway(config_of(raw)) as gw:
         status, answer = await call(gw, "POST", "/v1/memory/query", {"query": "x"})
     assert status == 404 and "plugins.enabled" in answer["error"]["message"]
+
+
+async def test_memory_answers_right_after_start_while_its_model_loads_in_the_background(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The local model loads off the start-up path (issue 13); the first calls wait for it."""
+    async with running_gateway(config_of(raw_config(fake, tmp_path / "t.db"))) as gw:
+        memory = gw.app.state.gateway.plugins.get("memory").service
+        assert memory.backend.dims == PACKAGED_DIMS, "the store opened before the model loaded"
+        status, stored = await call(
+            gw, "POST", "/v1/memory/store", {"items": [{"content": "The vault opens at dawn."}]}
+        )
+        assert status == 200 and stored["ids"] == ["mem-1"]
+        status, found = await call(gw, "POST", "/v1/memory/query", {"query": "vault", "limit": 1})
+        assert status == 200 and texts(found) == ["The vault opens at dawn."]
+        assert memory.embedder.dims == PACKAGED_DIMS, "what the loaded model makes"
+
+
+async def test_a_model_that_fails_to_load_leaves_chat_up_and_memory_answering_503(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Loading in the background, a broken model cannot stop start-up any more: memory says
+    what failed, on every call, and chat (with automatic memory on) goes on without it."""
+    broken = tmp_path / "tokenizer.json"
+    broken.write_text("not a tokenizer")
+    raw = raw_config(
+        fake, tmp_path / "t.db", embeddings={"tokenizer_file": str(broken)}, auto={"models": ["*"]}
+    )
+    async with running_gateway(config_of(raw)) as gw:
+        for path, body in (
+            ("/v1/memory/store", {"content": "x"}),
+            ("/v1/memory/query", {"query": "x"}),
+        ):
+            status, answer = await call(gw, "POST", path, body)
+            assert status == 503, answer
+            assert answer["error"]["code"] == "plugin_unavailable"
+            assert "failed to load" in answer["error"]["message"]
+        chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+        status, reply = await call(gw, "POST", "/v1/chat/completions", chat)
+        assert status == 200 and reply["choices"][0]["message"]["content"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gateway.errors import ConfigError, DriverError
-from gateway.plugins.memory.driver import find_driver
+from gateway.plugins.memory.driver import extension_path, find_driver
 from gateway.plugins.memory.embeddings import LOCAL_MODEL, LocalEmbedder
 from gateway.plugins.memory.items import Hit, NewItem, Scope
 from gateway.plugins.memory.service import MemoryService
@@ -52,6 +52,13 @@ def test_the_driver_found_can_load_sqlite_vec() -> None:
     driver = find_driver()
     assert driver.package in ("sqlean.py", "pysqlite3", "sqlite3")
     assert driver.vec_version.startswith("v0.")
+
+
+def test_the_extension_is_found_where_sqlite_vec_says_without_importing_it() -> None:
+    # The driver does not import sqlite_vec (its __init__ imports numpy; see driver.py).
+    import sqlite_vec  # type: ignore[import-untyped]
+
+    assert extension_path() == sqlite_vec.loadable_path()
 
 
 def test_without_a_driver_that_loads_extensions_start_up_says_how_to_fix_it() -> None:

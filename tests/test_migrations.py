@@ -61,6 +61,15 @@ async def migrated(path: Path) -> list[str]:
         await connection.close()
 
 
+RELEASED = [(1, "m001_usage"), (2, "m002_keys"), (3, "m003_engine_memory")]
+ENGINE_MEMORY_SCHEMA = [
+    ("role", "TEXT", True),
+    ("model", "TEXT", True),
+    ("context", "INTEGER", True),
+    ("measured_mb", "INTEGER", True),
+    ("load_seconds", "REAL", False),
+    ("updated_at", "REAL", True),
+]
 KEYS_SCHEMA = [
     ("id", "TEXT", False),
     ("name", "TEXT", True),
@@ -80,7 +89,7 @@ KEYS_SCHEMA = [
 
 async def test_a_new_database_gets_the_usage_table_its_indexes_and_wal(tmp_path: Path) -> None:
     path = tmp_path / "turnout.db"
-    assert await migrated(path) == ["m001_usage", "m002_keys"]
+    assert await migrated(path) == ["m001_usage", "m002_keys", "m003_engine_memory"]
     found = schema(path)
     assert found["columns"] == USAGE_SCHEMA
     assert found["indexes"] == {
@@ -88,11 +97,16 @@ async def test_a_new_database_gets_the_usage_table_its_indexes_and_wal(tmp_path:
         "usage_agent_ts": ["agent_id", "ts"],
         "usage_ts": ["ts"],
     }
-    assert found["migrations"] == [(1, "m001_usage"), (2, "m002_keys")]
+    assert found["migrations"] == RELEASED
     assert found["mode"] == "wal"
     with sqlite3.connect(path) as conn:
         keys = [(r[1], r[2], bool(r[3])) for r in conn.execute("PRAGMA table_info(keys)")]
     assert keys == KEYS_SCHEMA
+    with sqlite3.connect(path) as conn:
+        memory = [
+            (r[1], r[2], bool(r[3])) for r in conn.execute("PRAGMA table_info(engine_memory)")
+        ]
+    assert memory == ENGINE_MEMORY_SCHEMA
 
 
 async def test_running_the_migrations_again_changes_nothing(tmp_path: Path) -> None:
@@ -120,18 +134,18 @@ async def test_a_new_migration_runs_once_on_a_database_that_has_the_old_ones(
     await migrated(path)
     runs: list[int] = []
 
-    async def m003_notes(connection: aiosqlite.Connection) -> None:
+    async def m004_notes(connection: aiosqlite.Connection) -> None:
         runs.append(1)
         await connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
 
     connection = await db.connect(str(path))
     try:
-        assert await migrate(connection, [*MIGRATIONS, m003_notes]) == ["m003_notes"]
-        assert await migrate(connection, [*MIGRATIONS, m003_notes]) == []
+        assert await migrate(connection, [*MIGRATIONS, m004_notes]) == ["m004_notes"]
+        assert await migrate(connection, [*MIGRATIONS, m004_notes]) == []
     finally:
         await connection.close()
     assert runs == [1]
-    assert schema(path)["migrations"] == [(1, "m001_usage"), (2, "m002_keys"), (3, "m003_notes")]
+    assert schema(path)["migrations"] == [*RELEASED, (4, "m004_notes")]
 
 
 async def test_a_failing_migration_leaves_the_database_at_the_previous_number(
@@ -139,20 +153,20 @@ async def test_a_failing_migration_leaves_the_database_at_the_previous_number(
 ) -> None:
     path = tmp_path / "turnout.db"
 
-    async def m003_broken(connection: aiosqlite.Connection) -> None:
+    async def m004_broken(connection: aiosqlite.Connection) -> None:
         await connection.execute("CREATE TABLE half (id INTEGER)")
         await connection.execute("THIS IS NOT SQL")
 
     connection = await db.connect(str(path))
     try:
         with pytest.raises(sqlite3.OperationalError):
-            await migrate(connection, [*MIGRATIONS, m003_broken])
+            await migrate(connection, [*MIGRATIONS, m004_broken])
     finally:
         await connection.close()
     with sqlite3.connect(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "half" not in tables
-    assert schema(path)["migrations"] == [(1, "m001_usage"), (2, "m002_keys")]
+    assert schema(path)["migrations"] == RELEASED
 
 
 async def test_an_edited_history_is_refused(tmp_path: Path) -> None:
@@ -174,6 +188,6 @@ async def test_a_database_from_a_newer_turnout_is_refused(tmp_path: Path) -> Non
     path = tmp_path / "turnout.db"
     await migrated(path)
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO _migrations VALUES (3, 'm003_future', 0)")
+        conn.execute("INSERT INTO _migrations VALUES (4, 'm004_future', 0)")
     with pytest.raises(MigrationError, match="newer version"):
         await migrated(path)

@@ -20,9 +20,11 @@ from anthropic import AsyncAnthropic
 from anthropic.types import MessageParam
 from openai.types.chat import ChatCompletionMessageParam
 
+from adapters.builtin import default_registry
 from gateway.app import create_app
 from gateway.config import warnings
 from gateway.errors import ConfigError, PluginError
+from gateway.state import GatewayState, Wiring
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import RunningGateway, config_of, running_gateway
 from tests.plugins import EXAMPLE, install
@@ -117,17 +119,17 @@ def test_plugin_settings_are_checked_when_routing_yaml_loads(fake: FakeOpenAI) -
 
 
 def test_no_plugins_means_no_request_hooks(fake: FakeOpenAI) -> None:
-    app = create_app(config_of(raw_config(fake, {})))
-    assert app.state.gateway.plugins.active is False
+    wiring = Wiring.of(config_of(raw_config(fake, {})), default_registry())
+    assert wiring.plugins.active is False
 
 
 async def test_a_plugin_failing_at_start_up_stops_the_gateway_naming_it(
     example_installed: None, fake: FakeOpenAI
 ) -> None:
     plugins = {"enabled": ["example"], "settings": {"example": {"fail_startup": True}}}
-    state = create_app(config_of(raw_config(fake, plugins))).state.gateway
+    wiring = Wiring.of(config_of(raw_config(fake, plugins)), default_registry())
     with pytest.raises(PluginError, match="plugin 'example' failed to start"):
-        await state.plugins.start(state)
+        await GatewayState.open(wiring)
 
 
 # --- what a plugin can do -----------------------------------------------------------------------

@@ -18,6 +18,8 @@ from anthropic.types import MessageParam
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.builtin import default_registry
+from gateway.app import create_app
 from gateway.config import Provider
 from gateway.errors import ConfigError
 from gateway.translate import Translated, raw
@@ -166,7 +168,11 @@ def test_stripping_is_on_for_local_providers_off_for_cloud_and_never_for_anthrop
         ),
         "claude-local": Provider(kind="anthropic", base_url="http://127.0.0.1:2", local=True),
     }
-    assert sorted(request_shapers(providers)) == ["cloud-on", "engine"]
+    registry = default_registry()
+    assert sorted(request_shapers(providers, registry.keeps_client_prefix)) == [
+        "cloud-on",
+        "engine",
+    ]
 
 
 def test_asking_to_strip_for_the_anthropic_kind_is_a_config_error_naming_the_key() -> None:
@@ -181,7 +187,7 @@ def test_asking_to_strip_for_the_anthropic_kind_is_a_config_error_naming_the_key
         "models": [{"name": "m", "targets": [{"provider": "claude", "model": "x"}]}],
     }
     with pytest.raises(ConfigError, match=r"providers\.claude\.strip_volatile_prefix"):
-        config_of(raw_config)
+        create_app(config_of(raw_config))
 
 
 # --- turn k+1 starts with turn k ----------------------------------------------------------------
@@ -257,7 +263,7 @@ def assert_prefix_holds(upstream: list[dict[str, msgspec.Raw]]) -> None:
 
 def shaped_for_engine(fields: dict[str, msgspec.Raw]) -> dict[str, msgspec.Raw]:
     engine = {"engine": Provider(kind="llamacpp", base_url="http://127.0.0.1:8081/v1")}
-    return request_shapers(engine)["engine"](fields)
+    return request_shapers(engine, default_registry().keeps_client_prefix)["engine"](fields)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -16,7 +16,6 @@ from gateway.ratelimit.memory import MemoryBackend
 from gateway.ratelimit.policy import (
     Scope,
     check,
-    estimate_tokens,
     fresh,
     refill,
     refilled,
@@ -134,11 +133,6 @@ def test_settle_never_counts_a_slot_below_zero() -> None:
 def test_settle_refills_before_charging_the_difference() -> None:
     limits = Limits(tpm=600)  # 10 tokens a second
     assert settle(limits, (0, 100, 0.0, 0), 50, now=2.0) == (0, 70, 2.0, 0)
-
-
-def test_estimate_counts_about_four_bytes_of_json_per_token_plus_the_completion_cap() -> None:
-    assert estimate_tokens(4000, None) == 1000
-    assert estimate_tokens(4000, 256) == 1256
 
 
 @pytest.mark.parametrize(

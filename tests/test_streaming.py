@@ -1,10 +1,10 @@
-"""gateway/streaming.py: the client side of a streamed answer."""
+"""gateway/pipeline/endpoint.py: the HTTP client side of a streamed answer."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.streaming import SLICE, SSEResponse
+from gateway.pipeline.endpoint import SLICE, HttpClient
 
 
 async def test_a_write_larger_than_a_slice_goes_out_in_slices_that_add_up() -> None:
@@ -14,7 +14,10 @@ async def test_a_write_larger_than_a_slice_goes_out_in_slices_that_add_up() -> N
     async def send(message: Any) -> None:
         sent.append(message)
 
-    response = SSEResponse(send, [])
+    async def receive() -> Any:
+        raise AssertionError("a stream's writes never read the request")
+
+    response = HttpClient({"headers": []}, receive, send, limit=1 << 20)
     data = bytes(range(256)) * (SLICE // 256) * 3 + b"tail"
     await response.write(data)
     await response.write(b"small")

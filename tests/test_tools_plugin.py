@@ -7,9 +7,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.app import create_app
+from adapters.builtin import default_registry
 from gateway.errors import ConfigError, PluginError
-from gateway.state import GatewayState
+from gateway.state import GatewayState, Wiring
 from tests.gateway_server import config_of, running_gateway
 
 FUNCTIONS = "tests.tools_fixtures.functions"
@@ -46,9 +46,8 @@ def test_config_errors_name_the_key_path(tools: dict[str, Any], problem: str) ->
     assert problem in str(caught.value)
 
 
-def state_for(tools: dict[str, Any]) -> GatewayState:
-    state: GatewayState = create_app(config_of(raw(tools))).state.gateway
-    return state
+def wiring_for(tools: dict[str, Any]) -> Wiring:
+    return Wiring.of(config_of(raw(tools)), default_registry())
 
 
 @pytest.mark.parametrize(
@@ -64,9 +63,8 @@ def state_for(tools: dict[str, Any]) -> GatewayState:
 async def test_a_tool_that_cannot_be_built_stops_start_up_naming_it(
     definition: dict[str, Any], problem: str
 ) -> None:
-    state = state_for({"registry": [definition]})
     with pytest.raises(PluginError) as caught:
-        await state.plugins.start(state)
+        await GatewayState.open(wiring_for({"registry": [definition]}))
     assert "tools.registry[0] (t)" in str(caught.value) and problem in str(caught.value)
 
 

@@ -24,7 +24,7 @@ from openai.types.responses import ResponseStreamEvent
 
 from gateway.errors import BadRequest, GatewayError, UpstreamError, UpstreamProtocolError
 from gateway.translate.responses import ResponsesExchange, flat_name, prepare
-from gateway.translate.responses_replies import ResponseStream
+from gateway.translate.responses_stream import ResponseStream
 
 
 def counter() -> Callable[[str], str]:

@@ -29,7 +29,7 @@ from gateway import db
 from gateway.config import Price, Usage
 from gateway.metrics import Metrics
 from gateway.migrations import migrate
-from gateway.usage import UsageRecord, UsageWriter, estimate_tokens
+from gateway.usage import UsageRecord, UsageWriter
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import RunningGateway, config_of, free_port, running_gateway
 
@@ -332,14 +332,6 @@ async def test_an_in_memory_database_works_for_tests_and_embedding() -> None:
     async with writer.reader() as reader, reader.execute("SELECT COUNT(*) FROM usage") as cursor:
         assert await cursor.fetchone() == (1,)
     await writer.stop()
-
-
-def test_token_estimates_without_a_tokenizer() -> None:
-    assert estimate_tokens("") == 0
-    assert estimate_tokens("a") == 1
-    assert estimate_tokens("The quick brown fox jumps over the lazy dog.") == 11
-    # One token per CJK character, where four characters per token would count 2.
-    assert estimate_tokens("今日は良い天気ですね") == 10
 
 
 # --- the usage API through a real gateway ------------------------------------------------------

@@ -42,7 +42,7 @@ from adapters.http import (
     whole_answer_timeout,
 )
 from adapters.openai_compat import SSEStream
-from gateway.config import Provider
+from gateway.config.upstreams import Provider
 from gateway.errors import ContextExceeded, UpstreamError, UpstreamProtocolError, UpstreamStatus
 from gateway.translate import FIELDS, encode, raw
 
@@ -240,4 +240,4 @@ def _factory(name: str, provider: Provider, session: aiohttp.ClientSession) -> A
 
 
 def register(registry: AdapterRegistry) -> None:
-    registry.register("anthropic", _factory)
+    registry.register("anthropic", _factory, keeps_client_prefix=True)

@@ -30,7 +30,7 @@ from adapters.ollama.replies import (
 )
 from adapters.ollama.requests import KeepAlive, chat_body, embed_body, generate_body
 from adapters.ollama.stream import ChatChunks, Chunks, NDJSONStream, TextChunks
-from gateway.config import Provider
+from gateway.config.upstreams import Provider
 from gateway.errors import (
     BadRequest,
     UpstreamError,

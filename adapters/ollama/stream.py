@@ -29,7 +29,7 @@ from adapters.ollama.replies import (
     usage,
 )
 from adapters.streams import Framer, StreamDeadlines, refuse_unknown_encoding
-from gateway.config import Timeouts
+from gateway.config.upstreams import Timeouts
 from gateway.errors import (
     UpstreamProtocolError,
 )

@@ -13,10 +13,10 @@ import time
 import msgspec
 
 from adapters.base import TokenCounter, UpstreamRequest, native_for
-from gateway.api.ingress import Dialect, Exchange, IngressEndpoint, new_request_id
 from gateway.asgi import JSON, Receive, Scope, Send, header, read_body, send_bytes
 from gateway.auth import may_use
-from gateway.config import ROLE_PREFIX, Model, Target
+from gateway.config.roles import ROLE_PREFIX
+from gateway.config.upstreams import Model, Target
 from gateway.engines.states import EngineState
 from gateway.errors import (
     ClientGone,
@@ -26,6 +26,8 @@ from gateway.errors import (
     ModelNotFound,
     UpstreamError,
 )
+from gateway.pipeline.call import Dialect, Exchange, new_request_id
+from gateway.pipeline.endpoint import EndpointFactory, ingress
 from gateway.router import plan
 from gateway.state import GatewayState
 from gateway.translate import anthropic, encode
@@ -158,11 +160,8 @@ class _Counted(msgspec.Struct):
 _ESTIMATE = msgspec.json.Decoder(_Counted)
 
 
-def anthropic_endpoints(
-    state: GatewayState,
-) -> dict[str, IngressEndpoint | CountTokensEndpoint]:
-    """Path → endpoint for Anthropic's Messages API."""
-    return {
-        "/v1/messages": IngressEndpoint(state, MESSAGES),
-        "/v1/messages/count_tokens": CountTokensEndpoint(state),
-    }
+# Path -> endpoint for Anthropic's Messages API.
+ENDPOINTS: dict[str, EndpointFactory] = {
+    "/v1/messages": ingress(MESSAGES),
+    "/v1/messages/count_tokens": CountTokensEndpoint,
+}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
+from litestar.response import ServerSentEvent
 
+from gateway.api.engine_events import engine_events
 from gateway.engines.states import EngineState
 from gateway.engines.supervisor import Supervisor
 from gateway.errors import NotFound
@@ -28,19 +30,17 @@ class EngineController(Controller):
         wait: FromQuery[bool] = False,
     ) -> Response[dict[str, Any]]:
         supervisor = _supervisor(supervisor, role)
-        before = loaded_roles(supervisor)
-        body: dict[str, Any] = {
-            "from": before[0] if len(before) == 1 else before or None,
-            "to": role,
-        }
-        if supervisor.status(role).state is EngineState.READY and len(before) == 1 and not wait:
-            await supervisor.switch(role, wait=False)
-            return Response({"status": "ready", **body}, status_code=200)
+        # Only what this switch unloads: peers that may stay loaded beside it are not "from".
+        before = supervisor.victims(role)
+        body: dict[str, Any] = {"from": before[0] if len(before) == 1 else before or None}
         result = await supervisor.switch(role, wait=wait)
-        if not wait:
-            return Response({"status": "switching", **body}, status_code=202)
-        status = 200 if result.get("status") == "ready" else 503
-        return Response({**result, **body, "to": result.get("role", role)}, status_code=status)
+        kind = result.get("status")
+        if kind == "switching":
+            # Not waiting: the owner's decision, naming the fallback when it took one.
+            code = 202
+        else:
+            code = 200 if kind == "ready" else 503
+        return Response({**result, **body, "to": result.get("role", role)}, status_code=code)
 
     @get("/status")
     async def status(self, gateway: NamedDependency[GatewayState]) -> dict[str, Any]:
@@ -48,12 +48,14 @@ class EngineController(Controller):
         engines: dict[str, Any] = {}
         if supervisor is not None:
             engines = {name: _engine(gateway, supervisor, name) for name in supervisor.roles}
-            loaded = loaded_roles(supervisor)
+            loaded = supervisor.loaded()
         else:
             loaded = []
-        state, _ = health_of(supervisor)
+        state, role = health_of(supervisor)
         return {
-            "role": loaded[0] if loaded else None,
+            # The loaded role health names; with none loaded, the one health names (loading,
+            # failed): the two answers never disagree.
+            "role": loaded[0] if loaded else role,
             "loaded": loaded,
             "state": state,
             "switching_to": supervisor.pinned if supervisor else None,
@@ -63,6 +65,7 @@ class EngineController(Controller):
             else {},
             "providers": _providers(gateway),
             "targets": _targets(gateway),
+            "gpus": _gpus(gateway),
         }
 
     @get("/health")
@@ -73,6 +76,16 @@ class EngineController(Controller):
         return Response(
             {"state": state, "role": role}, status_code=200 if state == "ready" else 503
         )
+
+    @get("/events")
+    async def events(
+        self, request: Request[Any, Any, Any], supervisor: NamedDependency[Supervisor | None]
+    ) -> ServerSentEvent:
+        """State and stage changes of every role, as they happen (engine_events.py)."""
+        if supervisor is None:
+            raise NotFound("no local roles to follow: none configured (see roles: in routing.yaml)")
+        # The scope is the server's own dict: a key set on it reaches gateway/draining.py.
+        return engine_events(supervisor.events, cast(dict[str, Any], request.scope))
 
     @post("/unload", status_code=200)
     async def unload(
@@ -96,22 +109,20 @@ def _supervisor(supervisor: Supervisor | None, role: str | None) -> Supervisor:
     return supervisor
 
 
-def loaded_roles(supervisor: Supervisor) -> list[str]:
-    return [name for name in supervisor.roles if supervisor.status(name).state is EngineState.READY]
-
-
 def health_of(supervisor: Supervisor | None) -> tuple[str, str | None]:
     """One word for readiness probes: ready, loading, switching, idle or failed."""
     if supervisor is None:
         return "ready", None
     states = {name: supervisor.status(name).state for name in supervisor.roles}
-    ready = [n for n, s in states.items() if s is EngineState.READY]
+    ready = supervisor.loaded()
     starting = [n for n, s in states.items() if s is EngineState.STARTING]
     stopping = [n for n, s in states.items() if s is EngineState.STOPPING]
+    pinned = supervisor.pinned
     if starting:
-        return ("switching" if ready or stopping else "loading"), starting[0]
-    if stopping or (supervisor.pinned is not None and supervisor.pinned not in ready):
-        return "switching", supervisor.pinned or (stopping[0] if stopping else None)
+        role = pinned if pinned in starting else starting[0]
+        return ("switching" if ready or stopping else "loading"), role
+    if stopping or (pinned is not None and pinned not in ready):
+        return "switching", pinned or (stopping[0] if stopping else None)
     if ready:
         return "ready", ready[0]
     failed = [n for n, s in states.items() if s is EngineState.FAILED]
@@ -140,10 +151,44 @@ def _engine(gateway: GatewayState, supervisor: Supervisor, name: str) -> dict[st
         "failures": status.failures,
         "context": role.context,
         "memory_mb": role.memory_mb,
+        "memory": _memory(supervisor, name),
         "ttl_seconds": role.ttl_seconds,
         "group": supervisor.topology.group_of.get(name),
         "persistent": name in supervisor.topology.persistent,
         "kv_cache": gateway.kv_cache.describe(name) if gateway.kv_cache else {"enabled": False},
+        "gpus": _placement(gateway, name),
+    }
+
+
+def _gpus(gateway: GatewayState) -> list[dict[str, Any]]:
+    """Each GPU's memory as the prober last read it (every ``server.probe_seconds``)."""
+    return [
+        {"index": g.index, "name": g.name, "total_mb": g.total_mb, "free_mb": g.free_mb}
+        for g in gateway.prober.resources().gpus
+    ]
+
+
+def _placement(gateway: GatewayState, name: str) -> dict[str, Any]:
+    """``roles.X.gpus``, and where the engine was put at its last start (devices None: every
+    GPU it sees, the engine's default; reason None: not started yet)."""
+    placement = gateway.gpus.placement(name) if gateway.gpus else None
+    return {
+        "configured": gateway.config.roles[name].gpus,
+        "devices": list(placement.devices) or None if placement else None,
+        "split": list(placement.split) or None if placement else None,
+        "reason": placement.reason if placement else None,
+    }
+
+
+def _memory(supervisor: Supervisor, name: str) -> dict[str, Any]:
+    """What the scheduler plans ``name`` with: measured after a load, else configured, else
+    estimated from the model file (GGUF size + KV cache)."""
+    footprint = supervisor.footprint(name)
+    return {
+        "need_mb": supervisor.need_mb(name) or None,
+        "estimated_mb": footprint.estimated_mb or None,
+        "measured_mb": footprint.measured_mb or None,
+        "load_seconds": footprint.load_seconds,
     }
 
 

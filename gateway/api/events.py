@@ -8,8 +8,8 @@ poll costs no database read; ``cursor`` is the number of rows ever recorded, and
 as ``after`` returns only rows recorded since. ``rejections`` counts rate-limit refusals since
 start by the scope and limit that refused (the ``turnout_ratelimit_rejections_total`` metric).
 
-``series`` buckets the usage log over time: requests, errors, 429s, tokens (prompt, completion
-and the cached part of the prompt) and latency percentiles (nearest rank, over answered
+``series`` buckets the usage log over time: requests, errors, turnout's own 429s, tokens (prompt,
+completion and the cached part of the prompt) and latency percentiles (nearest rank, over answered
 requests only, so instant refusals do not drag the percentiles down) per bucket and per group,
 and ``totals`` the same over the whole range.
 """
@@ -59,7 +59,7 @@ _MAX_BUCKETS = 2000
 _SERIES = """
 WITH selected AS (
     SELECT CAST(ts / ? AS INTEGER) * ? AS t, {key} AS k, status, prompt_tokens,
-           completion_tokens, cached_tokens, duration_ms, ttft_ms, status < 400 AS ok
+           completion_tokens, cached_tokens, duration_ms, ttft_ms, status < 400 AS ok, provider
     FROM usage {where}
 ), ranked AS (
     SELECT *,
@@ -72,7 +72,8 @@ WITH selected AS (
 SELECT t, k AS key,
     COUNT(*) AS requests,
     SUM(status >= 400) AS errors,
-    SUM(status = 429) AS rate_limited,
+    -- turnout's own refusals only: an upstream's 429 passed through names its provider.
+    SUM(status = 429 AND provider IS NULL) AS rate_limited,
     SUM(prompt_tokens) AS prompt_tokens,
     SUM(completion_tokens) AS completion_tokens,
     SUM(cached_tokens) AS cached_tokens,

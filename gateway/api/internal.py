@@ -20,12 +20,12 @@ from typing import Any
 
 import msgspec
 
-from gateway.api.ingress import Dialect, Exchange, IngressEndpoint
 from gateway.asgi import Scope
-from gateway.config import Target
+from gateway.config.upstreams import Target
 from gateway.contract import Operation, WireProtocol
 from gateway.errors import BadRequest, GatewayError, UpstreamProtocolError, openai_envelope
-from gateway.state import GatewayState
+from gateway.pipeline.call import Dialect, Exchange
+from gateway.pipeline.endpoint import EndpointFactory, ingress
 from gateway.streaming import KEEPALIVE, StreamTranslator
 from gateway.wire import ClientRequest, Usage, decode_request
 
@@ -125,6 +125,5 @@ LLM_PROXY = Dialect(
 )
 
 
-def internal_endpoints(state: GatewayState) -> dict[str, IngressEndpoint]:
-    """Path → endpoint for seed 004's ``/internal/llm/*`` API."""
-    return {"/internal/llm/proxy": IngressEndpoint(state, LLM_PROXY)}
+# Path -> endpoint for seed 004's ``/internal/llm/*`` API.
+ENDPOINTS: dict[str, EndpointFactory] = {"/internal/llm/proxy": ingress(LLM_PROXY)}

@@ -19,7 +19,8 @@ from litestar.params import FromPath
 
 from adapters.base import ContextReporter
 from gateway.auth import may_use
-from gateway.config import ROLE_PREFIX, Model, Target
+from gateway.config.roles import ROLE_PREFIX
+from gateway.config.upstreams import Model, Target
 from gateway.engines.states import EngineState
 from gateway.errors import ModelNotFound, UpstreamError
 from gateway.guards import api_caller

@@ -1,6 +1,6 @@
 """OpenAI's own endpoints: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``.
 
-The passthrough dialect of the shared pipeline (``gateway/api/ingress.py``): bodies and stream
+The passthrough dialect of the shared pipeline (gateway/pipeline/): bodies and stream
 events go out as the adapter produced them. Per event the translator does byte tests only (is
 it the usage chunk, is it ``[DONE]``); the usage chunk is always requested upstream, so tokens
 are never lost, and dropped again when the client did not ask for it.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import msgspec
 
-from gateway.api.ingress import Dialect, IngressEndpoint
 from gateway.asgi import Scope
 from gateway.contract import Operation, WireProtocol
 from gateway.errors import (
@@ -20,7 +19,8 @@ from gateway.errors import (
     UpstreamProtocolError,
     openai_envelope,
 )
-from gateway.state import GatewayState
+from gateway.pipeline.call import Dialect
+from gateway.pipeline.endpoint import EndpointFactory, ingress
 from gateway.streaming import KEEPALIVE
 from gateway.wire import ClientRequest, Usage, decode_request, usage_of
 
@@ -95,10 +95,9 @@ COMPLETIONS = _dialect(Operation.COMPLETIONS, "completions")
 EMBEDDINGS = _dialect(Operation.EMBEDDINGS, "embeddings")
 
 
-def proxy_endpoints(state: GatewayState) -> dict[str, IngressEndpoint]:
-    """Path → endpoint for every forwarded OpenAI operation."""
-    return {
-        "/v1/chat/completions": IngressEndpoint(state, CHAT),
-        "/v1/completions": IngressEndpoint(state, COMPLETIONS),
-        "/v1/embeddings": IngressEndpoint(state, EMBEDDINGS),
-    }
+# Path -> endpoint for every forwarded OpenAI operation.
+ENDPOINTS: dict[str, EndpointFactory] = {
+    "/v1/chat/completions": ingress(CHAT),
+    "/v1/completions": ingress(COMPLETIONS),
+    "/v1/embeddings": ingress(EMBEDDINGS),
+}

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
-from gateway.api.ingress import Dialect, Exchange, IngressEndpoint
 from gateway.asgi import Scope
 from gateway.errors import GatewayError, openai_envelope
-from gateway.state import GatewayState
+from gateway.pipeline.call import Dialect, Exchange
+from gateway.pipeline.endpoint import EndpointFactory, ingress
 from gateway.streaming import KEEPALIVE
 from gateway.translate import responses
 
@@ -29,6 +29,5 @@ RESPONSES = Dialect(
 )
 
 
-def responses_endpoints(state: GatewayState) -> dict[str, IngressEndpoint]:
-    """Path → endpoint for OpenAI's Responses API."""
-    return {"/v1/responses": IngressEndpoint(state, RESPONSES)}
+# Path -> endpoint for OpenAI's Responses API.
+ENDPOINTS: dict[str, EndpointFactory] = {"/v1/responses": ingress(RESPONSES)}

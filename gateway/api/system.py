@@ -6,7 +6,8 @@ from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
 from gateway.guards import local_page
-from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.metrics import CONTENT_TYPE
+from gateway.state import GatewayState
 
 
 class SystemController(Controller):
@@ -16,5 +17,9 @@ class SystemController(Controller):
         return {"status": "ok"}
 
     @get("/metrics", guards=[local_page])
-    async def metrics(self, metrics: NamedDependency[Metrics]) -> Response[bytes]:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+    async def metrics(self, gateway: NamedDependency[GatewayState]) -> Response[bytes]:
+        if gateway.engine_metrics is not None:
+            # The engines' own metrics, read now (briefly cached); one that does not answer
+            # loses its samples, never the scrape.
+            await gateway.engine_metrics.refresh()
+        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)

@@ -300,7 +300,8 @@ class UsageController(Controller):
         if format == "csv":
             return Response(
                 to_csv(report["data"]),
-                media_type="text/csv; charset=utf-8",
+                # Litestar adds "; charset=utf-8" (said here too, the header had it twice).
+                media_type="text/csv",
                 headers={"Content-Disposition": 'attachment; filename="usage.csv"'},
             )
         return Response(report)

@@ -39,21 +39,21 @@ Server to client::
   (DNS rebinding, see gateway/hosts.py), with an HTTP 403 and OpenAI's error envelope, so a web
   page you visit cannot use your local models.
 
-Why the chat goes through the HTTP pipeline: each chat message is replayed into the very
-endpoint that serves ``POST /v1/chat/completions`` (``create_app`` hands it over), with a synthesised ASGI http scope,
-a ``receive`` that yields the body and then, on cancel, ``http.disconnect``, and a ``send`` that
-turns the SSE bytes back into messages. Auth, permissions, budgets, rate limits, fallback, engine
-swaps with their keep-alives (dropped here), metrics and the usage row all apply unchanged, and
-cancellation takes the path a disconnecting HTTP client takes. Driving the forwarder directly
-would have meant a second copy of that pipeline to keep in step. The cost is one SSE frame
-parse per chunk: a byte split, no JSON decode (``data`` is spliced in as raw JSON).
+Each chat runs through the very pipeline that serves ``POST /v1/chat/completions``
+(gateway/pipeline/, handed over by ``create_app``), with the chat as its ``Client``: the body
+comes from the message, the answer goes back as socket messages, and a cancel cancels the
+chat's task as a lost connection cancels an HTTP request's. Auth (against the socket's own
+headers, or the key of an ``auth`` message), permissions, budgets, rate limits, fallback, engine
+swaps with their keep-alives (dropped here), metrics and the usage row all apply unchanged. The
+relay writes SSE events, as it does for HTTP; the cost here is one SSE frame parse per chunk: a
+byte split, no JSON decode (``data`` is spliced in as raw JSON).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, cast
 
 import msgspec
@@ -63,14 +63,14 @@ from litestar.handlers import WebsocketRouteHandler
 from litestar.types import WebSocketResponseBodyEvent, WebSocketResponseStartEvent
 from msgspec import UNSET, UnsetType
 
-from gateway.asgi import EVENT_STREAM, Headers, Message, Receive, Scope, Send
-from gateway.errors import BadRequest, GatewayError, Unauthorized, openai_envelope
+from gateway.asgi import Headers, Message, Scope
+from gateway.errors import BadRequest, BodyTooLarge, GatewayError, Unauthorized, openai_envelope
 from gateway.nesting import check_depth
+from gateway.pipeline.call import new_request_id
+from gateway.pipeline.run import Pipeline
 from gateway.state import GatewayState
 
 log = logging.getLogger("turnout.websocket")
-
-Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PATH = "/v1/chat/ws"
 MAX_OPEN = 64
@@ -119,8 +119,9 @@ _encode = msgspec.json.Encoder().encode
 _TRUE = msgspec.Raw(b"true")
 
 
-def chat_socket(chat: Endpoint) -> WebsocketRouteHandler:
-    """The ``/v1/chat/ws`` handler, replaying chats into ``chat``: what serves /v1/chat/completions."""
+def chat_socket(chat: Callable[[], Pipeline]) -> WebsocketRouteHandler:
+    """The ``/v1/chat/ws`` handler, running chats through ``chat()``: the pipeline of
+    /v1/chat/completions (which exists once the lifespan built it)."""
 
     @websocket(PATH)
     async def chat_over_websocket(
@@ -133,7 +134,7 @@ def chat_socket(chat: Endpoint) -> WebsocketRouteHandler:
                 await refuse(socket, exc)
                 return
         await socket.accept()
-        await ChatSocket(socket, chat, gateway).serve()
+        await ChatSocket(socket, chat(), gateway).serve()
 
     return chat_over_websocket
 
@@ -164,10 +165,10 @@ class ChatSocket:
     """One connection: reads messages, runs each chat as a task, writes their messages."""
 
     def __init__(
-        self, socket: WebSocket[Any, Any, Any], endpoint: Endpoint, gateway: GatewayState
+        self, socket: WebSocket[Any, Any, Any], pipeline: Pipeline, gateway: GatewayState
     ) -> None:
         self._socket = socket
-        self._endpoint = endpoint
+        self._pipeline = pipeline
         self._gateway = gateway
         scope = self._scope = cast(Scope, socket.scope)
         self._headers: Headers = [
@@ -245,12 +246,10 @@ class ChatSocket:
                 chat_id, BadRequest("request: expected a JSON object", param="request")
             )
             return
-        chat = self._open[chat_id] = Chat(self, chat_id)
-        task = asyncio.get_running_loop().create_task(
-            chat.run(self._endpoint, self._http_scope(len(body)), body)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        chat = self._open[chat_id] = Chat(self, chat_id, self._chat_scope(), body)
+        chat.task = asyncio.get_running_loop().create_task(chat.run(self._pipeline))
+        self._tasks.add(chat.task)
+        chat.task.add_done_callback(self._tasks.discard)
 
     async def _authenticate(self, key: str | None) -> None:
         if not key:
@@ -266,27 +265,13 @@ class ChatSocket:
         self._headers = headers
         await self.write(Outgoing("authenticated", None))
 
-    def _http_scope(self, length: int) -> Scope:
-        ws = self._scope
-        return {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "https" if ws.get("scheme") == "wss" else "http",
-            "path": "/v1/chat/completions",
-            "raw_path": b"/v1/chat/completions",
-            "query_string": b"",
-            "root_path": ws.get("root_path", ""),
-            "headers": [
-                *self._headers,
-                (b"content-type", b"application/json"),
-                (b"content-length", str(length).encode()),
-            ],
-            "client": ws.get("client"),
-            "server": ws.get("server"),
-            "state": {},
-        }
+    def _chat_scope(self) -> Scope:
+        """The socket's own scope, with the headers chats carry (an auth message's key)."""
+        return {**self._scope, "headers": self._headers}
+
+    @property
+    def body_limit(self) -> int:
+        return self._gateway.config.server.max_body_bytes
 
     def ended(self, chat_id: str) -> None:
         self._open.pop(chat_id, None)
@@ -320,45 +305,51 @@ def streaming_by_default(body: bytes) -> bytes:
 
 
 class Chat:
-    """One chat on a socket, as the HTTP pipeline sees it: a request, a body, a disconnect."""
+    """One chat on a socket, as the pipeline's ``Client``: a body in, socket messages out."""
 
     __slots__ = (
         "_body",
         "_buffer",
         "_cancelled",
-        "_delivered",
         "_socket",
-        "_streaming",
+        "_watched",
         "ended",
         "id",
         "request_id",
-        "status",
+        "scope",
+        "started",
+        "task",
     )
 
-    def __init__(self, socket: ChatSocket, chat_id: str) -> None:
+    def __init__(self, socket: ChatSocket, chat_id: str, scope: Scope, body: bytes) -> None:
         self._socket = socket
         self.id = chat_id
-        self._cancelled = asyncio.Event()
-        self._delivered = False
-        self._streaming = False
-        self._body = b""
+        self.scope = scope
+        self._body = body
         self._buffer = b""
-        self.status = 0
+        self._cancelled = False
+        self._watched = False
+        self.started = False
         self.request_id: str | None = None
         self.ended = False
+        self.task: asyncio.Task[None] | None = None
 
     def cancel(self) -> None:
-        self._cancelled.set()
+        """The client's cancel (or the socket closing): as an HTTP client that disconnects."""
+        if self._cancelled:
+            return
+        self._cancelled = True
+        if self._watched and self.task is not None:
+            self.task.cancel()
 
-    async def run(self, endpoint: Endpoint, scope: Scope, body: bytes) -> None:
-        self._body = body
+    async def run(self, pipeline: Pipeline) -> None:
         try:
-            await endpoint(scope, self.receive, self.send)
+            await pipeline.run(self, new_request_id())
         except Exception:
             log.exception("chat %r on %s failed inside the gateway", self.id, PATH)
         if self.ended:
             return
-        if self._cancelled.is_set():
+        if self._cancelled:
             await self._end(Outgoing("cancelled", self.id))
         else:
             # The pipeline always answers; this is only reached through a bug in it.
@@ -366,36 +357,64 @@ class Chat:
             self._end_now()
             await self._socket.error(self.id, error)
 
-    # --- the ASGI side the pipeline talks to -----------------------------------------------
+    # --- the pipeline's side (gateway/pipeline/client.py) -------------------------------------
 
-    async def receive(self) -> Message:
-        if not self._delivered:
-            self._delivered = True
-            body, self._body = self._body, b""
-            return {"type": "http.request", "body": body, "more_body": False}
-        # The pipeline listens here for a client that leaves: a cancel is one.
-        await self._cancelled.wait()
-        return {"type": "http.disconnect"}
+    async def body(self) -> bytes:
+        body, self._body = self._body, b""
+        limit = self._socket.body_limit
+        if len(body) > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        return body
 
-    async def send(self, message: Message) -> None:
+    def watch(self) -> None:
+        self._watched = True
+        if self._cancelled and self.task is not None:
+            self.task.cancel()  # cancelled before the pipeline could be
+
+    def settle(self) -> None:
+        self._watched = False
+
+    def departed(self) -> bool:
+        if not self._cancelled:
+            return False
+        if self.task is not None:
+            self.task.uncancel()
+        return True
+
+    async def answer(self, status: int, body: bytes, headers: Headers) -> None:
+        self._note_request_id(headers)
         if self.ended:
             return
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            for key, value in message.get("headers", ()):
-                if key == b"x-request-id":
-                    self.request_id = value.decode("latin-1")
-                elif key == b"content-type":
-                    self._streaming = value.startswith(EVENT_STREAM)
+        if status >= 400:
+            await self._fail(body, status=status)
             return
-        self._buffer += message.get("body", b"")
-        more = message.get("more_body", False)
-        if self._streaming:
-            await self._relay(final=not more)
-        elif not more:
-            await self._answer()
+        await self._socket.write(Outgoing("response", self.id, data=msgspec.Raw(body)))
+        await self._end(Outgoing("done", self.id))
 
-    # --- SSE bytes to messages ---------------------------------------------------------------
+    async def start(self, headers: Headers) -> None:
+        if self.started:
+            return
+        self.started = True
+        self._note_request_id(headers)
+
+    async def write(self, data: bytes) -> None:
+        if self.ended:
+            return
+        self._buffer += data
+        await self._relay(final=False)
+
+    async def end(self) -> None:
+        if self.ended:
+            return
+        await self._relay(final=True)
+
+    def _note_request_id(self, headers: Headers) -> None:
+        for key, value in headers:
+            if key == b"x-request-id":
+                self.request_id = value.decode("latin-1")
+                return
+
+    # --- SSE events to messages ----------------------------------------------------------------
 
     async def _relay(self, final: bool) -> None:
         *events, self._buffer = self._buffer.split(b"\n\n")
@@ -411,14 +430,6 @@ class Chat:
             await self._socket.write(Outgoing("chunk", self.id, data=msgspec.Raw(data)))
         if final:
             await self._end(Outgoing("done", self.id))
-
-    async def _answer(self) -> None:
-        body, self._buffer = self._buffer, b""
-        if self.status >= 400:
-            await self._fail(body, status=self.status)
-            return
-        await self._socket.write(Outgoing("response", self.id, data=msgspec.Raw(body)))
-        await self._end(Outgoing("done", self.id))
 
     async def _fail(self, envelope: bytes, status: int | UnsetType) -> None:
         await self._end(Outgoing("error", self.id, status=status, error=error_object(envelope)))

@@ -7,7 +7,9 @@ so commands print it and exit instead of showing a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -133,6 +135,42 @@ class ChatStream:
         self.close()
 
 
+class EventStream:
+    """The JSON events of a server-sent event stream (``GET /engine/events``), a dict each.
+
+    Iterate on one thread and ``close()`` from another: that ends the iteration, quietly, as
+    does the gateway ending the stream.
+    """
+
+    def __init__(self, response: HTTPResponse) -> None:
+        self._response = response
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            for line in self._response:
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue  # comments (keep-alives) and blank separators
+                try:
+                    item = json.loads(line[5:])
+                except ValueError:
+                    continue
+                if isinstance(item, dict):
+                    yield item
+        except (OSError, HTTPException, ValueError, AttributeError):
+            return  # closed meanwhile (close() empties the response) or broken off
+
+    def close(self) -> None:
+        # A thread blocked reading wakes only when the socket is shut down; closing the file
+        # object alone would leave it waiting for the next byte.
+        raw = getattr(self._response.fp, "raw", None)
+        sock = getattr(raw, "_sock", None)
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._response.close()
+
+
 class GatewayClient:
     def __init__(
         self,
@@ -160,6 +198,10 @@ class GatewayClient:
     def engine_health(self) -> Health:
         _, body = self.call("GET", "/engine/health", admin=True, expect=(200, 503))
         return Health(str(body.get("state")), body.get("role"))
+
+    def engine_events(self) -> EventStream:
+        """GET /engine/events: each role's current state, then every change as it happens."""
+        return EventStream(self._open("GET", "/engine/events", None, admin=True))
 
     def switch(self, role: str, *, wait: bool) -> tuple[int, dict[str, Any]]:
         """POST /engine/switch/<role>: 202 switching, 200 ready, 503 (with wait) failed."""

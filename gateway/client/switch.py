@@ -3,13 +3,15 @@
 The switch is asked once without waiting (a wrong role fails at once), then with
 ``?wait=true`` on a helper thread: that answer is the verdict (ready, failed, fallback or
 superseded), exact even when the start fails or another switch wins.
-Meanwhile the main thread polls ``/engine/health`` and prints each change of state, so a slow
-load shows that it is moving. ``--no-wait`` asks and returns.
+Meanwhile the main thread prints the role's stages as the gateway publishes them on
+``GET /engine/events`` (stopping coder, starting fast, loading, restoring its KV cache,
+ready), so a slow load shows where it is. ``--no-wait`` asks and returns.
 """
 
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
 import threading
 import time
@@ -19,7 +21,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 from gateway.client.output import emit_json, fail
 
 if TYPE_CHECKING:
-    from gateway.client.api import GatewayClient
+    from gateway.client.api import EventStream, GatewayClient
+
+# Called with the seconds since the switch began and the stage in words ("starting role fast").
+Report = Callable[[float, str], None]
 
 POLL_SECONDS = 0.2
 
@@ -29,8 +34,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "switch",
         parents=[common],
         help="load a local role (hot-swap) and show progress until it is ready",
-        description="POST /engine/switch/<role>, then follow /engine/health until the role is "
-        "ready (exit 0) or cannot be loaded (exit 1).",
+        description="POST /engine/switch/<role>, then show its stages from /engine/events until "
+        "the role is ready (exit 0) or cannot be loaded (exit 1).",
     )
     parser.add_argument("role")
     parser.add_argument(
@@ -73,21 +78,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def follow(
-    client: GatewayClient,
-    role: str,
-    timeout: float,
-    report: Callable[[float, str, str | None], None] | None,
+    client: GatewayClient, role: str, timeout: float, report: Report | None
 ) -> dict[str, Any]:
-    """Switch to ``role`` and wait for the verdict; ``report(elapsed, state, role)`` after each
-    poll of /engine/health. Raises ``ClientError`` when the gateway refuses the switch."""
+    """Switch to ``role`` and wait for the verdict; ``report(elapsed, stage)`` with each stage
+    the gateway publishes for it. Raises ``ClientError`` when the gateway refuses the switch."""
     from gateway.client.api import ClientError
 
     started = time.monotonic()
-    # Asked once without waiting first: a wrong role or key fails at once, and a role that is
-    # already the loaded one needs no following.
+    # Asked once without waiting first: a wrong role or key fails at once, a role that is
+    # already the loaded one needs no following, and one refused outright needs no waiting.
     status, first = client.switch(role, wait=False)
-    if status == 200:
-        return verdict(role, 200, {"role": role, **first}, time.monotonic() - started)
+    if status != 202:
+        return verdict(role, status, {"role": role, **first}, time.monotonic() - started)
     answer: list[tuple[int, dict[str, Any]]] = []
     problem: list[ClientError] = []
 
@@ -99,23 +101,76 @@ def follow(
 
     asking = threading.Thread(target=ask, name="turnout-switch", daemon=True)
     asking.start()
-    while asking.is_alive():
-        elapsed = time.monotonic() - started
-        if elapsed > timeout:
-            raise ClientError(f"{role} was not ready after {timeout:g} s")
-        try:
-            health = client.engine_health()
-        except ClientError:
-            health = None  # the verdict (or its error) arrives on the other thread
-        if health is not None and report is not None:
-            report(elapsed, health.state, health.role)
-        asking.join(POLL_SECONDS)
+    stages = _Stages(client, role, report, started) if report is not None else None
+    try:
+        while asking.is_alive():
+            if time.monotonic() - started > timeout:
+                raise ClientError(f"{role} was not ready after {timeout:g} s")
+            if stages is not None:
+                stages.show()
+            asking.join(POLL_SECONDS)
+        if stages is not None:
+            stages.show()  # the stages that arrived with the verdict ("ready")
+    finally:
+        if stages is not None:
+            stages.close()
     if problem:
         raise problem[0]
     status, body = answer[0]
     # "from" as it was before the switch began (the second ask sees a stopping engine).
     body = {**body, "from": first.get("from")}
     return verdict(role, status, body, time.monotonic() - started)
+
+
+class _Stages:
+    """The role's events from /engine/events, read on a thread of their own (a read blocks
+    until the gateway sends something); a gateway without them only shows nothing."""
+
+    def __init__(self, client: GatewayClient, role: str, report: Report, started: float) -> None:
+        from gateway.client.api import ClientError
+
+        self.role = role
+        self.text = ""
+        self._report = report
+        self._started = started
+        self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._stream: EventStream | None = None
+        try:
+            self._stream = client.engine_events()
+        except ClientError:
+            return
+        threading.Thread(target=self._read, name="turnout-events", daemon=True).start()
+
+    def _read(self) -> None:
+        stream = self._stream
+        assert stream is not None
+        for item in stream:
+            self._queue.put(item)
+
+    def show(self) -> None:
+        """Reports each new stage of the role (a fallback's once the role falls back), and the
+        latest again, so a terminal's line keeps counting the seconds."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item.get("role") != self.role:
+                continue
+            if item.get("stage") == "falling back" and item.get("subject"):
+                # From here on, the stages of the role that is loaded in its place.
+                self.role = str(item["subject"])
+            self.text = str(item.get("text") or item.get("stage") or "")
+            self._say()
+        if self.text:
+            self._say()
+
+    def _say(self) -> None:
+        self._report(time.monotonic() - self._started, self.text)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
 
 
 def verdict(role: str, status: int, body: dict[str, Any], elapsed: float) -> dict[str, Any]:
@@ -127,6 +182,11 @@ def verdict(role: str, status: int, body: dict[str, Any], elapsed: float) -> dic
     if not ok:
         if kind == "fallback":
             error = f"{role} cannot be loaded ({body.get('reason')}); {body.get('role')} was loaded instead"
+        elif kind == "failed" and body.get("requested"):
+            error = (
+                f"{role} cannot be loaded ({body.get('reason')}); its fallback {body.get('role')} "
+                f"failed to load: {body.get('error')}"
+            )
         elif kind == "superseded":
             error = f"the switch to {role} was superseded by one to {body.get('by')}"
         else:
@@ -137,33 +197,42 @@ def verdict(role: str, status: int, body: dict[str, Any], elapsed: float) -> dic
 
 def _ask(client: GatewayClient, role: str, as_json: bool) -> int:
     status, body = client.switch(role, wait=False)
+    if status == 503:
+        outcome = verdict(role, status, body, 0.0)
+        if as_json:
+            emit_json(outcome)
+        return fail(outcome["error"])
     if as_json:
         emit_json({"ok": True, **body})
     elif status == 200:
         print(f"{role} is already loaded")
+    elif body.get("requested"):
+        print(
+            f"{role} cannot be loaded ({body.get('reason')}); switching to {body.get('to')} instead"
+        )
     else:
         print(f"switching to {role} (from {body.get('from') or 'nothing'})")
     return 0
 
 
 class StatePrinter:
-    """Prints the engine's state as a switch goes: a line per change of state; on a terminal
-    the current line also counts the seconds, so a long load visibly moves."""
+    """Prints the stages as a switch goes: a line per stage; on a terminal the current line
+    also counts the seconds, so a long load visibly moves."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.live = out.isatty()
-        self.seen: tuple[str, str | None] | None = None
+        self.seen: str | None = None
 
-    def __call__(self, elapsed: float, state: str, role: str | None) -> None:
-        text = f"{elapsed:6.1f}s  {state}" + (f" ({role})" if role else "")
-        changed = (state, role) != self.seen
+    def __call__(self, elapsed: float, stage: str) -> None:
+        text = f"{elapsed:6.1f}s  {stage}"
+        changed = stage != self.seen
         if self.live:
             self.out.write(("\n" if changed and self.seen is not None else "\r") + text)
         elif changed:
             self.out.write(text + "\n")
         self.out.flush()
-        self.seen = (state, role)
+        self.seen = stage
 
     def close(self) -> None:
         if self.live and self.seen is not None:

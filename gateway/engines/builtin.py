@@ -5,13 +5,17 @@ Nothing else in turnout names these kinds: the rest asks ``gateway.engines.kinds
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
 from typing import cast
 
 import pluggy
 
-from gateway.config import Role
+from gateway.config.engines import Role
+from gateway.engines import llamacpp_router, vllm
 from gateway.engines.kinds import DriverContext, EngineKind, EngineKinds, spawn_driver
+from gateway.engines.placement import Placement
 from gateway.engines.process import EngineDriver, ExternalDriver, HostedModelDriver, ModelHost
 from gateway.errors import PluginError
 from gateway.plugins import hookspecs
@@ -29,6 +33,7 @@ LLAMACPP_COMMAND = (
     "${CTX}",
     "--jinja",
     "--no-webui",
+    "--metrics",
     "-a",
     "${ROLE}",
 )
@@ -44,6 +49,27 @@ def _mlx_alias(name: str, role: Role) -> str:
     # mlx_lm.server would look any other name up on the Hugging Face hub: its own alias for
     # the loaded model.
     return "default_model"
+
+
+def _runs_llama_server(command: Sequence[str]) -> bool:
+    # Adding arguments to anything else (a wrapper script, a container runner) could break it.
+    return bool(command) and os.path.basename(command[0]).startswith("llama-server")
+
+
+def _llamacpp_args(command: Sequence[str]) -> list[str]:
+    # Its own /metrics, re-exported labelled by role, even when a role's own command omits it.
+    if not _runs_llama_server(command) or "--metrics" in command:
+        return []
+    return ["--metrics"]
+
+
+def _llamacpp_split(command: Sequence[str], placement: Placement) -> list[str]:
+    # CUDA_VISIBLE_DEVICES renumbers the chosen GPUs from 0, in the order of the split.
+    if len(placement.split) < 2 or not _runs_llama_server(command):
+        return []
+    if {"-ts", "--tensor-split", "-dev", "--device"} & set(command):
+        return []  # the role's command places it itself
+    return ["--tensor-split", ",".join(str(share) for share in placement.split)]
 
 
 def _hosted_model(context: DriverContext) -> EngineDriver:
@@ -65,6 +91,9 @@ BUILTIN = (
         upstream_model=_role_name,
         base_url="forbidden",
         kv_slots=True,
+        metrics_path="/metrics",
+        command_args=_llamacpp_args,
+        placement_args=_llamacpp_split,
     ),
     # mlx_lm.server answers /health before it has loaded the model (it loads on the first
     # request): warm up by default.
@@ -91,6 +120,19 @@ BUILTIN = (
 )
 
 
+# Built-in kinds in modules of their own, each registering through the hook as a plugin does:
+# adding one is its module and its line here.
+MODULES: tuple[tuple[str, object], ...] = (
+    ("engine-kind-vllm", vllm),
+    ("engine-kind-llamacpp-router", llamacpp_router),
+)
+
+
+def builtin_plugins() -> list[tuple[str, object]]:
+    """The plugins that register the built-in kinds: this module and ``MODULES``."""
+    return [("engine-kinds", sys.modules[__name__]), *MODULES]
+
+
 @hookimpl
 def register_engine_kinds(kinds: EngineKinds) -> None:
     for kind in BUILTIN:
@@ -102,7 +144,7 @@ def collect(plugins: list[tuple[str, object]]) -> EngineKinds:
     manager = pluggy.PluginManager("turnout")
     manager.add_hookspecs(hookspecs)
     # pluggy calls the last registered first: in reverse, hooks run in the listed order.
-    for name, plugin in reversed([("engine-kinds", sys.modules[__name__]), *plugins]):
+    for name, plugin in reversed([*builtin_plugins(), *plugins]):
         manager.register(plugin, name=name)
     kinds = EngineKinds()
     try:

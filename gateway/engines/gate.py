@@ -8,11 +8,21 @@ requests are in flight and never swaps an engine out from under one.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
-from gateway.config import ROLE_PREFIX, Role, Target, role_provider_name, role_upstream_model
-from gateway.engines.policy import estimate_tokens, pick_fallback
+from gateway.config.engines import Role
+from gateway.config.roles import ROLE_PREFIX, role_provider_name, role_upstream_model
+from gateway.config.upstreams import Target
+from gateway.engines.policy import pick_fallback
 from gateway.engines.supervisor import Lease, Supervisor
+from gateway.tokens import context_need
 from gateway.wire import ClientRequest
+
+
+class Waiting(Protocol):
+    """Where the gate notes the role a request is queued for (the forwarder's ``Trace``)."""
+
+    engine_role: str
 
 
 class EngineGate:
@@ -24,10 +34,16 @@ class EngineGate:
     def handles(target: Target) -> bool:
         return target.provider.startswith(ROLE_PREFIX)
 
-    async def enter(self, target: Target, request: ClientRequest) -> tuple[Lease, Target]:
+    async def enter(
+        self, target: Target, request: ClientRequest, waiting: Waiting
+    ) -> tuple[Lease, Target]:
         role = target.provider[len(ROLE_PREFIX) :]
         chosen, note = self._by_context(role, request)
-        lease = await self._supervisor.acquire(chosen, requested=role, note=note)
+        waiting.engine_role = chosen
+        try:
+            lease = await self._supervisor.acquire(chosen, requested=role, note=note)
+        finally:
+            waiting.engine_role = ""
         if lease.role == role:
             return lease, target
         other = self._roles[lease.role]
@@ -40,7 +56,7 @@ class EngineGate:
 
     def _by_context(self, role: str, request: ClientRequest) -> tuple[str, str]:
         """A conversation longer than the role's context goes to a fallback role that can hold it."""
-        need = estimate_tokens(_prompt_bytes(request), request.max_tokens() or 0)
+        need = context_need(_prompt_bytes(request), request.max_tokens() or 0)
         context = self._roles[role].context
         if need <= context:
             return role, ""

@@ -6,8 +6,9 @@ name requests carry, whether turnout spawns a process (and so picks a port), whe
 needs a warm-up request, how its driver is built, and what the role's fields must look like.
 
 Kinds arrive through the ``register_engine_kinds`` plugin hook. The built-in ones
-(``gateway/engines/builtin.py``: llamacpp, mlx, ollama, external) register through it exactly
-as a third-party kind does. Adding a kind is one new module and one registration line::
+(``gateway/engines/builtin.py``: llamacpp, mlx, ollama, external; ``vllm.py`` and
+``llamacpp_router.py``, one module each) register through it exactly as a third-party kind
+does. Adding a kind is one new module and one registration line::
 
     # my_engine.py
     from gateway.engines.kinds import EngineKind, spawn_driver
@@ -16,31 +17,35 @@ as a third-party kind does. Adding a kind is one new module and one registration
     @hookimpl
     def register_engine_kinds(kinds):
         kinds.register(EngineKind(
-            name="vllm", adapter="openai-compatible", driver=spawn_driver, spawns=True,
-            command=("vllm", "serve", "${MODEL}", "--host", "${HOST}", "--port", "${PORT}"),
+            name="sglang", adapter="openai-compatible", driver=spawn_driver, spawns=True,
+            command=("python", "-m", "sglang.launch_server", "--model-path", "${MODEL}",
+                     "--host", "${HOST}", "--port", "${PORT}"),
         ))
 
     # pyproject.toml of the plugin's package (the registration line)
     [project.entry-points.turnout]
-    vllm = "my_engine"
+    sglang = "my_engine"
 
-with ``plugins: {enabled: [vllm]}`` in routing.yaml. ``tests/test_engine_kinds.py`` does
+with ``plugins: {enabled: [sglang]}`` in routing.yaml (a built-in module's line is its entry
+in ``builtin.MODULES`` instead). ``tests/test_engine_kinds.py`` does
 exactly this with a kind whose engine is a real loopback server process.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import aiohttp
 
-from gateway.config import Role
+from gateway.config.engines import Role
+from gateway.engines.gpus import GpuPlacer
 from gateway.engines.kv_slots import KvCacheKeeper
-from gateway.engines.process import EngineDriver, ProcessDriver, render_command
+from gateway.engines.placement import Placement
+from gateway.engines.process import EngineDriver, Launch, ProcessDriver, render_command
 
 # What a kind demands of ``roles.X.base_url``: servers turnout does not start need one, engines
 # it spawns listen where turnout tells them (``port``).
@@ -62,6 +67,8 @@ class DriverContext:
     # through it (Ollama loads and unloads models by API; llama.cpp saves KV slots).
     adapter: object | None
     kv_cache: KvCacheKeeper
+    # Puts a spawned engine on the GPU(s) with room at each start; None: never placed.
+    placer: GpuPlacer | None = None
 
     @property
     def command(self) -> list[str]:
@@ -83,26 +90,52 @@ def no_problems(where: str, role: Role) -> list[str]:
     return []
 
 
+def no_args(command: Sequence[str]) -> list[str]:
+    return []
+
+
+def no_placement_args(command: Sequence[str], placement: Placement) -> list[str]:
+    return []
+
+
 def spawn_driver(context: DriverContext) -> EngineDriver:
     """A process turnout starts from the kind's command; its KV cache kept if the kind can."""
     kind, role = context.kind, context.role
 
     def process(extra: Sequence[str]) -> EngineDriver:
         warmup = role.warmup if role.warmup is not None else kind.warmup
+        command = [*context.command, *extra]
+        command += kind.command_args(command)
         return ProcessDriver(
             context.name,
             role,
-            [*context.command, *extra],
+            command,
             context.port,
             context.log_path,
             context.session,
             warmup=warmup,
             upstream_model=role.upstream_model or kind.upstream_model(context.name, role),
+            launch=_launcher(context, command),
         )
 
     if not kind.kv_slots:
         return process(())
     return context.kv_cache.wrap(context.name, role, context.adapter, process, kind.command)
+
+
+def _launcher(
+    context: DriverContext, command: Sequence[str]
+) -> Callable[[], Awaitable[Launch]] | None:
+    """Where each start of the engine goes: its GPUs, as environment and the kind's arguments."""
+    placer, kind = context.placer, context.kind
+    if placer is None:
+        return None
+
+    async def launch() -> Launch:
+        placement = await placer.place(context.name, context.role)
+        return Launch(tuple(kind.placement_args(command, placement)), placement.env())
+
+    return launch
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +163,18 @@ class EngineKind:
     kv_slots: bool = False
     # Anything else this kind demands of a role; problems name the key path (``where``).
     validate: Callable[[str, Role], list[str]] = no_problems
+    # Path of the engine's own Prometheus metrics, re-exported on turnout's /metrics with a
+    # role label (engine_metrics.py); "": it has none.
+    metrics_path: str = ""
+    # Arguments added to a spawned role's rendered command: what turnout relies on that a
+    # role's own command may lack (llama-server's --metrics).
+    command_args: Callable[[Sequence[str]], list[str]] = no_args
+    # Arguments that put the engine where its placement says, beyond CUDA_VISIBLE_DEVICES
+    # (llama-server's --tensor-split).
+    placement_args: Callable[[Sequence[str], Placement], list[str]] = no_placement_args
+    # ``roles.X.model`` is a local file, checked before a start; else a name the engine
+    # resolves itself (vLLM's Hugging Face repo ids).
+    model_file: bool = True
 
     def template(self, role: Role) -> tuple[str, ...]:
         return role.command or self.command
@@ -158,7 +203,7 @@ class EngineKind:
         template = self.template(role)
         if not template or shutil.which(template[0]) is None:
             return f"executable {template[0] if template else ''!r} not found"
-        if "${MODEL}" in " ".join(template) and not Path(role.model).exists():
+        if self.model_file and "${MODEL}" in " ".join(template) and not Path(role.model).exists():
             return f"model {role.model!r} not found"
         return ""
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from gateway.config import KvCache, Role
+from gateway.config.engines import KvCache, Role
 from gateway.engines import kv_cache
 from gateway.engines.kv_cache import CacheFile, Caps
 from gateway.engines.process import EngineDriver, render_command
+from gateway.engines.progress import report_stage
 from gateway.errors import UpstreamStatus
 from gateway.metrics import Metrics
 
@@ -370,6 +371,7 @@ class KvCachingDriver:
         todo = await asyncio.to_thread(keeper.begin_restore, role, self._key)
         if not todo:
             return True
+        report_stage("restoring cache")
         started = time.monotonic()
         used: list[CacheFile] = []
         bad: list[CacheFile] = []

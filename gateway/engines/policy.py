@@ -1,15 +1,18 @@
 """Engine policy as pure functions: what may be loaded together, what to evict, what fits, what next.
 
 The supervisor gathers a snapshot (``RoleView`` per role, free memory, the clock) and asks these
-functions what to do; they never touch processes, sockets or the clock themselves.
+functions what to do; they never touch processes, sockets or the clock themselves. Whose turn
+it is (``next_to_load``, ``may_evict_now``) weighs grouping by role, a minimum residency,
+priorities and the hard starvation bound, or plain arrival order (strict FIFO).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gateway.config import Engines, Role
+from gateway.config.engines import Engines, Role
 
 DEFAULT_GROUP = "default"
 
@@ -25,6 +28,10 @@ class RoleView:
     oldest_wait: float = 0.0
     last_used: float = 0.0
     memory_mb: int = 0
+    # ``roles.X.priority``: higher goes first.
+    priority: int = 0
+    # Seconds since it became ready (inf when it is not ready: no residency to protect).
+    resident_seconds: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +45,10 @@ class Topology:
 
     @classmethod
     def build(
-        cls, roles: Mapping[str, Role], engines: Engines, unmanaged: frozenset[str] | None = None
+        cls, roles: Mapping[str, Role], engines: Engines, unmanaged: frozenset[str] = frozenset()
     ) -> Topology:
-        """``unmanaged``: roles turnout neither loads nor evicts (default: the built-in kinds say)."""
-        if unmanaged is None:
-            from gateway.engines.builtin import builtin_kinds
-
-            unmanaged = builtin_kinds().unmanaged(roles)
+        """``unmanaged``: roles turnout neither loads nor evicts (the engine kinds say which:
+        ``EngineKinds.unmanaged``); policy stays below the kinds' registry."""
         group_of: dict[str, str] = {}
         members: dict[str, tuple[str, ...]] = {}
         max_loaded: dict[str, int] = {}
@@ -113,24 +117,54 @@ def pick_fallback(
 
 
 def may_evict_now(
-    target: str, victims: list[str], views: Mapping[str, RoleView], max_wait: float, urgent: bool
+    target: str,
+    victims: list[str],
+    views: Mapping[str, RoleView],
+    max_wait: float,
+    urgent: bool,
+    min_residency: float = 0.0,
+    grouping: bool = True,
 ) -> bool:
-    """Serve the loaded roles' queued work first, unless the target's oldest request starves.
+    """May ``target`` take its victims' place now? (Their requests in flight still finish.)
 
-    This is what turns A B A A C into A A A B C: B waits while A still has requests queued or
-    running, but never longer than ``max_wait``. An explicit switch (``urgent``) does not wait.
+    Serve the loaded roles' queued work first: this is what turns A B A A C into A A A B C, B
+    waiting while A still has requests queued or running. In order of precedence:
+    - an explicit switch (``urgent``) goes at once, and so does strict FIFO (``grouping``
+      off: the oldest request's role is next, whatever is loaded);
+    - a request that waited ``max_wait`` goes at once: the hard starvation bound, above
+      residency and priorities;
+    - a victim ready for less than ``min_residency`` stays, even idle: an orchestrator's next
+      call comes moments after its sub-agents' answers, and swapping back for it each time is
+      the thrash this prevents;
+    - idle victims go, and so do those of lower priority than the target, without waiting for
+      their queue.
     """
-    if urgent or not victims:
+    if urgent or not grouping or not victims or views[target].oldest_wait >= max_wait:
         return True
+    if any(views[v].resident_seconds < min_residency for v in victims):
+        return False
     if all(views[v].inflight == 0 and views[v].waiting == 0 for v in victims):
         return True
-    return views[target].oldest_wait >= max_wait
+    return views[target].priority > max(views[v].priority for v in victims)
 
 
 def next_to_load(
-    views: Mapping[str, RoleView], pinned: str | None, blocked: Callable[[str], bool]
+    views: Mapping[str, RoleView],
+    pinned: str | None,
+    blocked: Callable[[str], bool],
+    max_wait: float = math.inf,
+    by_priority: bool = True,
 ) -> list[str]:
-    """Roles to bring up, most urgent first: the explicit switch, then by oldest queued request."""
+    """Roles to bring up, most urgent first: the explicit switch; then the roles whose oldest
+    request waited ``max_wait`` (oldest first: the starvation bound beats priorities); then by
+    priority (unless ``by_priority`` is off: strict FIFO) and oldest queued request."""
+
+    def urgency(role: str) -> tuple[bool, int, float]:
+        view = views[role]
+        starving = view.oldest_wait >= max_wait
+        rank = view.priority if by_priority and not starving else 0
+        return (not starving, -rank, -view.oldest_wait)
+
     order: list[str] = []
     if pinned is not None and not views[pinned].ready and not blocked(pinned):
         order.append(pinned)
@@ -140,18 +174,9 @@ def next_to_load(
             for r, v in views.items()
             if v.waiting and not v.ready and r != pinned and not blocked(r)
         ),
-        key=lambda r: -views[r].oldest_wait,
+        key=urgency,
     )
     return order + waiting
-
-
-def estimate_tokens(prompt_bytes: int, max_tokens: int) -> int:
-    """A safe upper estimate of a request's context need without a tokenizer.
-
-    Real tokenizers average 3.5-4.5 bytes per token on English and code; 3 errs on the side
-    of routing to a larger-context fallback rather than failing inside the engine.
-    """
-    return prompt_bytes // 3 + max(0, max_tokens)
 
 
 def backoff(failures: int, base: float, cap: float) -> float:

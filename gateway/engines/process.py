@@ -14,13 +14,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import aiohttp
 
-from gateway.config import Role
+from gateway.config.engines import Role
+from gateway.engines.progress import report_stage
 from gateway.errors import EngineStartError
 
 
@@ -40,6 +42,27 @@ class EngineDriver(Protocol):
     def exit_detail(self) -> str:
         """What the engine said before it died (the tail of its log), for status and logs."""
         ...
+
+
+@runtime_checkable
+class Sleeper(EngineDriver, Protocol):
+    """A driver whose engine can sleep: give back its accelerator memory but keep its process,
+    so the next ``start`` wakes it, far cheaper than a cold start (vLLM's sleep mode).
+
+    The supervisor puts an evicted or idle role to sleep instead of stopping it; an explicit
+    unload and shutdown still ``stop`` it."""
+
+    async def sleep(self) -> bool:
+        """Put the engine to sleep; False when it could not, and was stopped instead."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """What one start adds to a role's command and environment: where its placement put it."""
+
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def render_command(
@@ -81,10 +104,13 @@ class ProcessDriver:
         warmup: bool = False,
         upstream_model: str = "",
         host: str = "127.0.0.1",
+        launch: Callable[[], Awaitable[Launch]] | None = None,
     ) -> None:
         self._role = role
         # Rendered by the engine kind, with what its capabilities add (a KV cache directory).
         self._command = list(command)
+        # Decided anew at each start: where the engine goes (its GPUs) depends on what is free.
+        self._launch = launch
         self._health_url = f"http://{host}:{port}{role.health}"
         self._warmup_url = f"http://{host}:{port}/v1/chat/completions"
         self._warmup = warmup
@@ -101,30 +127,41 @@ class ProcessDriver:
     def log_path(self) -> Path:
         return self._log_path
 
+    @property
+    def pid(self) -> int | None:
+        """The engine process while it runs (it may be asleep), else None."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
     async def start(self) -> int | None:
         await self.stop()
+        launch = await self._launch() if self._launch is not None else Launch()
+        command = [*self._command, *launch.args]
+        placed = "".join(f"{k}={v} " for k, v in launch.env.items())
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with self._log_path.open("ab") as log:
             log.write(
-                f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self._command)}\n".encode()
+                f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {placed}{' '.join(command)}\n".encode()
             )
             log.flush()
             try:
                 # Own session = own process group: stop() signals the engine and its children.
                 self._process = await asyncio.create_subprocess_exec(
-                    *self._command,
+                    *command,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
                     preexec_fn=_die_with_parent,
-                    env={**os.environ, **self._role.env},
+                    # The role's own env wins over a placement (gpus.py leaves such a role be).
+                    env={**os.environ, **launch.env, **self._role.env},
                 )
             except OSError as exc:
-                raise EngineStartError(f"cannot run {self._command[0]!r}: {exc.strerror}") from None
+                raise EngineStartError(f"cannot run {command[0]!r}: {exc.strerror}") from None
         try:
             await self._wait_healthy()
             if self._warmup:
+                report_stage("loading")
                 await self._warm_up()
         except BaseException:
             await self.stop()
@@ -169,6 +206,8 @@ class ProcessDriver:
                     if response.status == 200:
                         return
                     last = f"health answered HTTP {response.status}"
+                    # Listening but not healthy: llama-server answers 503 while it loads.
+                    report_stage("loading")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 last = exc.__class__.__name__
             # Short waits: swap latency is the product, and an exit must be noticed at once.

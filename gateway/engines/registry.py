@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.config import Config
+from gateway.config.schema import Config
 from gateway.engines.builtin import builtin_kinds, collect
 from gateway.engines.kinds import EngineKinds
 from gateway.plugins.manager import load_enabled

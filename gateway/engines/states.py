@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -27,6 +27,9 @@ class EngineState(StrEnum):
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"
+    # Its process lives on but holds no accelerator memory (vLLM's sleep mode): not loaded,
+    # and started again by waking it, far cheaper than a cold start.
+    SLEEPING = "sleeping"
 
 
 S = EngineState
@@ -38,11 +41,13 @@ TRANSITIONS: Mapping[EngineState, frozenset[EngineState]] = {
     S.STARTING: frozenset({S.READY, S.FAILED, S.STOPPING}),
     # Evicted, unloaded or idle; crashed.
     S.READY: frozenset({S.STOPPING, S.FAILED}),
-    # Gone. READY and FAILED: the start had already finished (or failed) when the owner
-    # aborted it, and its outcome arrives after the abort.
-    S.STOPPING: frozenset({S.STOPPED, S.READY, S.FAILED}),
+    # Gone, or asleep (an evicted engine that can sleep). READY and FAILED: the start had
+    # already finished (or failed) when the owner aborted it, and its outcome arrives after.
+    S.STOPPING: frozenset({S.STOPPED, S.SLEEPING, S.READY, S.FAILED}),
     # Retried after the backoff (or at once for a switch); marked stopped at shutdown.
     S.FAILED: frozenset({S.STARTING, S.STOPPED}),
+    # Woken for a request or a switch; stopped for good by an unload; marked stopped at shutdown.
+    S.SLEEPING: frozenset({S.STARTING, S.STOPPING, S.STOPPED}),
 }
 
 
@@ -73,6 +78,8 @@ class EngineStatus:
     last_used: float = field(default_factory=time.monotonic)
     # Set while a swap waits for this role's requests to finish: no new ones are admitted.
     draining: bool = False
+    # Monotonic time it last became the current role: switched to, or loaded for requests.
+    chosen_at: float = 0.0
 
     def enter(self, state: EngineState) -> None:
         if not allowed(self.state, state):
@@ -89,3 +96,16 @@ class EngineStatus:
     def loaded(self) -> bool:
         """Holds memory: starting, ready or stopping."""
         return self.state in (EngineState.STARTING, EngineState.READY, EngineState.STOPPING)
+
+    @property
+    def alive(self) -> bool:
+        """Has an engine that an unload must stop: loaded, or asleep."""
+        return self.loaded or self.state is EngineState.SLEEPING
+
+
+def by_recency(statuses: Iterable[EngineStatus]) -> list[str]:
+    """Ready roles, most recently chosen first (then most recently loaded): with several
+    loaded together, the first is the one just switched to, not the first in config order."""
+    ready = [s for s in statuses if s.state is EngineState.READY]
+    ready.sort(key=lambda s: (s.chosen_at, s.ready_at or 0.0), reverse=True)
+    return [s.role for s in ready]

@@ -19,32 +19,33 @@ Invariants the owner keeps:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.config import Engines, Role
-from gateway.engines import scheduler
+from gateway.config.engines import Engines, Role
+from gateway.engines import scheduler, sizing
 from gateway.engines.inbox import (
     Acquire,
     Exited,
     Lease,
     Message,
     OpDone,
+    PendingSwitch,
     Release,
     Shutdown,
+    Sized,
     Switch,
     Unload,
     Waiter,
-    start_outcome,
-    stop_outcome,
 )
+from gateway.engines.memory import Footprint
+from gateway.engines.operations import Operations
 from gateway.engines.policy import Topology, backoff, pick_fallback
 from gateway.engines.process import EngineDriver
 from gateway.engines.resources import Resources
-from gateway.engines.states import EngineState, EngineStatus
+from gateway.engines.states import EngineState, EngineStatus, by_recency
 from gateway.errors import EngineUnavailable
 from gateway.metrics import Metrics
 
@@ -61,38 +62,46 @@ class Supervisor:
         drivers: Mapping[str, EngineDriver],
         metrics: Metrics,
         resources: Callable[[], Resources],
-        unmanaged: frozenset[str] | None = None,
+        unmanaged: frozenset[str] = frozenset(),
+        database: str = "",
     ) -> None:
         self.roles = roles
         self._cfg = engines
-        self._drivers = drivers
         self._metrics = metrics
         self._resources = resources
+        # Where measured sizes are remembered across restarts ("": nowhere).
+        self._database = database
         self.topology = Topology.build(roles, engines, unmanaged)
         self._status = {name: EngineStatus(name) for name in roles}
-        self._generation = dict.fromkeys(roles, 0)
+        # Memory per role: estimated from the model file at start, measured after each load.
+        self._footprints = {name: Footprint() for name in roles}
         self._waiters: list[Waiter] = []
-        self._ops: dict[str, asyncio.Task[Any]] = {}
-        self._watchers: dict[str, asyncio.Task[None]] = {}
-        self._switches: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
+        self._switches: list[PendingSwitch] = []
+        # Preloaded and persistent roles not yet loaded: started once their group has room.
+        self._wanted: set[str] = set()
         self._unloads: list[tuple[set[str], asyncio.Future[None]]] = []
         self._unloading: set[str] = set()
         # Roles that take no new requests because a swap will evict them once theirs finish.
         self._draining: set[str] = set()
         self._pinned: str | None = None
         self._switch_started: dict[str, float] = {}
+        self._planned_at = 0.0  # the last plan's clock: what is due by then, it has seen
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._effects = Operations(drivers, self._status, self._inbox, metrics)
+        self.events = self._effects.progress.events  # state and stage changes, for readers
         self._owner: asyncio.Task[None] | None = None
         for name in roles:
-            self._publish(name)
+            self._effects.publish(name)
 
     # --- the callers' side ------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Loaded as soon as there is room, without pinning or evicting anything: one switch per
+        # preloaded role would supersede the one before it, and persistent group members are
+        # documented as loaded at start-up. Nobody awaits these: the gateway's start goes on.
+        self._wanted = set(self._cfg.preload) | set(self.topology.persistent)
         self._owner = asyncio.get_running_loop().create_task(self._run(), name="engine-supervisor")
-        for name in self._cfg.preload:
-            # Preloading must not hold up the gateway's start: nobody awaits these.
-            self._inbox.put_nowait(Switch(name, asyncio.get_running_loop().create_future()))
+        self._effects.size_later(sizing.initial_sizes(self.roles, self._database), "estimate")
 
     async def stop(self) -> None:
         """Stop every engine (no orphans) and answer every waiter."""
@@ -131,12 +140,15 @@ class Supervisor:
         self._inbox.put_nowait(Release(lease.role))
 
     async def switch(self, role: str, wait: bool) -> dict[str, Any]:
-        """Make ``role`` the loaded one (evicting its group peers once their requests finish)."""
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(Switch(role, future))
-        if not wait:
-            return {}
-        return await asyncio.shield(future)
+        """Make ``role`` the loaded one (evicting its group peers once their requests finish).
+
+        Without ``wait``: the owner's first decision (``switching`` to the role or to its
+        fallback, or the verdict if it came at once); with it, the verdict."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        accepted: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._inbox.put_nowait(Switch(role, future, accepted))
+        return await asyncio.shield(future if wait else accepted)
 
     async def unload(self, roles: tuple[str, ...]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -153,11 +165,28 @@ class Supervisor:
     def pinned(self) -> str | None:
         return self._pinned
 
+    def loaded(self) -> list[str]:
+        """Ready roles, the one last switched to or loaded for requests first."""
+        return by_recency(self._status.values())
+
+    def footprint(self, role: str) -> Footprint:
+        return self._footprints[role]
+
+    def need_mb(self, role: str) -> int:
+        """The memory ``role`` is planned with: measured, configured or estimated (0: unknown)."""
+        return self._footprints[role].need_mb(self.roles[role].memory_mb)
+
+    def victims(self, role: str) -> list[str]:
+        """The loaded roles a switch to ``role`` would unload now."""
+        return scheduler.victims(self._snapshot(), role, time.monotonic())
+
     # --- the owner task -------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        # Once before any message: preloaded and persistent roles start now.
+        self._reconcile_safely()
         while True:
-            wake = self._next_wake()
+            wake = scheduler.next_wake(self._snapshot(), self._planned_at)
             message: Message | None = None
             try:
                 if wake is None:
@@ -178,11 +207,18 @@ class Supervisor:
                     item.future.set_result(None)
                     return
                 self._apply(item)
-            try:
-                self._reconcile()
-            except Exception:
-                # The owner must survive its own bugs: log, and keep answering.
-                log.exception("engine supervisor reconcile failed")
+            self._reconcile_safely()
+
+    def _reconcile_safely(self) -> None:
+        try:
+            self._reconcile()
+        except Exception:
+            # The owner must survive its own bugs: log, and keep answering.
+            log.exception("engine supervisor reconcile failed")
+        finally:
+            # A switch that does not wait is answered with what was decided, even after a bug.
+            for pending in self._switches:
+                pending.accept()
 
     def _apply(self, message: Message) -> None:
         now = time.monotonic()
@@ -197,6 +233,7 @@ class Supervisor:
         elif isinstance(message, Unload):
             roles = {r for r in message.roles if r in self.roles}
             self._unloading |= roles
+            self._wanted -= roles
             if self._pinned in roles:
                 self._pinned = None
             self._unloads.append((roles, message.future))
@@ -204,44 +241,70 @@ class Supervisor:
             self._apply_done(message)
         elif isinstance(message, Exited):
             self._apply_exit(message)
+        elif isinstance(message, Sized):
+            self._apply_sized(message)
+
+    def _apply_sized(self, sized: Sized) -> None:
+        footprint = self._footprints[sized.role]
+        if sized.estimated_mb:
+            footprint.estimated_mb = sized.estimated_mb
+        if sized.load_seconds is not None:
+            footprint.load_seconds = sized.load_seconds
+        if sized.measured_mb and not sized.recalled:
+            log.info(
+                "role %s measured %d MB resident (planned with %d MB)",
+                sized.role,
+                sized.measured_mb,
+                self.need_mb(sized.role),
+            )
+        if sized.measured_mb:
+            footprint.measured_mb = sized.measured_mb
 
     def _apply_switch(self, message: Switch) -> None:
         role = message.role
         # Last one wins: earlier switches still pending are answered as superseded, and a start
         # in progress for one of them is aborted.
-        for other, future in self._switches:
-            if other != role and not future.done():
-                future.set_result({"status": "superseded", "role": other, "by": role})
-        self._switches = [(r, f) for r, f in self._switches if not f.done()]
+        for pending in self._switches:
+            if pending.role != role:
+                pending.answer({"status": "superseded", "role": pending.role, "by": role})
+        self._switches = [p for p in self._switches if not p.future.done()]
         previous = self._pinned
         if (
             previous is not None
             and previous != role
             and self._status[previous].state is EngineState.STARTING
         ):
-            self._abort_start(previous)
+            self._effects.abort_start(previous)
         self._unloading.discard(role)
         status = self._status[role]
+        pending = PendingSwitch(role, message.future, message.accepted)
         if status.state is EngineState.READY and not scheduler.must_make_room(
             self._snapshot(), role, time.monotonic()
         ):
-            message.future.set_result({"status": "ready", "role": role, "already": True})
+            # Already loaded (perhaps beside others in its group): it becomes the current one.
+            status.chosen_at = time.monotonic()
+            pending.answer({"status": "ready", "role": role, "already": True})
             self._pinned = None
             return
         self._pinned = role
         self._switch_started.setdefault(role, time.monotonic())
-        self._switches.append((role, message.future))
+        self._switches.append(pending)
 
     def _apply_done(self, done: OpDone) -> None:
-        self._ops.pop(done.role, None)
+        self._effects.running.pop(done.role, None)
         status = self._status[done.role]
         now = time.monotonic()
-        if done.kind == "stop" or done.cancelled:
+        if done.kind == "sleep":
+            status.enter(EngineState.SLEEPING)
+            status.ready_at = None
+            log.info("role %s asleep (pid %s)", done.role, status.pid)
+        elif done.kind == "stop" or done.cancelled:
             status.enter(EngineState.STOPPED)
             status.pid = None
             status.ready_at = None
             log.info("role %s stopped", done.role)
         elif done.error:
+            self._wanted.discard(done.role)
             self._failed(status, done.error, done.exit_code, now)
             log.error("role %s failed to start: %s", done.role, done.error)
             self._after_start_failure(done.role)
@@ -254,7 +317,18 @@ class Supervisor:
             status.last_error = ""
             status.exit_code = None
             status.failures = 0
-            self._watch(done.role)
+            if self._pinned == done.role or any(w.role == done.role for w in self._waiters):
+                # Loaded because someone asked: the role health and status now name. A
+                # preload finishing later does not take that place.
+                status.chosen_at = now
+            self._wanted.discard(done.role)
+            self._footprints[done.role].load_seconds = done.seconds
+            if done.pid is not None:
+                measuring = sizing.measure(
+                    done.role, self.roles[done.role], done.pid, done.seconds, self._database
+                )
+                self._effects.size_later(measuring, f"measure-{done.role}")
+            self._effects.watch(done.role)
             started = self._switch_started.pop(done.role, None)
             m = self._metrics
             m.child(m.swaps, done.role).inc()
@@ -267,13 +341,13 @@ class Supervisor:
             self._answer_switches(
                 done.role, {"status": "ready", "role": done.role, "seconds": round(done.seconds, 3)}
             )
-        self._publish(done.role)
+        self._effects.publish(done.role)
         self._answer_unloads()
 
     def _apply_exit(self, exited: Exited) -> None:
         status = self._status[exited.role]
         if (
-            exited.generation != self._generation[exited.role]
+            exited.generation != self._effects.generation[exited.role]
             or status.state is not EngineState.READY
         ):
             return
@@ -281,11 +355,11 @@ class Supervisor:
             f"; log: {exited.detail}" if exited.detail else ""
         )
         self._failed(status, error, exited.code, time.monotonic())
-        self._watchers.pop(exited.role, None)
+        self._effects.forget_watcher(exited.role)
         log.error(
             "role %s crashed (exit code %s); restart on the next request", exited.role, exited.code
         )
-        self._publish(exited.role)
+        self._effects.publish(exited.role)
 
     def _failed(self, status: EngineStatus, error: str, code: int | None, now: float) -> None:
         """A start failed or a ready engine died: retried after a growing backoff."""
@@ -322,15 +396,15 @@ class Supervisor:
         self._answer_switches(role, {"status": "failed", "role": role, "error": status.last_error})
 
     def _answer_switches(self, role: str, result: dict[str, Any]) -> None:
-        for other, future in self._switches:
-            if other == role and not future.done():
-                future.set_result(result)
-        self._switches = [(r, f) for r, f in self._switches if not f.done()]
+        for pending in self._switches:
+            if pending.role == role:
+                pending.answer(result)
+        self._switches = [p for p in self._switches if not p.future.done()]
 
     def _answer_unloads(self) -> None:
         remaining = []
         for roles, future in self._unloads:
-            if all(not self._status[r].loaded for r in roles):
+            if all(not self._status[r].alive for r in roles):
                 self._unloading -= roles
                 if not future.done():
                     future.set_result(None)
@@ -347,20 +421,27 @@ class Supervisor:
             self._cfg,
             self._status,
             [scheduler.Waiting(w.role, w.arrived) for w in self._waiters],
-            frozenset(self._ops),
+            frozenset(self._effects.running),
             frozenset(self._draining),
             frozenset(self._unloading),
             self._pinned,
             lambda: self._resources().free_mb,
+            frozenset(self._wanted),
+            self._footprints,
+            self._effects.sleepers,
         )
 
     def _reconcile(self) -> None:
-        now = time.monotonic()
+        now = self._planned_at = time.monotonic()
         self._waiters = [w for w in self._waiters if not w.future.done()]
         plan = scheduler.plan(self._snapshot(), now)
         self._grant(plan, now)
         for reason, fallback in plan.fallbacks:
             log.warning("%s: using fallback role %s", reason, fallback)
+        for role, fallback, reason in plan.retargets:
+            for pending in self._switches:
+                if pending.role == role:
+                    pending.fall_back(fallback, reason)
         for role, result in plan.answers:
             self._answer_switches(role, result)
         self._pinned = plan.pinned
@@ -368,15 +449,20 @@ class Supervisor:
             self._switch_started.setdefault(role, now)
         self._draining = plan.draining
         for role in plan.aborts:
-            self._abort_start(role)
+            self._effects.abort_start(role)
         for role, idle in plan.idle:
             log.info("role %s idle for %.0f s: unloading", role, idle)
+        for role, idle in plan.returns:
+            log.info("no requests for %.0f s: back to the default role %s", idle, role)
         for role in plan.stops:
-            self._launch_stop(role)
+            self._effects.stop(role)
+        for role in plan.sleeps:
+            self._effects.sleep(role)
         for role in plan.starts:
-            self._launch_start(role)
+            self._start(role)
         for name in self.roles:
             self._metrics.child(self._metrics.queue_depth, name).set(self.queue_depth(name))
+        self._effects.progress.observe(self._waiters, self._switches, self._pinned)
 
     def _grant(self, plan: scheduler.Plan, now: float) -> None:
         """Answer the waiters the plan decided on: moved, refused, or given a lease."""
@@ -395,100 +481,17 @@ class Supervisor:
             waiter.future.set_result(Lease(waiter.role, waiter.requested, waiter.note, waited))
         self._waiters = [w for w in waiters if not w.future.done()]
 
-    def _next_wake(self) -> float | None:
-        return scheduler.next_wake(self._snapshot(), time.monotonic())
-
-    # --- effects --------------------------------------------------------------------------------
-
-    def _launch_start(self, role: str) -> None:
-        status = self._status[role]
-        status.enter(EngineState.STARTING)
+    def _start(self, role: str) -> None:
         self._switch_started.setdefault(role, time.monotonic())
-        self._publish(role)
-        log.info("role %s starting", role)
-        started = time.monotonic()
-        task = asyncio.get_running_loop().create_task(
-            self._drivers[role].start(), name=f"start-{role}"
-        )
-        # A done-callback, not code after the await: it also fires for a task cancelled before
-        # it ever ran, so every start is answered exactly once.
-        task.add_done_callback(
-            lambda t: self._inbox.put_nowait(start_outcome(role, t, time.monotonic() - started))
-        )
-        self._ops[role] = task
-
-    def _launch_stop(self, role: str) -> None:
-        status = self._status[role]
-        if status.state is EngineState.STARTING:
-            self._abort_start(role)
-            return
-        status.enter(EngineState.STOPPING)
-        self._publish(role)
-        self._unwatch(role)
-        task = asyncio.get_running_loop().create_task(
-            self._drivers[role].stop(), name=f"stop-{role}"
-        )
-        task.add_done_callback(lambda t: self._inbox.put_nowait(stop_outcome(role, t)))
-        self._ops[role] = task
-
-    def _abort_start(self, role: str) -> None:
-        """Stop during start: cancelling the start op makes its driver kill what it spawned."""
-        op = self._ops.get(role)
-        if op is not None:
-            op.cancel()
-        self._status[role].enter(EngineState.STOPPING)
-        self._publish(role)
-
-    def _watch(self, role: str) -> None:
-        """Turn an engine's unexpected exit into a message for the owner."""
-        self._generation[role] += 1
-        generation = self._generation[role]
-        driver = self._drivers[role]
-
-        async def watch() -> None:
-            code = await driver.wait_exit()
-            self._inbox.put_nowait(Exited(role, code, generation, driver.exit_detail()))
-
-        self._watchers[role] = asyncio.get_running_loop().create_task(watch(), name=f"watch-{role}")
-
-    def _unwatch(self, role: str) -> None:
-        self._generation[role] += 1
-        watcher = self._watchers.pop(role, None)
-        if watcher is not None:
-            watcher.cancel()
+        self._effects.start(role)
 
     async def _shutdown(self) -> None:
         for waiter in self._waiters:
             if not waiter.future.done():
                 waiter.future.set_exception(EngineUnavailable("the gateway is shutting down"))
-        for op in list(self._ops.values()):
-            op.cancel()
-        await asyncio.gather(*self._ops.values(), return_exceptions=True)
-        for role, status in self._status.items():
-            self._unwatch(role)
-            if status.state in (EngineState.STARTING, EngineState.READY):
-                status.enter(EngineState.STOPPING)
-        await asyncio.gather(*(self._stop_quietly(r) for r in self.roles))
-        for role, status in self._status.items():
-            if status.state is not EngineState.STOPPED:
-                status.enter(EngineState.STOPPED)
-            status.pid = None
-            self._publish(role)
-        for _, future in self._switches:
-            if not future.done():
-                future.set_result({"status": "stopped"})
+        await self._effects.stop_everything()
+        for pending in self._switches:
+            pending.answer({"status": "stopped"})
         for _, unload in self._unloads:
             if not unload.done():
                 unload.set_result(None)
-
-    async def _stop_quietly(self, role: str) -> None:
-        with contextlib.suppress(Exception):
-            await self._drivers[role].stop()
-
-    def _publish(self, role: str) -> None:
-        """Every state change is visible as a metric (and in /engine/status, which reads status)."""
-        state = self._status[role].state
-        for candidate in EngineState:
-            self._metrics.child(self._metrics.engine_state, role, candidate.value).set(
-                1 if candidate is state else 0
-            )

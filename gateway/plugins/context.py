@@ -13,7 +13,8 @@ from gateway.wire import Usage
 
 if TYPE_CHECKING:
     from adapters.base import UpstreamReply
-    from gateway.config import Config, Model
+    from gateway.config.schema import Config
+    from gateway.config.upstreams import Model
     from gateway.forwarder import OpenStream, Trace
     from gateway.metrics import Metrics
     from gateway.router import ModelTable
@@ -32,13 +33,13 @@ class Forwarding(Protocol):
 
     async def open_stream(
         self, model: Model, request: ClientRequest, request_id: str, trace: Trace
-    ) -> OpenStream: ...
+    ) -> OpenStream:
+        """The caller must ``aclose()`` the stream; that gives back what it holds."""
+        ...
 
-    def release(self, trace: Trace) -> None: ...
 
-
-class Gateway(Protocol):
-    """What plugins may use of the gateway (its state, seen from this side of the hooks).
+class Setup(Protocol):
+    """What the gateway is built from, before anything opens: what ``register_routes`` sees.
 
     A protocol, not the state class: plugins depend on these few parts only, and the core,
     which loads plugins, is never imported back by them.
@@ -53,8 +54,21 @@ class Gateway(Protocol):
     @property
     def models(self) -> ModelTable: ...
 
+
+class Gateway(Setup, Protocol):
+    """What plugins may use of the running gateway (its state, seen from this side of the hooks)."""
+
     @property
     def forwarder(self) -> Forwarding: ...
+
+
+@dataclass
+class RoutesContext:
+    """Handed to ``register_routes``, when the app is built and before the gateway starts."""
+
+    state: Setup
+    # The plugin's own section of routing.yaml (``plugins.settings.<name>``).
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -31,10 +31,17 @@ if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
 
     from adapters.base import AdapterRegistry
-    from gateway.config import Config, Model
+    from gateway.config.schema import Config
+    from gateway.config.upstreams import Model
     from gateway.engines.kinds import EngineKinds
     from gateway.identity import Identity
-    from gateway.plugins.context import Exchanged, Forwarding, PluginContext, RequestContext
+    from gateway.plugins.context import (
+        Exchanged,
+        Forwarding,
+        PluginContext,
+        RequestContext,
+        RoutesContext,
+    )
     from gateway.wire import ClientRequest
 
 hookspec = pluggy.HookspecMarker("turnout")
@@ -63,11 +70,22 @@ def check_config(config: Config) -> Sequence[str]:
 
 
 @hookspec
-def register_routes(context: PluginContext) -> Sequence[ControllerRouterHandler]:
+def check_startup(config: Config) -> Sequence[str]:
+    """What would stop this enabled plugin's ``startup``, found without opening anything: a
+    dependency that is not installed, a file that does not exist. Each problem names its key
+    path. ``turnout serve`` refuses to start with any, and ``turnout check`` reports them, so
+    the two agree; ``startup`` still raises if one slips through.
+    """
+    return ()
+
+
+@hookspec
+def register_routes(context: RoutesContext) -> Sequence[ControllerRouterHandler]:
     """The plugin's HTTP API: controllers or routers, mounted when the app is built.
 
-    Called before the gateway starts, so a handler must reach what ``startup`` opens through
-    the plugin (a Litestar dependency it provides, say), not at registration time.
+    Called before the gateway starts (``context.state`` is what it is built from, with no
+    forwarder yet), so a handler must reach what ``startup`` opens through the plugin (a
+    Litestar dependency it provides, say), not at registration time.
     """
     return ()
 

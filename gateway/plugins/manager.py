@@ -24,20 +24,28 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 from prometheus_client import Counter
 
-from gateway.config import Config
-from gateway.config import Plugins as PluginsConfig
+from gateway.config.schema import Config
+from gateway.config.schema import Plugins as PluginsConfig
 from gateway.engines import builtin as builtin_engines
 from gateway.errors import PluginError
 from gateway.metrics import Metrics
 from gateway.plugins import hookspecs
-from gateway.plugins.context import Exchanged, Forwarding, Gateway, PluginContext, RequestContext
+from gateway.plugins.context import (
+    Exchanged,
+    Forwarding,
+    Gateway,
+    PluginContext,
+    RequestContext,
+    RoutesContext,
+    Setup,
+)
 from gateway.prompts import PromptLayers
 
 if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
 
     from adapters.base import AdapterRegistry
-    from gateway.config import Model
+    from gateway.config.upstreams import Model
     from gateway.engines.kinds import EngineKinds
     from gateway.identity import Identity
     from gateway.wire import ClientRequest
@@ -132,7 +140,7 @@ class PluginManager:
     def from_config(cls, config: Config, metrics: Metrics) -> PluginManager:
         """Entry-point plugins from ``plugins.enabled``, plus the prompt layers if configured."""
         # The built-in engine kinds register through the same hook as a plugin's.
-        plugins = [("engine-kinds", builtin_engines), *load_enabled(config.plugins.enabled)]
+        plugins = [*builtin_engines.builtin_plugins(), *load_enabled(config.plugins.enabled)]
         prompts = PromptLayers.from_config(config.prompts)
         if prompts is not None:
             plugins.append(("prompts", prompts))
@@ -167,11 +175,22 @@ class PluginManager:
         """Before roles' providers and drivers are built, so plugin kinds are usable in roles."""
         self._call_all("register_engine_kinds", {"kinds": kinds})
 
-    def routes(self, state: Gateway) -> list[ControllerRouterHandler]:
+    def startup_problems(self, config: Config) -> list[str]:
+        """What would stop the enabled plugins' ``startup`` (``check_startup``), found now."""
+        problems: list[str] = []
+        for impl in self._impls("check_startup"):
+            try:
+                problems.extend(impl.function(*[{"config": config}[a] for a in impl.argnames]))
+            except Exception as exc:
+                problems.append(f"plugin {impl.plugin!r} failed in check_startup: {exc!r}")
+        return problems
+
+    def routes(self, setup: Setup) -> list[ControllerRouterHandler]:
         """Every plugin's HTTP API (``register_routes``), for the app to mount."""
         routes: list[ControllerRouterHandler] = []
         for impl in self._impls("register_routes"):
-            kwargs = {"context": self._context(impl.plugin, state)}
+            settings = dict(self._config.settings.get(impl.plugin, {}))
+            kwargs = {"context": RoutesContext(setup, settings)}
             try:
                 routes.extend(impl.function(*[kwargs[a] for a in impl.argnames]) or ())
             except Exception as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from gateway.config import RateLimits
+from gateway.config.schema import RateLimits
 from gateway.errors import ConfigError
 from gateway.identity import Identity
 from gateway.metrics import Metrics

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, NamedTuple, TypeGuard
 
-from gateway.config import Limits, RateLimits
+from gateway.config.schema import Limits, RateLimits
 from gateway.identity import Identity
 
 ScopeKind = Literal["key", "agent", "model"]
@@ -73,14 +73,6 @@ def scopes_for(config: RateLimits, identity: Identity, model: str) -> tuple[Scop
     if limited(model_limits):
         scopes.append(Scope("model", model, model_limits))
     return tuple(scopes)
-
-
-def estimate_tokens(body_bytes: int, max_tokens: int | None) -> int:
-    """A cheap upper-ish guess before the call: ~4 bytes of JSON per prompt token plus the cap.
-
-    It only has to be in the right range: ``Admission.release`` settles the real usage.
-    """
-    return body_bytes // 4 + (max_tokens or 0)
 
 
 # ---------------------------------------------------------------------- one decision, pure

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from gateway import tokens
 from gateway.contract import Native, Operation, WireProtocol
 from gateway.errors import BadRequest
 from gateway.translate import (
@@ -373,12 +374,6 @@ def _chat_tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
 
 # --- count_tokens ------------------------------------------------------------------------------
 
-# Rough but stable: English text and JSON run about four characters a token; an image is
-# priced like Anthropic's estimate for a mid-sized picture.
-_CHARS_PER_TOKEN = 4
-_TOKENS_PER_IMAGE = 1200
-_TOKENS_PER_TURN = 3
-
 
 def count_tokens(body: bytes) -> bytes:
     """``{"input_tokens": N}``: an estimate, the same for every upstream a model may use."""
@@ -399,9 +394,7 @@ def count_tokens(body: bytes) -> bytes:
     for tool in request.tools or ():
         schema = len(tool.input_schema) if tool.input_schema else 0
         chars += len(tool.name) + len(tool.description or "") + schema
-    tokens = -(-chars // _CHARS_PER_TOKEN) + images * _TOKENS_PER_IMAGE
-    tokens += _TOKENS_PER_TURN * len(request.messages)
-    return encode({"input_tokens": max(1, tokens)})
+    return encode({"input_tokens": tokens.from_message_parts(chars, images, len(request.messages))})
 
 
 def _flatten(blocks: list[Block]) -> list[Block]:

@@ -11,7 +11,7 @@ request (anthropics/claude-code#68900)::
 It means nothing to a model, so for providers that ask for it (``strip_volatile_prefix``, on
 for local ones) it is removed from the first system message, wherever that message came from:
 an Anthropic request joins its system blocks into it, a chat client may send it as is. The
-Anthropic API itself never loses it (``gateway.config.KEEPS_CLIENT_PREFIX``).
+Anthropic API itself never loses it (adapter kinds registered with ``keeps_client_prefix``).
 
 Pure: raw request fields in, raw request fields out; a request without the line is returned
 as it came, after one byte search.
@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.config import Provider
+from gateway.config.upstreams import Provider
 from gateway.translate import Fields, Translated, encode
 
 # Transforms one request's fields just before they go to a provider.
@@ -141,13 +141,17 @@ def _stripped_content(content: Any) -> Any:
     return parts
 
 
-def request_shapers(providers: Mapping[str, Provider]) -> dict[str, RequestShaper]:
+def request_shapers(
+    providers: Mapping[str, Provider], keeps_client_prefix: Callable[[str], bool]
+) -> dict[str, RequestShaper]:
     """Per provider name, what its requests go through before they are sent (most: nothing).
 
-    Built once with the forwarder, so a request pays a dict lookup when its provider has none.
+    ``keeps_client_prefix``: whether an adapter kind always gets the prompt as sent (the
+    adapter registry knows). Built once with the forwarder, so a request pays a dict lookup
+    when its provider has none.
     """
     return {
         name: strip_volatile_prefix
         for name, provider in providers.items()
-        if provider.strips_volatile_prefix
+        if provider.strips_volatile_prefix and not keeps_client_prefix(provider.kind)
     }

@@ -3,7 +3,7 @@
 Stateless: every request carries the whole conversation (Codex sends ``store: false``), so a
 ``previous_response_id`` is a clear 400 rather than a silent loss of context. Input items
 become chat messages; function, custom and namespace tools become chat functions (namespace
-members are flattened to one name, mapped back by ``gateway.translate.responses_replies``).
+members are flattened to one name, mapped back by ``gateway.translate.responses_items``).
 """
 
 from __future__ import annotations
@@ -25,12 +25,9 @@ from gateway.translate import (
     new_id,
     raw,
 )
-from gateway.translate.responses_replies import (
-    ResponseStream,
-    ResponseTemplate,
-    ToolName,
-    render_response,
-)
+from gateway.translate.responses_items import ResponseTemplate, ToolName
+from gateway.translate.responses_render import render_response
+from gateway.translate.responses_stream import ResponseStream
 from gateway.wire import ClientRequest, Usage
 
 # --- the request, as clients send it ------------------------------------------------------------

@@ -16,10 +16,11 @@ from litestar.params import FromPath
 from gateway.errors import NotFound
 from gateway.guards import local_page
 
+# Litestar adds "; charset=utf-8" to text/ types itself (said here too, the header had it twice).
 _TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
+    ".html": "text/html",
+    ".css": "text/css",
+    ".js": "text/javascript",
     ".svg": "image/svg+xml",
 }
 

@@ -170,7 +170,10 @@ class MemoryController(Controller):
             )
             for entry in entries
         ]
-        ids = await memory.store(items, _vectors([e.embedding for e in entries]))
+        embeddings = [e.embedding for e in entries]
+        if any(e is not None for e in embeddings):
+            await memory.ready()  # numpy comes with it; see MemoryService.ready
+        ids = await memory.store(items, _vectors(embeddings))
         names = [_public_id(i) for i in ids]
         return {"object": "list", "ids": names, "id": names[0]}
 
@@ -377,6 +380,7 @@ async def _search(
 ) -> list[Hit]:
     if embedding is None:
         return await memory.search(scope, limit, text=text)
+    await memory.ready()  # numpy comes with it; see MemoryService.ready
     import numpy as np
 
     try:

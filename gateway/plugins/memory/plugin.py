@@ -16,15 +16,17 @@ from litestar import Router
 from litestar.di import Provide
 from litestar.types import ControllerRouterHandler
 
-from gateway.config import Config
-from gateway.errors import NotFound
+from gateway.config.schema import Config
+from gateway.db import creation_problem
+from gateway.errors import DriverError, NotFound
 from gateway.plugins.context import Exchanged, PluginContext, RequestContext
 from gateway.plugins.hookspecs import hookimpl
 from gateway.plugins.memory import hookspecs as memory_hookspecs
 from gateway.plugins.memory.api import memory_controllers
 from gateway.plugins.memory.auto import recall, remember
 from gateway.plugins.memory.backends import MemoryBackends
-from gateway.plugins.memory.embeddings import embedder_for
+from gateway.plugins.memory.driver import extension_path
+from gateway.plugins.memory.embeddings import embedder_for, missing_parts
 from gateway.plugins.memory.service import MemoryMetrics, MemoryService
 from gateway.plugins.memory.settings import section_problems, settings_of
 from gateway.plugins.memory.store import SqliteVecStore
@@ -55,6 +57,20 @@ class MemoryPlugin:
     @hookimpl
     def check_config(self, config: Config) -> list[str]:
         return section_problems(config, settings_of(config))
+
+    @hookimpl
+    def check_startup(self, config: Config) -> list[str]:
+        settings = settings_of(config)
+        problems = [
+            missing_parts(settings.embeddings),
+            creation_problem("memory.database", database_path(config)),
+        ]
+        if settings.backend == "sqlite-vec":
+            try:
+                extension_path()
+            except DriverError as exc:
+                problems.append(str(exc))
+        return [problem for problem in problems if problem]
 
     @hookimpl
     def register_routes(self) -> Sequence[ControllerRouterHandler]:

@@ -91,9 +91,15 @@ class MemoryService:
         self._writer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # The local embedder only begins loading here (see embeddings.py); the backend opens
+        # now, so a database built by another embedder still stops start-up.
         await self.embedder.start()
         await self.backend.open(self.embedder.name, self.embedder.dims)
         self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+
+    async def ready(self) -> None:
+        """Wait for what loads in the background; call it before touching numpy."""
+        await self.embedder.ready()
 
     async def close(self, grace_seconds: float = 10.0) -> None:
         if self._writer is not None:
@@ -122,9 +128,10 @@ class MemoryService:
             vectors = await self.embed([item.content for item in items])
         else:
             # Imported here: this module loads with the gateway's state, numpy (the memory
-            # extra) only with the plugin.
+            # extra) only with the plugin, and only once the embedder's load brought it in.
             from gateway.plugins.memory.embeddings import normalized
 
+            await self.ready()
             vectors = normalized(vectors)
         ids = await self.backend.add(items, vectors)
         for item in items:
@@ -142,6 +149,8 @@ class MemoryService:
         """The ``limit`` items most similar to ``text`` (or ``vector``), newer ones favoured."""
         if vector is None:
             vector = (await self.embed([text or ""]))[0]
+        else:
+            await self.ready()
         started = time.perf_counter()
         hits = await self.backend.nearest(vector, scope, limit)
         ranked = rank(

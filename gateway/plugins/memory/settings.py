@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import msgspec
 
-from gateway.config import Config, section
+from gateway.config.schema import Config
+from gateway.config.sections import section
 
 SECTION = "memory"
 

@@ -21,7 +21,6 @@ say its size up front.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import time
@@ -31,14 +30,24 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import msgspec
-import numpy as np
 
 from gateway.errors import ConfigError
 from gateway.migrations import migrate
 from gateway.plugins.memory.driver import Driver, find_driver
-from gateway.plugins.memory.items import KINDS, Hit, MemoryItem, NewItem, Scope
+from gateway.plugins.memory.items import Hit, MemoryItem, NewItem, Scope
+from gateway.plugins.memory.queries import (
+    COLUMNS,
+    KIND_CODES,
+    bit_codes,
+    code,
+    items_where,
+    knn_params,
+    knn_sql,
+)
 from gateway.plugins.memory.ranking import candidates_per_shard, place, rerank_pool
 
+# numpy is imported where vectors are handled, never on the start-up path: the embedder's
+# background load brings it in (it costs 60-200 ms on the bench machine; issue 13).
 if TYPE_CHECKING:
     from gateway.plugins.memory.backends import Vectors
     from gateway.plugins.memory.settings import Memory
@@ -49,7 +58,6 @@ log = logging.getLogger("turnout.memory")
 SHARD_SIZE = 2048
 # SQLite's default limit on bound parameters is 32766; stay well under it.
 _CHUNK = 500
-_COLUMNS = "id, agent_id, kind, content, project, channel, session_id, meta, created_at"
 _decode_meta = msgspec.json.Decoder(dict[str, Any])
 _encode = msgspec.json.Encoder().encode
 
@@ -92,107 +100,6 @@ async def m001_memory(db: aiosqlite.Connection) -> None:
 
 # Append only (see gateway/migrations.py); the memory database has its own history.
 MIGRATIONS = (m001_memory,)
-
-
-def code(text: str) -> int:
-    """A signed 64-bit hash for vec0's integer metadata columns; 0 for "none"."""
-    if not text:
-        return 0
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True) or 1
-
-
-KIND_CODES = {kind: i + 1 for i, kind in enumerate(KINDS)}
-
-
-def items_where(scope: Scope, ids: Sequence[int] = ()) -> tuple[str, list[Any]]:
-    """A WHERE clause over memory_items for a scope (and optionally some ids)."""
-    conditions: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("agent_id", scope.agent_id),
-        ("project", scope.project),
-        ("channel", scope.channel),
-        ("session_id", scope.session_id),
-    ):
-        if value is not None:
-            conditions.append(f"{column} = ?")
-            params.append(value)
-    if scope.kinds:
-        conditions.append(f"kind IN ({', '.join('?' * len(scope.kinds))})")
-        params.extend(scope.kinds)
-    if ids:
-        conditions.append(f"id IN ({', '.join('?' * len(ids))})")
-        params.extend(ids)
-    return ("WHERE " + " AND ".join(conditions) if conditions else ""), params
-
-
-def knn_sql(scope: Scope, shards: int) -> str:
-    """One statement for a search: each shard's nearest codes, then the exact re-rank.
-
-    The coarse pass filters on the hashed metadata inside vec0; the re-rank checks the real
-    values on memory_items and orders the candidates by exact cosine distance, so only the
-    best ``:m`` rows come back to Python. Parameters: ``:q`` (the query's code), ``:k``
-    (candidates per shard), ``:vector`` (the query, float32), ``:m``, and for what the scope
-    names, ``:agent`` and ``:project``/``:channel``/``:session`` with their ``_code`` hashes.
-    """
-    # The exact filters' columns carry a unary + so SQLite cannot pick an index on them
-    # (scanning all of an agent's items) over looking the few candidates up by id.
-    coarse = exact = ""
-    if scope.agent_id is not None:
-        coarse += " AND agent_id = :agent"
-        exact += " AND +agent_id = :agent"
-    for column, name, value in (
-        ("project", "project", scope.project),
-        ("channel", "channel", scope.channel),
-        ("session_id", "session", scope.session_id),
-    ):
-        if value is not None:
-            coarse += f" AND {name} = :{name}_code"
-            exact += f" AND +{column} = :{name}"
-    if scope.kinds:
-        # Kinds are checked against KINDS before they get here, so inlining them is safe.
-        coarse += f" AND kind IN ({', '.join(str(KIND_CODES[k]) for k in scope.kinds)})"
-        exact += f" AND +kind IN ({', '.join(repr(k) for k in scope.kinds)})"
-    # Each KNN sits in its own subquery: vec0 takes k and the partition from its own WHERE.
-    per_shard = " UNION ALL ".join(
-        "SELECT id FROM (SELECT id FROM memory_vectors"
-        f" WHERE bits MATCH vec_bit(:q) AND k = :k{coarse} AND shard = {shard})"
-        for shard in range(shards)
-    )
-    # The inner query ranks the candidates reading no text; only the best :m rows are read whole.
-    return (
-        f"SELECT {_COLUMNS}, best.distance FROM ("
-        "SELECT id, vec_distance_cosine(embedding, :vector) AS distance"
-        f" FROM memory_items WHERE id IN ({per_shard}){exact}"
-        " ORDER BY distance, id DESC LIMIT :m"
-        ") AS best JOIN memory_items USING (id) ORDER BY best.distance, id DESC"
-    )
-
-
-def knn_params(scope: Scope, query: Vectors, k: int, m: int) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "q": bit_codes(query[None, :])[0].tobytes(),
-        "k": k,
-        "vector": query.tobytes(),
-        "m": m,
-    }
-    if scope.agent_id is not None:
-        params["agent"] = scope.agent_id
-    for name, value in (
-        ("project", scope.project),
-        ("channel", scope.channel),
-        ("session", scope.session_id),
-    ):
-        if value is not None:
-            params[name] = value
-            params[f"{name}_code"] = code(value)
-    return params
-
-
-def bit_codes(vectors: Vectors) -> Any:
-    """One bit per dimension, set where the component is positive (sqlite-vec's bit[] layout)."""
-    return np.packbits(vectors > 0, axis=1)
 
 
 class SqliteVecStore:
@@ -300,6 +207,8 @@ class SqliteVecStore:
     async def add(self, items: Sequence[NewItem], vectors: Vectors) -> list[int]:
         if not items:
             return []
+        import numpy as np
+
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(items):
             raise ValueError(f"expected {len(items)} vectors, got an array of {vectors.shape}")
@@ -333,7 +242,7 @@ class SqliteVecStore:
         now = time.time()
         codes = bit_codes(vectors)
         await db.executemany(
-            f"INSERT INTO memory_items ({_COLUMNS}, shard, embedding)"
+            f"INSERT INTO memory_items ({COLUMNS}, shard, embedding)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
@@ -429,6 +338,8 @@ class SqliteVecStore:
     async def nearest(self, vector: Vectors, scope: Scope, limit: int) -> list[Hit]:
         if self._dims is None or limit <= 0:
             return []
+        import numpy as np
+
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
         if query.shape[0] != self._dims:
             raise ValueError(
@@ -454,7 +365,7 @@ class SqliteVecStore:
     async def recent(self, scope: Scope, limit: int) -> list[MemoryItem]:
         where, params = items_where(scope)
         rows = await self._conn.execute_fetchall(
-            f"SELECT {_COLUMNS} FROM memory_items {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+            f"SELECT {COLUMNS} FROM memory_items {where} ORDER BY created_at DESC, id DESC LIMIT ?",
             [*params, limit],
         )
         return [_item(row) for row in rows]
@@ -463,7 +374,7 @@ class SqliteVecStore:
         items: list[MemoryItem] = []
         for chunk in _chunks(list(ids)):
             rows = await self._conn.execute_fetchall(
-                f"SELECT {_COLUMNS} FROM memory_items WHERE id IN ({', '.join('?' * len(chunk))})",
+                f"SELECT {COLUMNS} FROM memory_items WHERE id IN ({', '.join('?' * len(chunk))})",
                 chunk,
             )
             items.extend(_item(row) for row in rows)

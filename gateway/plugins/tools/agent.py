@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import msgspec
 
 from adapters.base import Operation, UpstreamReply
-from gateway.config import Model
+from gateway.config.upstreams import Model
 from gateway.forwarder import OpenStream, Trace
 from gateway.identity import Identity
 from gateway.plugins.tools.calls import Outcome, run_entry
@@ -72,7 +72,16 @@ async def run_agent_loop(
     metrics: ToolMetrics | None = None,
 ) -> bytes:
     """The loop's final answer: an OpenAI chat.completion body with the ``turnout`` extension."""
-    return await _Loop(sender, settings, plan, model, request, caller, trace, metrics).run()
+    started = time.perf_counter()
+    loop = _Loop(sender, settings, plan, model, request, caller, trace, metrics)
+    body = await loop.run()
+    log.info(
+        "agent loop for request %s: %d model calls in %.3fs",
+        caller.request_id,
+        loop.calls,
+        time.perf_counter() - started,
+    )
+    return body
 
 
 class _Loop:
@@ -110,6 +119,8 @@ class _Loop:
         self._results: list[dict[str, Any]] = []
         self._steps: list[dict[str, Any]] = []
         self._rounds = 0
+        # Model calls made (the trace's attempts count fail-overs instead: see _merge).
+        self.calls = 0
 
     async def run(self) -> bytes:
         plan = self._plan
@@ -148,6 +159,7 @@ class _Loop:
         upstream = ClientRequest(Operation.CHAT, self._request.model, False, False, fields)
         # A Trace per call: the forwarder releases each call's target and engine lease itself.
         attempt = Trace()
+        self.calls += 1
         try:
             reply = await self._sender.send(self._model, upstream, self._caller.request_id, attempt)
         finally:
@@ -275,15 +287,16 @@ def _names(definitions: tuple[msgspec.Raw, ...]) -> frozenset[str]:
 
 
 def _merge(total: Trace, attempt: Trace) -> None:
-    total.attempts += attempt.attempts
+    # The client gets one answer: its attempts (x-turnout-attempts) are the first try plus
+    # every fail-over in any round. Each round's first call is the loop working, not a retry.
+    if attempt.attempts:
+        total.attempts = max(total.attempts, 1) + attempt.attempts - 1
     total.upstream_seconds += attempt.upstream_seconds
     total.failures.extend(attempt.failures)
     if attempt.target is not None:
         total.target = attempt.target
     if attempt.lease is not None:
         total.lease = attempt.lease
-    # Every call released its own target and lease; the request's trace must not again.
-    total.released = True
 
 
 # --- the ingress's side ---------------------------------------------------------------------
@@ -309,7 +322,6 @@ class AgentForwarder:
     async def send(
         self, model: Model, request: ClientRequest, request_id: str, trace: Trace
     ) -> UpstreamReply:
-        started = time.perf_counter()
         body = await run_agent_loop(
             self._sender,
             self._settings,
@@ -320,12 +332,6 @@ class AgentForwarder:
             trace,
             self._metrics,
         )
-        log.info(
-            "agent loop for request %s: %d model calls in %.3fs",
-            request_id,
-            trace.attempts,
-            time.perf_counter() - started,
-        )
         return UpstreamReply(200, body)
 
     async def open_stream(
@@ -335,10 +341,8 @@ class AgentForwarder:
         reply = await self.send(model, request, request_id, trace)
         events = as_events(reply.body)
         replay = _Replay(events[1:])
+        # No release: every model call gave back its own target and lease.
         return OpenStream(replay, replay, events[0])
-
-    def release(self, trace: Trace) -> None:
-        """Nothing to give back: every model call released its own target."""
 
 
 class _Replay:

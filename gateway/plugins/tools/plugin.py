@@ -18,7 +18,8 @@ from litestar.di import Provide
 from litestar.types import ControllerRouterHandler
 
 from adapters.base import Operation
-from gateway.config import Config, Model
+from gateway.config.schema import Config
+from gateway.config.upstreams import Model
 from gateway.errors import ConfigError
 from gateway.identity import Identity
 from gateway.plugins.context import Forwarding, PluginContext
@@ -47,6 +48,21 @@ class ToolsPlugin:
     @hookimpl
     def check_config(self, config: Config) -> list[str]:
         return section_problems(config, settings_of(config))
+
+    @hookimpl
+    def check_startup(self, config: Config) -> list[str]:
+        # The python tools of tools.registry import now, as startup would import them; the
+        # other kinds reach out (HTTP, MCP servers) only when they run.
+        static = ToolRegistry()
+        static.register_kind("python", python_kind(ToolThreads(1)))
+        problems: list[str] = []
+        for i, definition in enumerate(settings_of(config).registry):
+            if definition.executor in static.kinds():
+                try:
+                    static.build(definition)
+                except ValueError as exc:
+                    problems.append(f"tools.registry[{i}] ({definition.id}): {exc}")
+        return problems
 
     @hookimpl
     def register_routes(self) -> Sequence[ControllerRouterHandler]:

@@ -8,12 +8,10 @@ which also keeps schemas from becoming a way to make the gateway open URLs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-from jsonschema.protocols import Validator
-from jsonschema.validators import validator_for
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 # Past this many problems the caller has enough to fix; the rest would only be noise.
 _MAX_ERRORS = 10
@@ -25,6 +23,13 @@ class Schema:
     __slots__ = ("_validator", "raw")
 
     def __init__(self, raw: dict[str, Any], what: str = "schema") -> None:
+        # Imported with the first schema, not with the tools plugin: jsonschema (and its
+        # referencing, rpds, attrs) cost 20-60 ms of `turnout serve`'s start-up on the bench
+        # machine, for a gateway whose registry may hold no tool at all (issue 13).
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+        from jsonschema.validators import validator_for
+
         cls = validator_for(raw, default=Draft202012Validator)
         try:
             cls.check_schema(raw)

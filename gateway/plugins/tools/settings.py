@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from gateway.config import Config, section
+from gateway.config.schema import Config
+from gateway.config.sections import section
 
 SECTION = "tools"
 

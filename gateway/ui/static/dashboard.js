@@ -1,5 +1,7 @@
 // The turnout dashboard: polls the admin API and draws engines, usage charts and live requests.
-//   /engine/status            engines, their states, providers          every 2 s (0.5 s while swapping)
+//   /engine/events            each role's state change as it happens (SSE), when roles exist
+//   /engine/status            engines, their states, providers          every 2 s (0.5 s while
+//                             swapping and the event stream is down; 10 s while it is up)
 //   /v1/requests/recent       the live table, in-flight count, rate-limit refusals   every 2 s
 //   /v1/requests/series       the charts and the totals above them (the usage log)   every 5 s
 // When the API answers 401/403 the page asks for the admin key and keeps it in sessionStorage.
@@ -22,6 +24,8 @@ const state = {
   engines: null,
   series: null,
   authWaiting: null,
+  live: false, // /engine/events is being read: engine changes arrive without polling
+  following: false, // the event stream's loop runs (it retries while the stream is down)
   locked: false, // the admin key was asked for and refused: stop polling until one is given
 };
 
@@ -122,7 +126,7 @@ const slowWhenHidden = (ms) => () => (document.hidden ? ms * 5 : ms);
 
 // --- engines ------------------------------------------------------------------------------------
 
-const STATE_LABEL = { ready: "ready", starting: "loading", stopping: "stopping", stopped: "stopped", failed: "failed" };
+const STATE_LABEL = { ready: "ready", starting: "loading", stopping: "stopping", stopped: "stopped", sleeping: "sleeping", failed: "failed" };
 const GATEWAY_LABEL = { ready: "ready", loading: "loading", switching: "switching", idle: "idle", failed: "failed" };
 
 async function refreshEngines() {
@@ -134,6 +138,73 @@ async function refreshEngines() {
   pill.querySelector(".label").textContent = `${GATEWAY_LABEL[status.state] || status.state}${role ? ` · ${role}` : ""}`;
   renderEngines(status);
   renderProviders(status.providers || {});
+  renderGpus(status.gpus || []);
+  // Only with local roles: without, /engine/events answers 404 and polling is all there is.
+  if (!state.following && Object.keys(status.engines || {}).length) followEngineEvents();
+}
+
+// --- engine events: state changes as they happen ---------------------------------------------------
+// Read with fetch rather than EventSource: EventSource cannot send the admin key (an
+// Authorization header), so on a gateway with auth.admin_key it would only ever get 401.
+
+const EVENTS_RETRY_MS = 5000;
+
+async function followEngineEvents() {
+  state.following = true;
+  while (true) {
+    let status = 0;
+    if (!state.locked) {
+      try {
+        status = await readEngineEvents();
+      } catch (error) {
+        if (!(error instanceof TypeError)) console.warn(error);
+      }
+    }
+    state.live = false;
+    if (status === 404) break; // no local roles after all: polling alone
+    await new Promise((resolve) => setTimeout(resolve, EVENTS_RETRY_MS));
+  }
+  state.following = false;
+}
+
+// Reads the stream until it ends; answers the HTTP status when it was refused.
+async function readEngineEvents() {
+  const headers = { Accept: "text/event-stream" };
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  if (key) headers.Authorization = `Bearer ${key}`;
+  const response = await fetch("/engine/events", { headers, cache: "no-store" });
+  if (!response.ok || !response.body) return response.status;
+  state.live = true;
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let pending = "";
+  let data = [];
+  while (true) {
+    const { value, done } = await reader.read();
+    if (done) return 200;
+    const lines = (pending + value).split(/\r\n|\r|\n/);
+    pending = lines.pop();
+    for (const line of lines) {
+      if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+      else if (line === "" && data.length) {
+        onEngineEvent(JSON.parse(data.join("\n")));
+        data = [];
+      }
+    }
+  }
+}
+
+// {role, state, stage, subject, text, at}: the row changes now; the rest of the status (pid,
+// uptime, what is loaded) follows with one /engine/status read once a burst of events settles.
+let eventRefresh = null;
+function onEngineEvent(event) {
+  const engine = state.engines?.engines?.[event.role];
+  if (engine) {
+    engine.state = event.state;
+    engine.stage_text = event.text;
+    renderEngines(state.engines);
+  }
+  clearTimeout(eventRefresh);
+  eventRefresh = setTimeout(() => refreshEnginesNow(), 150);
 }
 
 function renderEngines(status) {
@@ -154,11 +225,11 @@ function engineRow(name, engine, status) {
   const shown = pending ? "starting" : engine.state;
   const switching = status.switching_to === name && engine.state !== "ready";
   const row = el("tr", { "data-role": name, "data-state": engine.state });
-  const badge = el("span", { class: `badge state-${shown}` }, el("span", { class: "dot" }), el("span", { text: pending || STATE_LABEL[engine.state] || engine.state }));
+  const badge = el("span", { class: `badge state-${shown}`, title: engine.stage_text || null }, el("span", { class: "dot" }), el("span", { text: pending || STATE_LABEL[engine.state] || engine.state }));
   const error = engine.last_error ? el("div", { class: "engine-error", text: engine.last_error, title: engine.last_error }) : null;
   const model = (engine.model || "").split("/").pop();
   row.append(
-    el("td", {}, el("div", { class: "role-name", text: name }), engine.group ? el("div", { class: "muted small", text: `group ${engine.group}${engine.persistent ? " · persistent" : ""}` }) : null),
+    el("td", {}, el("div", { class: "role-name", text: name }), engine.group ? el("div", { class: "muted small", text: `group ${engine.group}${engine.persistent ? " · persistent" : ""}` }) : null, engine.gpus && engine.gpus.devices ? el("div", { class: "muted small", text: `GPU ${engine.gpus.devices.join(",")}`, title: engine.gpus.reason }) : null),
     el("td", {}, badge, switching ? el("span", { class: "muted small", text: " requested" }) : null, error),
     el("td", { class: "muted", text: engine.engine }),
     el("td", { class: "mono ellipsis", text: model, title: engine.model }),
@@ -205,6 +276,17 @@ async function act(role, label, path) {
   }
 }
 
+// Free VRAM per GPU (as the gateway last read nvidia-smi); hidden without a GPU.
+function renderGpus(gpus) {
+  const list = document.getElementById("gpus");
+  list.hidden = gpus.length === 0;
+  const gib = (mb) => `${(mb / 1024).toFixed(1)} GiB`;
+  list.replaceChildren(
+    el("span", { class: "muted small", text: "GPUs" }),
+    ...gpus.map((g) => el("span", { class: "chip up", "data-gpu": g.index, title: g.name }, el("span", { text: `GPU ${g.index}` }), el("span", { class: "muted", text: `${gib(g.free_mb)} free of ${gib(g.total_mb)}` }))),
+  );
+}
+
 function renderProviders(providers) {
   const list = document.getElementById("providers");
   const names = Object.keys(providers);
@@ -222,8 +304,17 @@ function renderProviders(providers) {
 
 function colorFor(key, space = state.by) {
   const colors = state.colors[space];
-  if (!colors.has(key)) colors.set(key, PALETTE[colors.size % PALETTE.length]);
+  if (!colors.has(key)) colors.set(key, colorAt(colors.size));
   return colors.get(key);
+}
+
+// The n-th name's colour: the palette first, then hues a golden angle apart (never the same
+// twice), so the 9th model no longer wears the 1st one's colour.
+function colorAt(n) {
+  if (n < PALETTE.length) return PALETTE[n];
+  const i = n - PALETTE.length;
+  const hue = (17 + i * 137.508) % 360;
+  return `hsl(${hue.toFixed(1)} ${60 + (i % 3) * 10}% ${48 + (i % 2) * 8}%)`;
 }
 
 async function refreshUsage() {
@@ -330,10 +421,14 @@ async function refreshRecent() {
   renderRejections(answer.rejections);
 }
 
-function statusBadge(code) {
-  const kind = code === 429 ? "limited" : code === 499 ? "gone" : code >= 500 ? "bad" : code >= 400 ? "warn" : "ok";
-  const label = code === 429 ? "429 limited" : code === 499 ? "499 cancelled" : String(code);
-  return el("span", { class: `status status-${kind}`, text: label });
+// A 429 is turnout's own refusal (rate limit or budget) only when no upstream was called:
+// an upstream's 429 passed through names its provider, and is that upstream's answer.
+function statusBadge(row) {
+  const code = row.status;
+  const refused = code === 429 && !row.provider;
+  const kind = refused ? "limited" : code === 499 ? "gone" : code >= 500 ? "bad" : code >= 400 ? "warn" : "ok";
+  const label = refused ? "429 limited" : code === 429 ? "429 upstream" : code === 499 ? "499 cancelled" : String(code);
+  return el("span", { class: `status status-${kind}`, text: label, title: code === 429 && !refused ? `rate-limited by ${row.provider}, not by turnout` : null });
 }
 
 function renderRecent(fresh) {
@@ -352,7 +447,7 @@ function renderRecent(fresh) {
         el("td", {}, el("span", { class: "agent-dot", "data-key": r.agent_id }), el("span", { text: r.agent_id })),
         el("td", { class: "strong", text: r.model }),
         el("td", { class: "muted ellipsis", text: target }),
-        el("td", {}, statusBadge(r.status)),
+        el("td", {}, statusBadge(r)),
         el("td", { class: "muted", text: `${r.ingress}${r.stream ? " · stream" : ""}` }),
         el("td", { class: "num", text: tokens }),
         el("td", { class: "num", text: duration(r.ttft_ms) }),
@@ -400,6 +495,13 @@ function stamp() {
 
 let refreshEnginesNow = () => {};
 
+function enginePollInterval() {
+  // While the event stream is up it says what changes; the poll only keeps pid and uptime fresh.
+  if (state.live) return slowWhenHidden(10000)();
+  const busy = Date.now() < state.fastUntil || state.engines?.state === "loading" || state.engines?.state === "switching";
+  return busy ? 500 : slowWhenHidden(2000)();
+}
+
 function start() {
   const range = document.getElementById("range");
   range.value = state.range in RANGES ? state.range : "1h";
@@ -410,7 +512,7 @@ function start() {
   refreshEnginesNow = every(async () => {
     await refreshEngines();
     stamp();
-  }, () => (Date.now() < state.fastUntil || state.engines?.state === "loading" || state.engines?.state === "switching" ? 500 : slowWhenHidden(2000)()));
+  }, enginePollInterval);
   const refreshRecentNow = every(refreshRecent, slowWhenHidden(2000));
   const refreshUsageNow = every(refreshUsage, slowWhenHidden(5000));
   range.addEventListener("change", () => {

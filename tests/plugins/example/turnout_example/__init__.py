@@ -52,9 +52,6 @@ class Counting:
         self._plugin.wrapped += 1
         return await self._inner.open_stream(model, request, request_id, trace)
 
-    def release(self, trace: Trace) -> None:
-        self._inner.release(trace)
-
 
 @dataclass
 class Answer:

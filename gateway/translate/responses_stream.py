@@ -1,8 +1,4 @@
-"""OpenAI chat answers in the Responses API's shape: a Response object, its event stream.
-
-Tool calls go back under the names the client gave its tools (namespace members and custom
-tools were flattened into chat functions on the way in).
-"""
+"""OpenAI chat chunks as the Responses API's event stream, for one streamed answer."""
 
 from __future__ import annotations
 
@@ -17,184 +13,24 @@ from gateway.errors import GatewayError, UpstreamError, UpstreamProtocolError
 from gateway.translate import (
     ChatMessage,
     ChatUsage,
-    IdFactory,
     ToolCall,
     chunk_data,
     decode_chat,
     encode,
     error_message,
-    new_id,
     plain_text,
     sse,
     sse_fields,
 )
+from gateway.translate.responses_items import (
+    ResponseTemplate,
+    ToolName,
+    message_item,
+    outcome,
+    reasoning_item,
+    text_part,
+)
 from gateway.wire import Usage
-
-
-@dataclass(frozen=True, slots=True)
-class ToolName:
-    """What the client calls a tool that reaches the upstream under a flat chat name."""
-
-    name: str
-    namespace: str | None = None
-    custom: bool = False
-
-
-@dataclass(slots=True)
-class ResponseTemplate:
-    """What every Response object of one request repeats, and the names of the client's tools."""
-
-    model: str
-    created_at: int
-    # Request fields a Response repeats back, verbatim.
-    echo: dict[str, msgspec.Raw]
-    tools: dict[str, ToolName]
-    ids: IdFactory = new_id
-
-    def response(
-        self,
-        response_id: str,
-        status: str,
-        output: list[dict[str, Any]],
-        usage: ChatUsage | None = None,
-        error: dict[str, Any] | None = None,
-        incomplete: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        echo = self.echo
-        return {
-            "id": response_id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "background": False,
-            "error": error,
-            "incomplete_details": incomplete,
-            "instructions": echo.get("instructions"),
-            "max_output_tokens": echo.get("max_output_tokens"),
-            "metadata": echo.get("metadata") or {},
-            "model": self.model,
-            "output": output,
-            "parallel_tool_calls": echo.get("parallel_tool_calls") or True,
-            "previous_response_id": None,
-            "reasoning": echo.get("reasoning") or {"effort": None, "summary": None},
-            "store": False,
-            "temperature": echo.get("temperature"),
-            "text": echo.get("text") or {"format": {"type": "text"}},
-            "tool_choice": echo.get("tool_choice") or "auto",
-            "tools": echo.get("tools") or [],
-            "top_p": echo.get("top_p"),
-            "truncation": "disabled",
-            "usage": responses_usage(usage),
-            "user": echo.get("user"),
-        }
-
-    def call_item(
-        self, flat: str, call_id: str, arguments: str, item_id: str, status: str
-    ) -> dict[str, Any]:
-        """The output item for one chat tool call: a function call or a custom tool call."""
-        tool = self.tools.get(flat) or ToolName(flat)
-        if tool.custom:
-            text = _custom_input(arguments) if status == "completed" else ""
-            return {
-                "id": item_id,
-                "type": "custom_tool_call",
-                "status": status,
-                "call_id": call_id,
-                "name": tool.name,
-                "input": text,
-            }
-        item = {
-            "id": item_id,
-            "type": "function_call",
-            "status": status,
-            "arguments": arguments,
-            "call_id": call_id,
-            "name": tool.name,
-        }
-        if tool.namespace:
-            item["namespace"] = tool.namespace
-        return item
-
-
-def _custom_input(arguments: str) -> str:
-    try:
-        value = msgspec.json.decode(arguments)
-    except msgspec.DecodeError:
-        return arguments
-    text = value.get("input") if isinstance(value, dict) else None
-    return text if isinstance(text, str) else arguments
-
-
-# --- replies -----------------------------------------------------------------------------------
-
-
-def responses_usage(usage: ChatUsage | None) -> dict[str, Any] | None:
-    if usage is None:
-        return None
-    return {
-        "input_tokens": usage.prompt,
-        "input_tokens_details": {"cached_tokens": usage.cached},
-        "output_tokens": usage.completion,
-        "output_tokens_details": {"reasoning_tokens": usage.reasoning},
-        "total_tokens": usage.prompt + usage.completion,
-    }
-
-
-def _outcome(finish: str | None) -> tuple[str, dict[str, Any] | None]:
-    if finish == "length":
-        return "incomplete", {"reason": "max_output_tokens"}
-    if finish == "content_filter":
-        return "incomplete", {"reason": "content_filter"}
-    return "completed", None
-
-
-def render_response(body: bytes, template: ResponseTemplate) -> tuple[bytes, Usage | None]:
-    """An OpenAI chat completion as a Response object."""
-    chat = decode_chat(body)
-    choice = chat.first()
-    message = (choice.message if choice else None) or ChatMessage()
-    ids = template.ids
-    response_id = ids("resp_")
-    output: list[dict[str, Any]] = []
-    if message.thought:
-        output.append(_reasoning_item(ids("rs_"), message.thought))
-    text = message.content or message.refusal
-    if text:
-        output.append(_message_item(ids("msg_"), "completed", text))
-    for call in message.tool_calls or ():
-        function = call.function
-        name = (function.name if function else None) or ""
-        arguments = (function.arguments if function else None) or ""
-        call_id = call.id or ids("call_")
-        output.append(template.call_item(name, call_id, arguments, ids("fc_"), "completed"))
-    status, incomplete = _outcome(choice.finish_reason if choice else None)
-    response = template.response(response_id, status, output, chat.usage, incomplete=incomplete)
-    return encode(response), chat.usage.wire() if chat.usage else None
-
-
-# A closed item's text, as its slot in an event (see ``ResponseStream._emit``).
-Text = str | msgspec.Raw
-
-
-def _text_part(text: Text) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def _message_item(item_id: str, status: str, text: Text | None) -> dict[str, Any]:
-    content = [] if text is None else [_text_part(text)]
-    return {
-        "id": item_id,
-        "type": "message",
-        "status": status,
-        "role": "assistant",
-        "content": content,
-    }
-
-
-def _reasoning_item(item_id: str, text: Text | None) -> dict[str, Any]:
-    content = [] if text is None else [{"type": "reasoning_text", "text": text}]
-    return {"id": item_id, "type": "reasoning", "summary": [], "content": content}
-
 
 _ARGUMENTS_DELTA = b"response.function_call_arguments.delta"
 _TEXT_HEAD = (
@@ -375,7 +211,7 @@ class ResponseStream:
         """A closed text item's encoded text, kept once; the slot that stands for it in events.
 
         The buffer itself becomes the JSON string (quotes added in place), not a copy of it: a
-        large one is written to the client in slices (``SSEResponse.write``); a small one is
+        large one is written to the client in slices (``HttpClient.write``); a small one is
         joined with the events around it (``_pieces``).
         """
         encoded = item.escaped
@@ -415,7 +251,7 @@ class ResponseStream:
         if thought:
             self._close_message(out)
             if self._reasoning is None:
-                self._reasoning = self._add_item(out, _reasoning_item(self._ids("rs_"), None))
+                self._reasoning = self._add_item(out, reasoning_item(self._ids("rs_"), None))
             self._text_delta(out, "response.reasoning_text.delta", self._reasoning, thought)
         text = delta.content or delta.refusal
         if text:
@@ -443,7 +279,7 @@ class ResponseStream:
         out.append(sse(name, data + b'"content_index":0,"delta":' + quoted + tail))
 
     def _open_message(self, out: list[bytes]) -> None:
-        self._message = self._add_item(out, _message_item(self._ids("msg_"), "in_progress", None))
+        self._message = self._add_item(out, message_item(self._ids("msg_"), "in_progress", None))
         self._text_mid = b',"item_id":"%s","output_index":%d,"content_index":0,"delta":' % (
             self._message.id.encode(),
             self._message.index,
@@ -453,7 +289,7 @@ class ResponseStream:
             "output_index": self._message.index,
             "content_index": 0,
         }
-        self._emit(out, "response.content_part.added", {**part, "part": _text_part("")})
+        self._emit(out, "response.content_part.added", {**part, "part": text_part("")})
 
     def _close_message(self, out: list[bytes]) -> None:
         item, self._message = self._message, None
@@ -462,8 +298,8 @@ class ResponseStream:
         text = self._slot(item)
         where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
         self._emit(out, "response.output_text.done", {**where, "text": text, "logprobs": []})
-        self._emit(out, "response.content_part.done", {**where, "part": _text_part(text)})
-        self._done_item(out, item.index, _message_item(item.id, "completed", text))
+        self._emit(out, "response.content_part.done", {**where, "part": text_part(text)})
+        self._done_item(out, item.index, message_item(item.id, "completed", text))
 
     def _close_reasoning(self, out: list[bytes]) -> None:
         item, self._reasoning = self._reasoning, None
@@ -472,7 +308,7 @@ class ResponseStream:
         text = self._slot(item)
         where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
         self._emit(out, "response.reasoning_text.done", {**where, "text": text})
-        self._done_item(out, item.index, _reasoning_item(item.id, text))
+        self._done_item(out, item.index, reasoning_item(item.id, text))
 
     def _call(self, delta: ToolCall, out: list[bytes]) -> None:
         key = delta.index if delta.index is not None else self._implicit_index(delta)
@@ -554,7 +390,7 @@ class ResponseStream:
         for call in sorted(self._calls.values(), key=lambda c: c.item.index if c.item else 0):
             if call.item is not None:
                 self._close_call(out, call)
-        status, incomplete = _outcome(self._finish)
+        status, incomplete = outcome(self._finish)
         response = self._template.response(
             self._id, status, self._items, self._chat_usage, incomplete=incomplete
         )
