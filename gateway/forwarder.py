@@ -61,7 +61,6 @@ class Trace:
     fallback: str = ""
     # Held while a local engine serves this request; released with the answer.
     lease: Lease | None = None
-    released: bool = False
     # The local role this request is queued for, while it is (set by the gate): a stream that
     # waits shows that role's loading stages (gateway/pipeline/progress.py).
     engine_role: str = ""
@@ -147,10 +146,8 @@ class Forwarder:
         return opened
 
     def _release(self, trace: Trace) -> None:
-        """Once per request: the target's in-flight count and the engine lease go back."""
-        if trace.released:
-            return
-        trace.released = True
+        """The target's in-flight count and the engine lease go back: called once per request,
+        by ``send`` or by the ``OpenStream`` it returned (whose ``aclose`` drops it after use)."""
         if trace.target is not None:
             self._book.finished(target_key(trace.target))
         if trace.lease is not None and self._gate is not None:
