@@ -85,3 +85,28 @@ def sibling_session(
         timeout=session.timeout,
         trust_env=session.trust_env,
     )
+
+
+def close_idle(session: aiohttp.ClientSession, host: str, port: int) -> int:
+    """Close ``session``'s idle pooled connections to ``host:port``; returns how many.
+
+    Called just before an engine is stopped: llama-server holds its exit until the idle
+    keep-alive connections it serves are closed (measured with a tiny model: SIGTERM to exit
+    in 40 ms with none open, 150-200 ms with one from turnout's pool), and every swap that
+    waits for the old engine waits for that. aiohttp has no public way to close one host's
+    connections: its pool maps each ``ConnectionKey`` to a deque of idle (protocol, time)
+    pairs. Each deque is emptied in place, which aiohttp's own ``_get`` and ``_cleanup``
+    already handle; a connector without that pool simply closes nothing.
+    """
+    pool = getattr(session.connector, "_conns", None)
+    if not isinstance(pool, dict):
+        return 0
+    closed = 0
+    for key, idle in list(pool.items()):
+        if getattr(key, "host", None) != host or getattr(key, "port", None) != port:
+            continue
+        while idle:
+            protocol, _ = idle.popleft()
+            protocol.close()
+            closed += 1
+    return closed

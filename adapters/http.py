@@ -18,12 +18,15 @@ import msgspec
 
 from adapters.base import Probe
 from adapters.connections import connection_reused
+from adapters.h1 import H1Pool, H1Response
 from adapters.streams import Expiry, refuse_unknown_encoding
 from gateway.config.upstreams import Provider, Timeouts
 from gateway.errors import (
     StaleConnection,
+    UpstreamBodyTimeout,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamHungUp,
     UpstreamProtocolError,
     UpstreamStatus,
     UpstreamTimeout,
@@ -50,7 +53,8 @@ def upstream_error(exc: TimeoutError | aiohttp.ClientError) -> UpstreamError:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         if connection_reused():
             return StaleConnection("upstream closed a kept-alive connection")
-        return UpstreamProtocolError("upstream closed the connection")
+        # aiohttp raises this one only before the response head: a body cut off is a payload error.
+        return UpstreamHungUp("upstream closed the connection before answering")
     if isinstance(exc, aiohttp.ClientPayloadError):
         if _DECODE_FAILURE in str(exc):
             return UpstreamProtocolError(f"upstream body could not be decoded: {exc}")
@@ -119,7 +123,7 @@ def bearer_headers(provider: Provider) -> dict[str, str]:
     return headers
 
 
-def retry_after(response: aiohttp.ClientResponse) -> float | None:
+def retry_after(response: aiohttp.ClientResponse | H1Response) -> float | None:
     """The upstream's ``Retry-After`` in seconds (the forwarder's backoff honours it)."""
     value = response.headers.get("Retry-After")
     if value is None:
@@ -264,3 +268,69 @@ def decode_json_object(data: bytes) -> dict[str, Any] | None:
     except msgspec.DecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+# --- the same two calls over the lean client (adapters/h1.py), for plain-HTTP upstreams ---------
+
+
+async def lean_post_for_body(
+    pool: H1Pool, head: bytes, body: bytes, timeouts: Timeouts
+) -> tuple[int, bytes]:
+    """``post_for_body`` over ``pool``: one deadline for connect, head and the whole body."""
+    loop = asyncio.get_running_loop()
+    expiry = Expiry(loop, loop.time() + timeouts.connect + timeouts.first_byte)
+    try:
+        response = await pool.post(head, body, timeouts.max_body_bytes)
+        # Which half was late decides a peer's failure class (gateway/peers/policy.py); a try
+        # costs nothing until something raises.
+        try:
+            data = await response.read()
+        except asyncio.CancelledError:
+            if expiry.expired():
+                raise UpstreamBodyTimeout(
+                    "upstream sent its head but not its body in time"
+                ) from None
+            raise
+    except asyncio.CancelledError:
+        if expiry.expired():
+            raise UpstreamTimeout("upstream timed out") from None
+        raise
+    finally:
+        expiry.disarm()
+    if response.status >= 400:
+        raise UpstreamStatus(response.status, data, retry_after=retry_after(response))
+    return response.status, data
+
+
+async def lean_open_event_stream(
+    pool: H1Pool,
+    head: bytes,
+    body: bytes,
+    timeouts: Timeouts,
+    content_type: str | None = "text/event-stream",
+) -> H1Response:
+    """``open_event_stream`` over ``pool``: errors raise before any byte reaches the client."""
+    loop = asyncio.get_running_loop()
+    expiry = Expiry(loop, loop.time() + timeouts.connect + timeouts.first_byte)
+    try:
+        response = await pool.post(head, body, timeouts.max_body_bytes)
+    except asyncio.CancelledError:
+        if expiry.expired():
+            raise UpstreamTimeout("upstream timed out") from None
+        raise
+    finally:
+        expiry.disarm()
+    if response.status >= 400:
+        try:
+            async with asyncio.timeout(timeouts.idle):
+                data = await response.read()
+        except TimeoutError:
+            raise UpstreamTimeout("upstream timed out") from None
+        raise UpstreamStatus(response.status, data, retry_after=retry_after(response))
+    if content_type is None:
+        return response
+    got = response.headers.get("Content-Type", "") or ""
+    if not got.startswith(content_type):
+        response.close()
+        raise UpstreamProtocolError(f"asked for a stream but got Content-Type {got or '(none)'}")
+    return response

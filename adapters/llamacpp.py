@@ -30,6 +30,9 @@ _encode = msgspec.json.Encoder().encode
 
 
 class LlamaCppAdapter(LlamaCppSlots, OpenAICompatAdapter):
+    # It reads reasoning_content on assistant messages (its chat templates decide what to keep).
+    takes_reasoning_history = True
+
     def __init__(self, name: str, provider: Provider, session: aiohttp.ClientSession) -> None:
         super().__init__(name, provider, session)
         parts = urlsplit(provider.base_url)

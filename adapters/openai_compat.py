@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
 from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, UpstreamRequest
+from adapters.h1 import H1Response, pool_for
 from adapters.http import (
     bearer_headers,
+    lean_open_event_stream,
+    lean_post_for_body,
     open_event_stream,
     post_for_body,
     probe_url,
@@ -25,7 +29,9 @@ from adapters.http import (
     upstream_error,
     whole_answer_timeout,
 )
+from adapters.reasoning_history import without_reasoning_history
 from adapters.streams import Expiry, Framer, StreamDeadlines, refuse_unknown_encoding
+from adapters.think_tags import ThinkStream, split_reply
 from gateway.config.upstreams import Provider, Timeouts
 from gateway.errors import ContextExceeded, UpstreamStatus
 
@@ -65,7 +71,7 @@ class SSEStream:
 
     def __init__(
         self,
-        response: aiohttp.ClientResponse,
+        response: aiohttp.ClientResponse | H1Response,
         fix: EventFix | None,
         timeouts: Timeouts,
         started: float,
@@ -193,9 +199,23 @@ class OpenAICompatAdapter:
         self._urls = {op: f"{base}/{op.value}" for op in Operation}
         self._models_url = f"{base}/models"
         self._headers = bearer_headers(provider)
+        # Plain-HTTP upstreams (local and LAN engines) get the lean client, with each
+        # operation's request head built once; https ones stay on the shared aiohttp session.
+        self._lean = pool_for(provider)
+        self._heads: dict[Operation, bytes] = {}
+        if self._lean is not None:
+            prefix = urlsplit(base).path
+            self._heads = {
+                op: self._lean.head(f"{prefix}/{op.value}", self._headers) for op in Operation
+            }
         self._send_timeout = whole_answer_timeout(provider.timeouts)
         # Streams are bounded by SSEStream's deadlines instead.
         self._stream_timeout = stream_timeout(provider.timeouts)
+        reasoning = provider.reasoning
+        self._think_tags = reasoning.think_tags
+        self._reasoning_history = (
+            self.takes_reasoning_history if reasoning.history is None else reasoning.history
+        )
 
     # --- hooks for subclasses with quirks -----------------------------------------------------
 
@@ -212,10 +232,16 @@ class OpenAICompatAdapter:
     # OpenAI's own API deprecated max_tokens for chat, and its reasoning models refuse it;
     # most other OpenAI-compatible servers know only max_tokens. Set per kind at registration.
     modern_max_tokens = False
+    # Whether the server reads ``reasoning_content`` on assistant messages of the history
+    # (thinking a translated client sent back). Servers that do not are sent none: OpenAI
+    # itself does not know the field. Overridden per provider by ``reasoning.history``.
+    takes_reasoning_history = False
 
     def encode_body(self, request: UpstreamRequest) -> bytes:
         fields = dict(request.fields)
         fields["model"] = msgspec.Raw(_encode(request.model))
+        if request.translated and not self._reasoning_history:
+            without_reasoning_history(fields, request.fields)
         if self.modern_max_tokens and request.op is Operation.CHAT and "max_tokens" in fields:
             limit = fields.pop("max_tokens")
             fields.setdefault("max_completion_tokens", limit)
@@ -228,34 +254,66 @@ class OpenAICompatAdapter:
     async def send(self, request: UpstreamRequest) -> UpstreamReply:
         # A plain try (free in Python 3.11+): only the error path pays for the mapping.
         try:
-            status, data = await post_for_body(
-                self._session,
-                self._urls[request.op],
-                self.encode_body(request),
-                self._headers,
-                self._send_timeout,
-                self.provider.timeouts.max_body_bytes,
-            )
+            if self._lean is not None:
+                status, data = await lean_post_for_body(
+                    self._lean,
+                    self._heads[request.op],
+                    self.encode_body(request),
+                    self.provider.timeouts,
+                )
+            else:
+                status, data = await post_for_body(
+                    self._session,
+                    self._urls[request.op],
+                    self.encode_body(request),
+                    self._headers,
+                    self._send_timeout,
+                    self.provider.timeouts.max_body_bytes,
+                )
         except UpstreamStatus as exc:
             raise context_error(exc) from None
-        return UpstreamReply(status, self.fix_reply(request.op, data))
+        body = self.fix_reply(request.op, data)
+        if self._think_tags and request.op is Operation.CHAT:
+            body = split_reply(body)
+        return UpstreamReply(status, body)
 
     async def open_stream(self, request: UpstreamRequest) -> SSEStream:
         t = self.provider.timeouts
         started = asyncio.get_running_loop().time()
         # A plain try (free in Python 3.11+): only the error path pays for the mapping.
         try:
-            response = await open_event_stream(
-                self._session,
-                self._urls[request.op],
-                self.encode_body(request),
-                self._headers,
-                self._stream_timeout,
-                t,
-            )
+            response: aiohttp.ClientResponse | H1Response
+            if self._lean is not None:
+                response = await lean_open_event_stream(
+                    self._lean, self._heads[request.op], self.encode_body(request), t
+                )
+            else:
+                response = await open_event_stream(
+                    self._session,
+                    self._urls[request.op],
+                    self.encode_body(request),
+                    self._headers,
+                    self._stream_timeout,
+                    t,
+                )
         except UpstreamStatus as exc:
             raise context_error(exc) from None
-        return SSEStream(response, self.event_fix(request.op), t, started)
+        return SSEStream(response, self._stream_fix(request.op), t, started)
+
+    def _stream_fix(self, op: Operation) -> EventFix | None:
+        fix = self.event_fix(op)
+        if not self._think_tags or op is not Operation.CHAT:
+            return fix
+        think = ThinkStream()
+        if fix is None:
+            return think
+        quirk = fix
+
+        def both(event: bytes) -> bytes | None:
+            fixed = quirk(event)
+            return None if fixed is None else think(fixed)
+
+        return both
 
     async def probe(self) -> Probe:
         return unprobed(self.provider) or await self._probe_url(self._models_url)
@@ -264,8 +322,9 @@ class OpenAICompatAdapter:
         return await probe_url(self._session, url, self._headers, self.provider.timeouts)
 
     async def close(self) -> None:
-        # The session is shared and owned by the app state.
-        return None
+        # The aiohttp session is shared and owned by the app state; the lean pool is ours.
+        if self._lean is not None:
+            self._lean.close()
 
 
 _CONTEXT_NUMBERS = re.compile(
@@ -304,6 +363,18 @@ def _factory(name: str, provider: Provider, session: aiohttp.ClientSession) -> O
     return OpenAICompatAdapter(name, provider, session)
 
 
+class ReasoningServerAdapter(OpenAICompatAdapter):
+    """Servers that read ``reasoning_content`` in the history (DeepSeek, vLLM)."""
+
+    takes_reasoning_history = True
+
+
+def _reasoning_factory(
+    name: str, provider: Provider, session: aiohttp.ClientSession
+) -> ReasoningServerAdapter:
+    return ReasoningServerAdapter(name, provider, session)
+
+
 class OpenAIAdapter(OpenAICompatAdapter):
     """api.openai.com itself."""
 
@@ -317,5 +388,7 @@ def _openai_factory(name: str, provider: Provider, session: aiohttp.ClientSessio
 def register(registry: AdapterRegistry) -> None:
     registry.register("openai", _openai_factory)
     # Servers that speak OpenAI's format without quirks we know of.
-    for kind in ("openai-compatible", "deepseek", "vllm", "lmstudio"):
+    for kind in ("openai-compatible", "lmstudio"):
         registry.register(kind, _factory)
+    for kind in ("deepseek", "vllm"):
+        registry.register(kind, _reasoning_factory)

@@ -12,15 +12,16 @@ from collections.abc import Callable
 
 import aiohttp
 
+from adapters.h1 import H1Response
 from gateway.config.upstreams import Timeouts
-from gateway.errors import UpstreamProtocolError, UpstreamTimeout
+from gateway.errors import UpstreamBodyTimeout, UpstreamProtocolError, UpstreamTimeout
 
 # What the upstream session decodes itself (aiohttp with auto_decompress, gateway/state.py);
 # br and zstd only with their optional libraries, and aiohttp refuses them itself without.
 _DECODED = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 
 
-def refuse_unknown_encoding(response: aiohttp.ClientResponse) -> None:
+def refuse_unknown_encoding(response: aiohttp.ClientResponse | H1Response) -> None:
     """Close and raise when the body is in a coding nobody here decodes.
 
     The session asks for identity and decodes gzip and deflate; aiohttp already refuses br and
@@ -114,11 +115,12 @@ class StreamDeadlines:
             return UpstreamTimeout(
                 f"upstream stream exceeded timeouts.max_stream ({t.max_stream:g} s)"
             )
+        # The stream's head arrived before any of these deadlines could pass.
         if not self.seen:
-            return UpstreamTimeout(
+            return UpstreamBodyTimeout(
                 f"upstream sent no content within timeouts.first_byte ({t.first_byte:g} s)"
             )
-        return UpstreamTimeout(f"upstream sent no content for timeouts.idle ({t.idle:g} s)")
+        return UpstreamBodyTimeout(f"upstream sent no content for timeouts.idle ({t.idle:g} s)")
 
 
 class Framer:

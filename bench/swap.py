@@ -1,14 +1,25 @@
-"""Hot-swap benchmark (issue 3): what turnout adds on top of an engine's own cold start.
+"""Hot-swap benchmark (issues 3 and 14): what turnout adds on top of an engine's own cold start.
 
 In one run, with real llama-server processes on tiny models:
-1. cold start measured directly: spawn llama-server, poll /health until 200 (median of N);
+1. cold start measured directly: spawn llama-server, poll /health until 200 (median of N), split
+   into spawn → listening (its first HTTP answer, 503 while it loads) and listening → healthy;
 2. swap through turnout: POST /engine/switch/<role>?wait=true, alternating two roles, so each
-   swap stops one engine and starts the other; overhead = swap time - direct cold start;
-3. 10 back-to-back swaps while 16 clients send requests for both roles: failures must be 0;
-4. time to first token of a streaming request that arrives while its role is being swapped in,
+   swap stops one engine and starts the other. Both fit in memory, so the new engine starts
+   while the old one exits (the default whenever a role's size, estimated or measured, fits);
+3. a sequential swap: POST /engine/unload?role=<old>, then the switch: what a swap costs when
+   the two engines do not fit in memory together and the new one must wait for the old one;
+4. 10 back-to-back swaps while 16 clients send requests for both roles: failures must be 0;
+5. time to first token of a streaming request that arrives while its role is being swapped in,
    next to the same request with the role already loaded.
 
-    .venv/bin/python -m bench.swap [--rounds 10]
+Each swap is cut into stages from turnout's own engine events (GET /engine/events, each with
+its wall-clock time; the bench and the gateway share the clock): admission (the request until
+the first stop or start), stopping the old engine (KV cache save, SIGTERM, exit), spawn until
+the engine answers HTTP, its loading until /health says 200, restoring the KV cache, and ready
+until the client has its answer. Overhead = swap - direct cold start (target: <= 100 ms).
+Memory is measured after ready, off the swap path (``sizing.measure``): it is no stage.
+
+    .venv/bin/python -m bench.swap [--rounds 8]
 """
 
 from __future__ import annotations
@@ -17,11 +28,16 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +51,21 @@ from gateway.engines.builtin import LLAMACPP_COMMAND  # noqa: E402
 from tests.engines.engines import ensure_models, free_port, llama_server_binary  # noqa: E402
 
 USER = [{"role": "user", "content": "hi"}]
+TARGET_MS = 100
+# turnout's keep-alive; the bench's client lets go of idle connections in half the time.
+KEEPALIVE_SECONDS = 4.0
+
+# (key, what it covers), in swap order; each a median over the rounds, in ms.
+STAGES = (
+    ("admission", "request -> first stop or start decided"),
+    ("stop_old", "old engine: KV save, SIGTERM, exit"),
+    ("stop_to_start", "old engine gone -> new one spawned"),
+    ("spawn_to_listening", "spawn -> first HTTP answer"),
+    ("listening_to_healthy", "engine loads; /health polled"),
+    ("restore_cache", "KV cache restored"),
+    ("ready_to_answer", "ready -> client has the answer"),
+    ("total", "request -> answer"),
+)
 
 
 def engine_command(binary: Path) -> list[str]:
@@ -42,10 +73,8 @@ def engine_command(binary: Path) -> list[str]:
     return [str(binary), *LLAMACPP_COMMAND[1:], "-np", "4", "-t", "1"]
 
 
-def direct_cold_start(binary: Path, model: Path) -> float:
-    """Seconds from spawn to the first 200 on /health, the way turnout's driver polls it."""
-    import urllib.request
-
+def direct_cold_start(binary: Path, model: Path) -> dict[str, float]:
+    """Seconds from spawn to the first HTTP answer and to the first 200 on /health."""
     port = free_port()
     command = [
         c.replace("${MODEL}", str(model))
@@ -57,6 +86,7 @@ def direct_cold_start(binary: Path, model: Path) -> float:
     ]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listening: float | None = None
     try:
         while True:
             try:
@@ -64,7 +94,16 @@ def direct_cold_start(binary: Path, model: Path) -> float:
                     f"http://127.0.0.1:{port}/health", timeout=1
                 ) as response:
                     if response.status == 200:
-                        return time.perf_counter() - started
+                        healthy = time.perf_counter() - started
+                        listening = healthy if listening is None else listening
+                        return {
+                            "spawn_to_listening": listening,
+                            "listening_to_healthy": healthy - listening,
+                            "total": healthy,
+                        }
+            except urllib.error.HTTPError:
+                if listening is None:
+                    listening = time.perf_counter() - started
             except OSError:
                 pass
             time.sleep(0.005)
@@ -74,17 +113,30 @@ def direct_cold_start(binary: Path, model: Path) -> float:
 
 
 class Turnout:
+    """turnout serving two roles, with a database and KV cache directory of its own (the
+    repository's turnout.db would bring back sizes measured by earlier runs)."""
+
     def __init__(self, roles: dict[str, Any]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self._dir = tempfile.mkdtemp(prefix="turnout-bench-swap-")
         config = {
             "roles": roles,
-            "engines": {"max_wait_seconds": 1, "wait_timeout_seconds": 120},
-            "server": {"log_level": "warning", "keepalive_seconds": 1},
+            "engines": {
+                "max_wait_seconds": 1,
+                "wait_timeout_seconds": 120,
+                "kv_cache": {"dir": os.path.join(self._dir, "kv")},
+                "log_dir": os.path.join(self._dir, "logs"),
+            },
+            "server": {
+                "log_level": "warning",
+                "keepalive_seconds": KEEPALIVE_SECONDS,
+                "database": os.path.join(self._dir, "turnout.db"),
+            },
         }
-        self._file = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-        yaml.safe_dump(config, self._file)
-        self._file.close()
+        self._file = os.path.join(self._dir, "routing.yaml")
+        with open(self._file, "w") as out:
+            yaml.safe_dump(config, out)
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Turnout:
@@ -95,7 +147,7 @@ class Turnout:
                 "gateway",
                 "serve",
                 "--config",
-                self._file.name,
+                self._file,
                 "--port",
                 str(self.port),
             ],
@@ -103,9 +155,7 @@ class Turnout:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        import urllib.request
-
-        for _ in range(200):
+        for _ in range(600):
             try:
                 urllib.request.urlopen(self.url + "/health", timeout=1)
                 return self
@@ -117,19 +167,102 @@ class Turnout:
         assert self._process is not None
         self._process.terminate()
         self._process.wait(30)
-        os.unlink(self._file.name)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
-async def swap_times(session: aiohttp.ClientSession, url: str, rounds: int) -> list[float]:
-    times = []
-    for i in range(rounds):
-        role = "a" if i % 2 else "b"
-        started = time.perf_counter()
-        async with session.post(f"{url}/engine/switch/{role}?wait=true") as response:
-            body = await response.json()
-            assert body["status"] == "ready", body
-        times.append(time.perf_counter() - started)
-    return times
+@dataclass
+class EventLog:
+    """Every engine event turnout publishes, read from GET /engine/events as it happens."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    async def follow(self, session: aiohttp.ClientSession, url: str) -> None:
+        timeout = aiohttp.ClientTimeout(total=None)
+        async with session.get(url + "/engine/events", timeout=timeout) as response:
+            async for line in response.content:
+                if line.startswith(b"data: "):
+                    self.events.append(json.loads(line[6:]))
+
+    async def settled(self, role: str, since: float) -> None:
+        """Until ``role`` has been reported stopped after ``since`` (its stop ran beside the
+        start, so it may end after the swap was answered)."""
+        for _ in range(500):
+            if any(
+                e["role"] == role and e["state"] == "stopped" and e["at"] >= since
+                for e in self.events
+            ):
+                return
+            await asyncio.sleep(0.01)
+
+
+def swap_stages(
+    events: list[dict[str, Any]], old: str, new: str, sent: float, answered: float
+) -> dict[str, float]:
+    """One swap cut into stages, in seconds, from the events published since ``sent``."""
+    mine = [e for e in events if e["at"] >= sent]
+
+    def first(role: str, key: str, value: str) -> float | None:
+        return next((e["at"] for e in mine if e["role"] == role and e[key] == value), None)
+
+    stop0, stop1 = first(old, "state", "stopping"), first(old, "state", "stopped")
+    start, ready = first(new, "state", "starting"), first(new, "state", "ready")
+    assert start is not None and ready is not None and stop0 is not None and stop1 is not None
+    listening = first(new, "stage", "loading") or ready
+    restore = first(new, "stage", "restoring cache") or ready
+    return {
+        "admission": min(start, stop0) - sent,
+        "stop_old": stop1 - stop0,
+        "stop_to_start": max(0.0, start - stop1),
+        "spawn_to_listening": listening - start,
+        "listening_to_healthy": restore - listening,
+        "restore_cache": ready - restore,
+        "ready_to_answer": answered - ready,
+        "total": answered - sent,
+        "overlapped": 1.0 if start < stop1 else 0.0,
+    }
+
+
+async def switch(session: aiohttp.ClientSession, url: str, role: str) -> None:
+    async with session.post(f"{url}/engine/switch/{role}?wait=true") as response:
+        body = await response.json()
+        assert body["status"] == "ready", body
+
+
+async def one_swap(
+    session: aiohttp.ClientSession, url: str, log: EventLog, old: str, new: str, sequential: bool
+) -> dict[str, float]:
+    """Swap ``old`` out and ``new`` in; ``sequential``: ``old`` unloaded first."""
+    sent = time.time()
+    if sequential:
+        async with session.post(f"{url}/engine/unload?role={old}") as response:
+            await response.read()
+    await switch(session, url, new)
+    answered = time.time()
+    await log.settled(old, sent)
+    return swap_stages(log.events, old, new, sent, answered)
+
+
+async def paired_swaps(
+    session: aiohttp.ClientSession,
+    url: str,
+    log: EventLog,
+    rounds: int,
+    cold_start: Callable[[], dict[str, float]],
+) -> tuple[list[dict[str, float]], list[dict[str, float]], list[dict[str, float]]]:
+    """Direct cold starts, swaps and sequential swaps in turns, so that a noisy machine weighs
+    on all three alike: (direct, swap, sequential)."""
+    direct: list[dict[str, float]] = []
+    overlapped: list[dict[str, float]] = []
+    sequential: list[dict[str, float]] = []
+    await switch(session, url, "b")
+    loaded = "b"
+    for i in range(2 * rounds):
+        direct.append(cold_start())
+        other = "a" if loaded == "b" else "b"
+        measured = sequential if i % 2 else overlapped
+        measured.append(await one_swap(session, url, log, loaded, other, sequential=bool(i % 2)))
+        loaded = other
+    return direct, overlapped, sequential
 
 
 async def under_load(
@@ -180,17 +313,17 @@ async def ttft(session: aiohttp.ClientSession, url: str, role: str) -> float:
     started = time.perf_counter()
     async with session.post(url + "/v1/chat/completions", json=body) as response:
         async for line in response.content:
-            if line.startswith(b"data: {"):
+            if line.startswith(b"data: {") and b'"choices"' in line:
                 first = time.perf_counter() - started
                 await response.read()
                 return first
-    raise RuntimeError("no token")
+            if line.startswith(b"data: {"):
+                raise RuntimeError(f"no token: {line.decode(errors='replace').strip()}")
+        raise RuntimeError(f"no token: HTTP {response.status}")
 
 
-async def ttft_during_swap(
-    session: aiohttp.ClientSession, url: str, rounds: int
-) -> dict[str, float]:
-    during, warm = [], []
+async def ttft_during_swap(session: aiohttp.ClientSession, url: str, rounds: int) -> dict[str, Any]:
+    during, warm, failures = [], [], []
     for i in range(rounds):
         target, other = ("a", "b") if i % 2 else ("b", "a")
         async with session.post(f"{url}/engine/switch/{other}?wait=true") as response:
@@ -198,12 +331,23 @@ async def ttft_during_swap(
         # The request arrives while turnout is swapping `target` in.
         async with session.post(f"{url}/engine/switch/{target}") as response:
             await response.read()
-        during.append(await ttft(session, url, target))
-        warm.append(await ttft(session, url, target))
+        try:
+            during.append(await ttft(session, url, target))
+            warm.append(await ttft(session, url, target))
+        except RuntimeError as exc:
+            failures.append(str(exc))
+    if not during or not warm:
+        nan = float("nan")
+        return {"ttft_during_swap_ms": nan, "ttft_warm_ms": nan, "ttft_failures": failures}
     return {
-        "ttft_during_swap_ms": statistics.median(during) * 1000,
-        "ttft_warm_ms": statistics.median(warm) * 1000,
+        "ttft_during_swap_ms": round(statistics.median(during) * 1000, 1),
+        "ttft_warm_ms": round(statistics.median(warm) * 1000, 1),
+        "ttft_failures": failures,
     }
+
+
+def medians_ms(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.median(r[k] for r in rounds) * 1000, 1) for k in rounds[0]}
 
 
 async def run(rounds: int) -> dict[str, Any]:
@@ -211,55 +355,86 @@ async def run(rounds: int) -> dict[str, Any]:
     if binary is None:
         raise SystemExit("llama-server not built: bash tests/engines/build_llama_server.sh")
     models = ensure_models()
-    cold = [direct_cold_start(binary, models["tiny-hello"]) for _ in range(rounds)]
-
-    def roles(memory_mb: int) -> dict[str, Any]:
-        return {
-            name: {
-                "engine": "llamacpp",
-                "model": str(models["tiny-hello"]),
-                "command": engine_command(binary),
-                "memory_mb": memory_mb,
-            }
-            for name in ("a", "b")
+    roles = {
+        name: {
+            "engine": "llamacpp",
+            "model": str(models["tiny-hello"]),
+            "command": engine_command(binary),
         }
-
-    # Without a memory estimate turnout must wait for the old engine to exit before starting
-    # the new one; with one that fits, it starts the new one while the old one exits.
-    with Turnout(roles(0)) as turnout:
-        async with aiohttp.ClientSession() as session:
-            swaps = (await swap_times(session, turnout.url, rounds + 1))[1:]  # first: a load
+        for name in ("a", "b")
+    }
+    log = EventLog()
+    with Turnout(roles) as turnout:
+        # Idle connections dropped before turnout drops them: a direct cold start blocks this
+        # loop for a second or more between two requests.
+        connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_SECONDS / 2)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            follower = asyncio.create_task(log.follow(session, turnout.url))
+            cold, overlapped, sequential = await paired_swaps(
+                session,
+                turnout.url,
+                log,
+                rounds,
+                lambda: direct_cold_start(binary, models["tiny-hello"]),
+            )
             load = await under_load(session, turnout.url, swaps=10, clients=16)
             first_token = await ttft_during_swap(session, turnout.url, min(rounds, 6))
-    with Turnout(roles(64)) as turnout:
-        async with aiohttp.ClientSession() as session:
-            overlapped = (await swap_times(session, turnout.url, rounds + 1))[1:]
-    cold_ms = statistics.median(cold) * 1000
-    swap_ms = statistics.median(swaps) * 1000
-    overlapped_ms = statistics.median(overlapped) * 1000
+            follower.cancel()
+    direct = {k: round(statistics.median(c[k] for c in cold) * 1000, 1) for k in cold[0]}
+    swap, seq = medians_ms(overlapped), medians_ms(sequential)
     return {
-        "direct_cold_start_ms": round(cold_ms, 1),
-        "swap_via_turnout_ms": round(swap_ms, 1),
-        "swap_overhead_ms": round(swap_ms - cold_ms, 1),
-        "swap_with_memory_estimate_ms": round(overlapped_ms, 1),
-        "swap_overhead_with_memory_estimate_ms": round(overlapped_ms - cold_ms, 1),
-        "swap_overhead_target_ms": 100,
+        "direct_cold_start_ms": direct["total"],
+        "swap_via_turnout_ms": swap["total"],
+        "swap_overhead_ms": round(swap["total"] - direct["total"], 1),
+        "swap_sequential_ms": seq["total"],
+        "swap_overhead_sequential_ms": round(seq["total"] - direct["total"], 1),
+        "swap_overhead_target_ms": TARGET_MS,
+        "stages_ms": {"direct": direct, "swap": swap, "sequential": seq},
+        "overlapped_swaps": f"{sum(r['overlapped'] for r in overlapped):.0f}/{len(overlapped)}",
         "under_load": load,
-        **{k: round(v, 1) for k, v in first_token.items()},
+        **first_token,
+        "ttft_during_swap_over_cold_start_ms": round(
+            first_token["ttft_during_swap_ms"] - direct["total"], 1
+        ),
     }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The per-stage medians side by side, for people (the JSON has the same numbers)."""
+    stages = result["stages_ms"]
+
+    def cell(case: str, key: str) -> str:
+        return f"{stages[case][key]:8.1f}" if key in stages[case] else f"{'':8}"
+
+    lines = [
+        f"{'stage (median ms)':22} {'direct':>8} {'swap':>8} {'seq.':>8}  covers",
+        *(
+            f"{key:22} {cell('direct', key)} {cell('swap', key)} {cell('sequential', key)}  {what}"
+            for key, what in STAGES
+        ),
+        f"{'overhead vs direct':22} {'':8} {result['swap_overhead_ms']:8.1f} "
+        f"{result['swap_overhead_sequential_ms']:8.1f}  target <= {TARGET_MS} ms",
+        f"swap: new engine started while the old one exited in {result['overlapped_swaps']} swaps;"
+        " seq.: unload, then switch (both not fitting in memory together)",
+        f"first token of a request arriving mid-swap: {result['ttft_during_swap_ms']:.1f} ms "
+        f"({result['ttft_during_swap_over_cold_start_ms']:+.1f} over a direct cold start; "
+        f"{result['ttft_warm_ms']:.1f} ms with its role loaded)",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
     result = asyncio.run(run(args.rounds))
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "swap.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    print(table(result))
 
 
 if __name__ == "__main__":

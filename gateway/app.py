@@ -18,9 +18,13 @@ from litestar.handlers import ASGIRouteHandler, asgi
 from adapters.base import AdapterRegistry
 from adapters.builtin import default_registry
 from gateway.api import anthropic, internal, proxy, responses
+from gateway.api.captures import CapturesController
 from gateway.api.engine import EngineController
 from gateway.api.events import RequestsController
+from gateway.api.keys import BudgetsController, KeysController
 from gateway.api.models import ModelsController
+from gateway.api.openapi import OpenAPIController
+from gateway.api.responses_stored import StoredResponsesController
 from gateway.api.system import SystemController
 from gateway.api.usage import UsageController
 from gateway.api.websocket import chat_socket
@@ -76,9 +80,14 @@ def create_app(
         route_handlers=[
             *(_mount(path, slot) for path, slot in slots.items()),
             ModelsController,
+            StoredResponsesController,
             SystemController,
             EngineController,
             UsageController,
+            CapturesController,
+            KeysController,
+            BudgetsController,
+            OpenAPIController,
             *wiring.plugins.routes(wiring),
             RequestsController,
             DashboardController,

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
     keys_cli.add_parser(commands)
     launch.add_parser(commands)
+    from gateway.imports import command as import_command
+
+    import_command.add_parser(commands)
 
     own, passthrough = launch.split_passthrough(given)
     args = parser.parse_args(own)

@@ -1,5 +1,8 @@
 """The SQLite database: the usage log and virtual keys. One file, WAL mode.
 
+(``server.database: postgresql://...`` stores them in PostgreSQL instead: ``prepare`` and the
+checks here hand such a URL to gateway/postgres.py.)
+
 WAL lets readers (``GET /v1/usage``, ``sqlite3`` in a terminal) run while the usage writer
 commits, and ``synchronous=NORMAL`` makes a commit an append to the WAL with no fsync: a
 power cut may lose the last few batches, never corrupt the file. That is the right trade for
@@ -14,6 +17,8 @@ import os
 from pathlib import Path
 
 import aiosqlite
+
+from gateway.dialect import driver_problem, is_postgres
 
 MEMORY = ":memory:"
 
@@ -45,11 +50,14 @@ async def connect(
 
 def creation_problem(key: str, path: str) -> str:
     """Why the file or directory at ``path`` (routing.yaml's ``key``) could not be created or
-    written, or "": the start-up checks' look at it, which writes nothing.
+    written, or "": the start-up checks' look at it, which writes nothing. For a PostgreSQL
+    URL: whether its driver (the ``turnout[postgres]`` extra) is installed.
 
     The gateway creates the missing directories (``connect`` here, the engines' log files):
     the nearest one that exists must let it.
     """
+    if is_postgres(path):
+        return driver_problem(key, path)
     if path == MEMORY or path.startswith("file:"):
         return ""
     target = Path(path)
@@ -71,8 +79,13 @@ async def set_busy_timeout(connection: aiosqlite.Connection, seconds: float) -> 
 
 async def prepare(path: str) -> None:
     """Create the database if needed and bring its schema up to date."""
-    from gateway.migrations import migrate
+    from gateway.migrations import MIGRATIONS, migrate
 
+    if is_postgres(path):
+        from gateway import postgres
+
+        await postgres.prepare(path, MIGRATIONS)
+        return
     connection = await connect(path)
     try:
         await migrate(connection)

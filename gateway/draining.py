@@ -30,11 +30,19 @@ DRAIN_SECONDS = 0.5
 # request's scope: called once shutdown begins, it ends the stream, and the connection then
 # drains like any other instead of holding the shutdown up for its whole grace period.
 ON_SHUTDOWN = "turnout.on_shutdown"
+# Set in the ASGI ``state`` once shutdown begins, so /health/readiness answers 503 to the
+# requests still served while connections drain (a load balancer stops sending).
+SHUTTING_DOWN = "turnout.shutting_down"
 
 
 class DrainingShutdown(HttpToolsProtocol):
     def shutdown(self) -> None:
         scope = cast(dict[str, Any] | None, self.scope)
+        # uvicorn shares ``app_state`` among connections and copies it into each new request's
+        # scope; a request whose head is already arriving has its copy, marked here too.
+        self.app_state[SHUTTING_DOWN] = True
+        if scope is not None:
+            scope.setdefault("state", {})[SHUTTING_DOWN] = True
         ending: Callable[[], None] | None = scope.get(ON_SHUTDOWN) if scope is not None else None
         if ending is not None:
             ending()

@@ -25,9 +25,11 @@ The hierarchy (the status a client sees in brackets)::
     └── UpstreamError [502] ── one upstream failed; ``retryable`` decides whether to fall back
         ├── UpstreamConnectError [502]
         ├── UpstreamTimeout [504]
+        │   └── UpstreamBodyTimeout ── the head came, the content did not
         ├── UpstreamStatus [the upstream's 4xx, 429 or 501, else 502]
         ├── UpstreamProtocolError [502]
-        │   └── StaleConnection ── resent on a new connection, never seen by a client
+        │   ├── StaleConnection ── resent on a new connection, never seen by a client
+        │   └── UpstreamHungUp ── a new connection closed before any answer (a peer's "connect")
         ├── EngineUnavailable [503]
         └── AllTargetsFailed [the last failure's 429, 503, 504, else 502]
 
@@ -42,6 +44,8 @@ The hierarchy (the status a client sees in brackets)::
     ClientGone ── the client disconnected while its request was still being read
     ToolFailed ── a tool ran and failed (the message goes back to the model)
     DestinationRefused (OSError) ── the tools' resolver refused an internal address
+    StoreError ── ``turnout keys`` could not do what was asked (its one-line message is printed)
+    NotAConfig (ValueError) ── ``turnout import`` was given a file of another tool
 
 The CLI client's errors (``ClientError``, ``SettingsError``, ``ItemError``) stay in
 ``gateway/client/``: that package is standard-library only and talks to a gateway over HTTP,
@@ -196,6 +200,10 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class UpstreamBodyTimeout(UpstreamTimeout):
+    """The response head arrived but its content did not in time (peers' ``body_timeout``)."""
+
+
 class UpstreamStatus(UpstreamError):
     """The upstream answered with an HTTP error status; ``body`` is what it said."""
 
@@ -232,6 +240,13 @@ class StaleConnection(UpstreamProtocolError):
 
     Not the target's fault: the forwarder sends the request again on a new connection, without
     using a retry, cooling the target down or falling back (see ``adapters/connections.py``).
+    """
+
+
+class UpstreamHungUp(UpstreamProtocolError):
+    """A new connection closed before any byte of an answer: the server went away (killed,
+    crashed, its box down) while the request waited. Falls back like any broken answer; a
+    peer's ``failures.connect`` counts it as a connection failure (gateway/peers/policy.py).
     """
 
 
@@ -295,6 +310,15 @@ class ClientGone(Exception):
 
 class ToolFailed(Exception):
     """A tool ran and failed; the message is what the caller (and the model) sees."""
+
+
+class StoreError(Exception):
+    """``turnout keys`` could not do what was asked (refused input, a database or admin API
+    failure); the message fits on one line."""
+
+
+class NotAConfig(ValueError):
+    """The input is not a config of the tool named: ``turnout import`` says so in one line."""
 
 
 class DestinationRefused(OSError):

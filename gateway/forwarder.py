@@ -64,6 +64,23 @@ class Trace:
     # The local role this request is queued for, while it is (set by the gate): a stream that
     # waits shows that role's loading stages (gateway/pipeline/progress.py).
     engine_role: str = ""
+    # Whose request this is (the identity's agent id): the engine gate weighs it by
+    # engines.agent_priority.
+    agent: str = ""
+    # The last attempt's start (``time.perf_counter()``) and seconds: traces' upstream span.
+    upstream_started: float = 0.0
+    upstream_last: float = 0.0
+    # Timed steps worth a span of their own (the agent loop's rounds): (name, start, end) in
+    # ``time.perf_counter()``; None until one is added, which only such steps do.
+    phases: list[tuple[str, float, float]] | None = None
+    # Sent here by a peer turnout (its hop header): served here, never sent to a peer again.
+    hopped: bool = False
+
+    def add_phase(self, name: str, started: float) -> None:
+        """A step that began at ``started`` and ends now."""
+        if self.phases is None:
+            self.phases = []
+        self.phases.append((name, started, time.perf_counter()))
 
 
 class Gate(Protocol):
@@ -76,6 +93,16 @@ class Gate(Protocol):
     ) -> tuple[Lease, Target]: ...
 
     def release(self, lease: Lease) -> None: ...
+
+
+class Peering(Protocol):
+    """Other turnouts serving copies of local roles (gateway/peers/fleet.py)."""
+
+    def order(
+        self, model: Model, targets: list[Target], hopped: bool, now: float
+    ) -> list[Target]: ...
+
+    def stops(self, target: Target, error: UpstreamError) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -117,8 +144,10 @@ class Forwarder:
         rng: random.Random | None = None,
         gate: Gate | None = None,
         shapers: Mapping[str, RequestShaper] | None = None,
+        peering: Peering | None = None,
     ) -> None:
         self._gate = gate
+        self._peering = peering
         self._routing = routing
         self._providers = providers
         self._adapters = adapters
@@ -169,7 +198,15 @@ class Forwarder:
                 await asyncio.sleep(
                     backoff_delay(pass_number, self._routing, self._rng, retry_after)
                 )
-            targets = plan(model, self._providers, self._book, time.monotonic(), self._rng)
+            # A weighted draw seeded by the affinity key: the same key, the same order.
+            rng = (
+                random.Random(request.affinity)
+                if request.affinity and model.balance == "weighted"
+                else self._rng
+            )
+            targets = plan(model, self._providers, self._book, time.monotonic(), rng)
+            if self._peering is not None:
+                targets = self._peering.order(model, targets, trace.hopped, time.monotonic())
             if not targets:
                 raise NoTargetAvailable(_no_target_message(model, self._providers))
             for target in targets:
@@ -180,7 +217,9 @@ class Forwarder:
                         if local_failure is not None:
                             self._left_local(model, local_failure, target, request_id, trace)
                     return outcome
-                if not should_fall_back(outcome):
+                if not should_fall_back(outcome) or (
+                    self._peering is not None and self._peering.stops(target, outcome)
+                ):
                     raise outcome
                 last = outcome
                 if local_failure is None and self._providers[target.provider].is_local:
@@ -260,7 +299,7 @@ class Forwarder:
         )
         trace.attempts += 1
         self._book.started(key)
-        started = time.perf_counter()
+        started = trace.upstream_started = time.perf_counter()
         m = self._metrics
         resends = 0
         try:
@@ -289,7 +328,7 @@ class Forwarder:
             self._book.finished(key)
             raise
         finally:
-            elapsed = time.perf_counter() - started
+            elapsed = trace.upstream_last = time.perf_counter() - started
             trace.upstream_seconds += elapsed
             m.child(m.upstream_duration, target.provider).observe(elapsed)
         self._book.succeeded(key)

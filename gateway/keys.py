@@ -1,9 +1,10 @@
 """Virtual API keys: stored hashed in SQLite, looked up from memory on the request path.
 
-The ``keys`` table (migration 2) is the source of truth (``turnout keys`` writes it directly, with or without a
+The ``keys`` table (migrations 2 and 4) is the source of truth (``turnout keys`` writes it directly, with or without a
 running gateway); each gateway keeps every active key in a dict by hash and refreshes it from
 the rows changed since its last look, so a revocation takes effect within ``refresh_seconds``.
-Only SHA-256 hashes are stored: a leaked database leaks no usable key.
+Project budgets (gateway/project_budgets.py) ride the same refresh. Only SHA-256 hashes are
+stored: a leaked database leaks no usable key.
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from gateway import project_budgets
 from gateway.config.schema import Limits
+from gateway.dbapi import Connection
+from gateway.dialect import is_postgres, redacted
+from gateway.periods import period_start
+from gateway.project_budgets import ProjectBudget
+from gateway.spend import spent_since
 
 log = logging.getLogger("turnout.keys")
 
@@ -40,6 +46,8 @@ class KeyRecord:
     trusted: bool
     created_at: float
     revoked_at: float | None
+    # When the budget starts again from zero (gateway/periods.py); None: never.
+    budget_period: str | None = None
 
     @property
     def active(self) -> bool:
@@ -54,7 +62,7 @@ def new_secret() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(24)
 
 
-def connect(path: str, prepare: bool = True) -> sqlite3.Connection:
+def connect(path: str, prepare: bool = True) -> Connection:
     """A short-lived connection for the CLI and the refresher (never on the request path).
 
     ``prepare`` brings the schema up to date first (the migrations in gateway/migrations.py);
@@ -64,17 +72,22 @@ def connect(path: str, prepare: bool = True) -> sqlite3.Connection:
         from gateway.db import prepare_sync
 
         prepare_sync(path)
+    if is_postgres(path):
+        from gateway import postgres
+
+        return postgres.connect(path)
     return sqlite3.connect(path, timeout=10)
 
 
 def create_key(
-    connection: sqlite3.Connection,
+    connection: Connection,
     name: str,
     agent_id: str,
     allowed_models: tuple[str, ...] = (),
     limits: Limits | None = None,
     budget_usd: float | None = None,
     trusted: bool = False,
+    budget_period: str | None = None,
 ) -> tuple[str, KeyRecord]:
     """Store a new key; the secret is returned once and never stored."""
     secret = new_secret()
@@ -89,10 +102,12 @@ def create_key(
         trusted=trusted,
         created_at=now,
         revoked_at=None,
+        budget_period=budget_period,
     )
     connection.execute(
         "INSERT INTO keys (id, name, hash, agent_id, allowed_models, rpm, tpm, concurrent, budget_usd,"
-        " trusted, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " trusted, created_at, updated_at, budget_period)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.id,
             name,
@@ -106,13 +121,14 @@ def create_key(
             int(trusted),
             now,
             now,
+            budget_period,
         ),
     )
     connection.commit()
     return secret, record
 
 
-def revoke_key(connection: sqlite3.Connection, key_id: str) -> bool:
+def revoke_key(connection: Connection, key_id: str) -> bool:
     now = time.time()
     cursor = connection.execute(
         "UPDATE keys SET revoked_at = ?, updated_at = ? WHERE (id = ? OR name = ?) AND revoked_at IS NULL",
@@ -122,10 +138,14 @@ def revoke_key(connection: sqlite3.Connection, key_id: str) -> bool:
     return cursor.rowcount > 0
 
 
-_COLUMNS = "id, name, hash, agent_id, allowed_models, rpm, tpm, concurrent, budget_usd, trusted, created_at, revoked_at, updated_at"
+# updated_at last: the refresher reads it as row[-1].
+_COLUMNS = (
+    "id, name, hash, agent_id, allowed_models, rpm, tpm, concurrent, budget_usd, trusted,"
+    " created_at, revoked_at, budget_period, updated_at"
+)
 
 
-def list_keys(connection: sqlite3.Connection, include_revoked: bool = False) -> list[KeyRecord]:
+def list_keys(connection: Connection, include_revoked: bool = False) -> list[KeyRecord]:
     where = "" if include_revoked else " WHERE revoked_at IS NULL"
     rows = connection.execute(f"SELECT {_COLUMNS} FROM keys{where} ORDER BY created_at").fetchall()
     return [_record(row)[1] for row in rows]
@@ -145,6 +165,7 @@ def _record(row: tuple[Any, ...]) -> tuple[str, KeyRecord]:
         trusted,
         created,
         revoked,
+        period,
         _,
     ) = row
     has_limits = any(v is not None for v in (rpm, tpm, concurrent))
@@ -163,6 +184,7 @@ def _record(row: tuple[Any, ...]) -> tuple[str, KeyRecord]:
         trusted=bool(trusted),
         created_at=float(created),
         revoked_at=float(revoked) if revoked is not None else None,
+        budget_period=str(period) if period is not None else None,
     )
     return str(key_hash), record
 
@@ -175,8 +197,11 @@ class KeyCache:
         self._refresh = refresh_seconds
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_id: dict[str, KeyRecord] = {}
+        # Active project budgets by project.
+        self.projects: dict[str, ProjectBudget] = {}
         self._ever = False
         self._seen_until = 0.0
+        self._projects_seen_until = 0.0
         self._task: asyncio.Task[None] | None = None
         # Its own thread, never the loop's default executor: that one is shared with code we do
         # not control, and a few stuck threads there once held a revocation back for 24 s.
@@ -187,6 +212,10 @@ class KeyCache:
 
     def by_id(self, key_id: str) -> KeyRecord | None:
         return self._by_id.get(key_id)
+
+    def records(self) -> list[KeyRecord]:
+        """Every active key."""
+        return list(self._by_id.values())
 
     @property
     def any_keys(self) -> bool:
@@ -206,34 +235,55 @@ class KeyCache:
         if self._thread is not None:
             self._thread.shutdown(wait=False)
 
-    async def _fetch_changed(self) -> list[tuple[Any, ...]]:
+    async def refresh(self) -> None:
+        """Read the changes now: the admin API calls this so its own gateway applies a change
+        at once (others see it within ``refresh_seconds``)."""
+        if self._thread is not None:
+            self._apply(await self._fetch_changed())
+
+    async def _fetch_changed(self) -> _Changes:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._fetch, self._seen_until)
+        return await loop.run_in_executor(
+            self._thread, self._fetch, self._seen_until, self._projects_seen_until
+        )
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self._refresh)
             try:
                 self._apply(await self._fetch_changed())
-            except sqlite3.Error as exc:
-                log.warning("refreshing keys from %s failed: %s", self._database, exc)
+            except Exception as exc:  # sqlite3's or the PostgreSQL driver's: keep the keys held
+                log.warning("refreshing keys from %s failed: %s", redacted(self._database), exc)
 
-    def _fetch(self, since: float) -> list[tuple[Any, ...]]:
+    def _fetch(self, since: float, projects_since: float = 0.0) -> _Changes:
         """Rows changed since ``since`` (runs in a worker thread: sqlite3 blocks)."""
         connection = connect(self._database, prepare=False)
         try:
-            return connection.execute(
+            rows = connection.execute(
                 f"SELECT {_COLUMNS} FROM keys WHERE updated_at >= ? ORDER BY updated_at", (since,)
             ).fetchall()
+            return rows, _changed_projects(connection, projects_since)
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
-                return []  # a database no gateway has prepared yet: no keys
+                return [], []  # a database no gateway has prepared yet: no keys
             raise
         finally:
             connection.close()
 
-    def _apply(self, rows: list[tuple[Any, ...]]) -> None:
+    def _apply(self, changes: _Changes) -> None:
         """On the event loop thread, so the request path never sees a half-applied refresh."""
+        rows, projects = changes
+        for budget in projects:
+            held = self.projects.get(budget.project)
+            if held is not None and held.updated_at == budget.updated_at:
+                # Read again (the look-up is ``>=`` its time), unchanged: keep the one held,
+                # and with it the spend gateway/budget.py counted on it since.
+                continue
+            if budget.active:
+                self.projects[budget.project] = budget
+            else:
+                self.projects.pop(budget.project, None)
+            self._projects_seen_until = max(self._projects_seen_until, budget.updated_at)
         for row in rows:
             self._ever = True
             key_hash, record = _record(row)
@@ -246,17 +296,15 @@ class KeyCache:
             self._seen_until = max(self._seen_until, float(row[-1]))
 
 
-def spent_by_key(database: str) -> dict[str, float]:
-    """USD each key has spent so far, from the usage log (budgets survive restarts)."""
-    if database == ":memory:" or not Path(database).exists():
-        return {}
-    connection = sqlite3.connect(database, timeout=10)
-    try:
-        rows = connection.execute(
-            "SELECT key_id, SUM(cost_usd) FROM usage WHERE key_id IS NOT NULL AND cost_usd IS NOT NULL GROUP BY key_id"
-        ).fetchall()
-    except sqlite3.OperationalError:
-        return {}  # no usage table yet
-    finally:
-        connection.close()
-    return {str(k): float(v) for k, v in rows}
+_Changes = tuple[list[tuple[Any, ...]], list[ProjectBudget]]
+
+
+def _changed_projects(connection: Connection, since: float) -> list[ProjectBudget]:
+    """Project budgets changed since ``since``, each with its spend so far this period."""
+    rows = project_budgets.changed_since(connection, since)
+    if not rows:
+        return []
+    now = time.time()
+    starts = {str(row[0]): period_start(row[2], now) for row in rows if row[4] is None}
+    spent = spent_since(connection, "project", starts)
+    return [project_budgets.budget_of(row, spent.get(str(row[0]), 0.0), now) for row in rows]

@@ -112,6 +112,9 @@ def codex_plan(session: Session, extra: Sequence[str]) -> Plan:
         ("model_providers.turnout.base_url", session.url + "/v1"),
         ("model_providers.turnout.env_key", "TURNOUT_API_KEY"),
         ("model_providers.turnout.wire_api", "responses"),
+        # One socket per session (/v1/responses over WebSocket): each step sends only its new
+        # items after previous_response_id, not the whole history again.
+        ("model_providers.turnout.supports_websockets", True),
         ("check_for_update_on_startup", False),
     ]
     window = session.context(session.main)

@@ -143,7 +143,8 @@ class Metrics:
         )
         self.tokens = LoopCounter(
             "turnout_tokens",
-            "Tokens reported by upstreams, by logical model and type.",
+            "Tokens reported by upstreams, by logical model and type "
+            "(prompt, completion; reasoning is the part of completion spent thinking).",
             ("model", "type"),
             registry=r,
         )

@@ -4,14 +4,16 @@ A released migration never changes: the schema moves on by appending a function 
 ``MIGRATIONS``. Each runs once, in order, in its own transaction together with the row that
 records it, so a crash half-way leaves the database at the previous number.
 
-To add one: write ``async def mNNN_what(db)`` with the next number and append it to
-``MIGRATIONS``. ``tests/test_migrations.py`` asserts the schema the whole list produces.
+To add one: write ``async def mNNN_what(db: Schema)`` with the next number and append it to
+``MIGRATIONS``; the same function builds SQLite and PostgreSQL databases (see ``Schema``).
+``tests/test_migrations.py`` asserts the schema the whole list produces.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import aiosqlite
 
@@ -20,7 +22,22 @@ from gateway.errors import MigrationError
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
 
 
-async def m001_usage(db: aiosqlite.Connection) -> None:
+class Schema(Protocol):
+    """What a migration of ``MIGRATIONS`` may use: ``execute`` of DDL in SQLite's spelling.
+
+    The same functions build a PostgreSQL database (gateway/postgres.py passes its own
+    ``Schema``, which turns the few SQLite types into PostgreSQL's: gateway/dialect.py), so
+    they take this, not ``aiosqlite.Connection``, and stick to plain DDL.
+    """
+
+    def execute(self, sql: str, /) -> Awaitable[Any]: ...
+
+
+# One history for both dialects.
+Portable = Callable[[Schema], Awaitable[None]]
+
+
+async def m001_usage(db: Schema) -> None:
     # Booleans are INTEGER 0/1; times are unix seconds (REAL) so range filters are plain
     # comparisons and strftime(..., 'unixepoch') groups by day or hour.
     await db.execute(
@@ -58,7 +75,7 @@ async def m001_usage(db: aiosqlite.Connection) -> None:
     await db.execute("CREATE INDEX usage_model_ts ON usage (model, ts)")
 
 
-async def m002_keys(db: aiosqlite.Connection) -> None:
+async def m002_keys(db: Schema) -> None:
     # Virtual keys: only the SHA-256 of a secret is stored. updated_at moves on every change
     # (creation, revocation) so running gateways pick up just the changed rows.
     await db.execute(
@@ -83,7 +100,7 @@ async def m002_keys(db: aiosqlite.Connection) -> None:
     await db.execute("CREATE INDEX keys_updated ON keys (updated_at)")
 
 
-async def m003_engine_memory(db: aiosqlite.Connection) -> None:
+async def m003_engine_memory(db: Schema) -> None:
     # What each local role measured after its last load, so the scheduler plans with real
     # sizes from the first request after a restart. Keyed by the model and context too: a
     # changed model or context is a different size, and starts again from an estimate.
@@ -102,8 +119,65 @@ async def m003_engine_memory(db: aiosqlite.Connection) -> None:
     )
 
 
+async def m004_budget_periods(db: Schema) -> None:
+    # A key's budget may reset each day, week or month (UTC); NULL keeps it a lifetime budget.
+    await db.execute("ALTER TABLE keys ADD COLUMN budget_period TEXT")
+    # Budgets of a project (seed 004's microdao_id), charged alongside the key's. Rows are
+    # never deleted, only marked removed, so running gateways see the removal through
+    # updated_at as they see key revocations.
+    await db.execute(
+        """
+        CREATE TABLE project_budgets (
+            project TEXT PRIMARY KEY,
+            budget_usd REAL NOT NULL,
+            budget_period TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            removed_at REAL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX project_budgets_updated ON project_budgets (updated_at)")
+
+
+async def m005_stored_responses(db: Schema) -> None:
+    # POST /v1/responses with store: true. The whole Response object and the request's own
+    # input items, as the JSON the API shows them in; a continuation walks previous_id back.
+    # key_id and agent_id own the row: another caller's read is a 404, as if it never existed.
+    await db.execute(
+        """
+        CREATE TABLE stored_responses (
+            id TEXT PRIMARY KEY,
+            key_id TEXT,
+            agent_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            previous_id TEXT,
+            model TEXT NOT NULL,
+            input BLOB NOT NULL,
+            response BLOB NOT NULL,
+            bytes INTEGER NOT NULL
+        )
+        """
+    )
+    # Retention and the size cap delete the oldest first.
+    await db.execute("CREATE INDEX stored_responses_created ON stored_responses (created_at)")
+
+
+async def m006_reasoning_tokens(db: Schema) -> None:
+    # The part of completion_tokens a model spent thinking (reported by the upstream, or
+    # estimated from the thinking's length when it reports none, as llama.cpp does).
+    await db.execute("ALTER TABLE usage ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0")
+
+
 # Append only. Position n (from 1) is migration number n.
-MIGRATIONS: tuple[Migration, ...] = (m001_usage, m002_keys, m003_engine_memory)
+MIGRATIONS: tuple[Portable, ...] = (
+    m001_usage,
+    m002_keys,
+    m003_engine_memory,
+    m004_budget_periods,
+    m005_stored_responses,
+    m006_reasoning_tokens,
+)
 
 
 async def migrate(

@@ -11,6 +11,7 @@ brought up to date first as the server would).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from adapters.builtin import default_registry
@@ -18,6 +19,7 @@ from gateway.config.schema import Config
 from gateway.db import creation_problem
 from gateway.errors import ConfigError
 from gateway.state import Wiring
+from gateway.telemetry.settings import problems as telemetry_problems
 
 
 @dataclass(slots=True)
@@ -41,6 +43,7 @@ def preflight(config: Config, bind: str | None = None) -> Preflight:
         return verdict
     _roles(verdict.wiring, verdict)
     verdict.errors += verdict.wiring.plugins.startup_problems(config)
+    verdict.errors += telemetry_problems(config.telemetry, os.environ)
     paths = [("server.database", config.server.database)]
     if config.roles and config.engines.log_dir:
         paths.append(("engines.log_dir", config.engines.log_dir))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 
 from gateway.asgi import Message, Receive, Scope, Send
 from gateway.config.schema import Config
+from gateway.dialect import is_postgres
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -139,6 +140,8 @@ def open_network_refusal(config: Config, bind: str) -> str:
     if is_loopback(bind) or config.auth.admin_key or config.auth.allow_open_network:
         return ""
     database = config.server.database
+    if is_postgres(database):
+        return _postgres_refusal(database, bind)
     if database == ":memory:" or not (database.startswith("file:") or Path(database).exists()):
         # No file, no keys: say so without creating it (``turnout check`` writes nothing).
         return _REFUSAL.format(bind=bind)
@@ -149,6 +152,23 @@ def open_network_refusal(config: Config, bind: str) -> str:
     finally:
         connection.close()
     return _REFUSAL.format(bind=bind)
+
+
+def _postgres_refusal(database: str, bind: str) -> str:
+    """``open_network_refusal`` on PostgreSQL, which ``turnout check`` reaches over the network."""
+    from gateway.dialect import driver_problem, redacted
+    from gateway.keys import connect, list_keys
+
+    if driver_problem("server.database", database):
+        return ""  # reported by the start-up checks already
+    try:
+        connection = connect(database)
+    except Exception as exc:
+        return f"server.database: cannot open {redacted(database)}: {exc}"
+    try:
+        return "" if list_keys(connection) else _REFUSAL.format(bind=bind)
+    finally:
+        connection.close()
 
 
 _REFUSAL = (

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import socket
 import tempfile
@@ -29,10 +30,12 @@ from adapters.base import Adapter, AdapterRegistry, Probe
 from adapters.connections import ENGINE_KEEPALIVE_SECONDS, PoolConnector, sibling_session
 from gateway.auth import Authenticator
 from gateway.budget import Budgets
+from gateway.captures.ring import Captures
 from gateway.config.roles import role_provider_name
 from gateway.config.schema import Config
 from gateway.config.upstreams import Provider
 from gateway.db import prepare as prepare_database
+from gateway.dialect import machine_local
 from gateway.engines.engine_metrics import EngineMetrics, metrics_urls
 from gateway.engines.gate import EngineGate
 from gateway.engines.gpus import GpuPlacer
@@ -45,12 +48,15 @@ from gateway.errors import ConfigError
 from gateway.forwarder import Forwarder
 from gateway.keys import KeyCache
 from gateway.metrics import Metrics
+from gateway.peers.fleet import Fleet, supervisor_view
 from gateway.plugins.manager import PluginManager
 from gateway.probes import Prober
 from gateway.ratelimit.limiter import Limiter
 from gateway.recent import RecentRequests
+from gateway.responses_store.store import ResponseStore
 from gateway.router import ModelTable
 from gateway.targets import TargetBook
+from gateway.telemetry.tracer import Tracer, open_tracer
 from gateway.translate.prefix import request_shapers
 from gateway.usage import UsageRecord, UsageWriter
 
@@ -141,6 +147,13 @@ class GatewayState:
     gpus: GpuPlacer | None
     # The engines' own metrics on /metrics (by role); None when no role's engine has any.
     engine_metrics: EngineMetrics | None
+    # OpenTelemetry spans per request, and the debugging captures: None when off (the default).
+    tracer: Tracer | None = None
+    captures: Captures | None = None
+    # Stored Responses (store: true); None when ``responses.store`` is false.
+    responses: ResponseStore | None = None
+    # Other turnouts routed to (peers:); None without any.
+    fleet: Fleet | None = None
 
     @classmethod
     async def open(cls, wiring: Wiring) -> GatewayState:
@@ -157,8 +170,12 @@ class GatewayState:
         await self.keys.start()
         await self.limiter.start()
         await self.budgets.load(self.config.server.database)
+        if self.responses is not None:
+            await self.responses.start()
         if self.supervisor is not None:
             await self.supervisor.start()
+        if self.fleet is not None:
+            await self.fleet.start()
         if self.engine_metrics is not None:
             self.metrics.registry.register(self.engine_metrics)
         await self.prober.probe_all()
@@ -174,6 +191,8 @@ class GatewayState:
                 self.metrics.registry.unregister(self.engine_metrics)
         # First: pending after_response work may still need the session, adapters and engines.
         await self.plugins.stop(self)
+        if self.fleet is not None:
+            await self.fleet.close()
         if self.supervisor is not None:
             await self.supervisor.stop()
         for adapter in self.adapters.values():
@@ -182,6 +201,11 @@ class GatewayState:
         await self.engine_session.close()
         await self.keys.stop()
         await self.limiter.close()
+        # Late, so spans of requests that finished while everything else stopped are sent.
+        if self.tracer is not None:
+            await self.tracer.close()
+        if self.responses is not None:
+            await self.responses.stop()
         # Last, so rows from requests that finished while everything else stopped are written.
         if self.usage is not None:
             await self.usage.stop()
@@ -215,13 +239,21 @@ async def _build(wiring: Wiring) -> GatewayState:
         wiring.engine_kinds.missing_parts,
         config.server.probe_seconds,
     )
-    supervisor, kv_cache, placer = _engines(wiring, role_ports, adapters, session, prober)
+    # Drivers reach their engines through the engine pool too: one pool to empty before a stop.
+    supervisor, kv_cache, placer = _engines(wiring, role_ports, adapters, engine_session, prober)
     gate = EngineGate(supervisor, config.roles) if supervisor is not None else None
     book = TargetBook(config.routing.cooldown_seconds)
     shapers = request_shapers(providers, wiring.registry.keeps_client_prefix)
-    forwarder = Forwarder(
-        config.routing, providers, adapters, book, metrics, random.Random(), gate, shapers
+    fleet = (
+        Fleet(config.peers, config.models, book, supervisor_view(supervisor))
+        if config.peers
+        else None
     )
+    forwarder = Forwarder(
+        config.routing, providers, adapters, book, metrics, random.Random(), gate, shapers, fleet
+    )
+    events = supervisor.events if supervisor is not None else None
+    tracer = open_tracer(config.telemetry, os.environ, providers, events)
     return GatewayState(
         config=config,
         metrics=metrics,
@@ -248,6 +280,14 @@ async def _build(wiring: Wiring) -> GatewayState:
         recent=wiring.recent,
         gpus=placer,
         engine_metrics=_engine_metrics(wiring, providers, supervisor, engine_session),
+        tracer=tracer,
+        captures=Captures.of(config) if config.capture.enabled else None,
+        fleet=fleet,
+        responses=(
+            ResponseStore(config.responses, machine_local(config.server.database))
+            if config.responses.store
+            else None
+        ),
     )
 
 
@@ -263,7 +303,7 @@ def _providers(config: Config, kinds: EngineKinds) -> tuple[dict[str, int], dict
         else:
             base_url = role.base_url
         providers[role_provider_name(name)] = Provider(
-            kind=kind.adapter, base_url=base_url, local=True
+            kind=kind.adapter, base_url=base_url, local=True, reasoning=role.reasoning
         )
     return role_ports, providers
 
@@ -332,7 +372,7 @@ def _engines(
         wiring.metrics,
         prober.resources,
         unmanaged=kinds.unmanaged(config.roles),
-        database=config.server.database,
+        database=machine_local(config.server.database),
     )
     return supervisor, keeper, placer
 

@@ -2,7 +2,8 @@
 
 The request path only calls ``UsageWriter.submit``: an append to a deque, no await, no lock,
 no I/O. A single task owned by the writer takes the rows in batches and commits each batch
-with one ``executemany`` in one transaction on aiosqlite's thread, so a slow, locked or full
+in one transaction through a sink (gateway/usage_sinks.py: one statement on aiosqlite's thread
+for SQLite; COPY on its own thread for PostgreSQL), so a slow, locked, full or unreachable
 database costs requests nothing: rows wait in memory (up to ``usage.max_pending``), the
 outage shows in metrics and in one log line, and the writer retries with backoff until the
 database takes them. ``stop()`` writes everything still pending before the gateway exits.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -24,9 +24,11 @@ import msgspec
 
 from gateway import db
 from gateway.config.schema import Config, Price, Usage
+from gateway.dialect import is_postgres, redacted
 from gateway.metrics import Metrics
 from gateway.migrations import migrate
 from gateway.pricing import find_price, price_tokens
+from gateway.usage_sinks import SqliteSink, UsageReader, UsageSink
 
 log = logging.getLogger("turnout.usage")
 
@@ -64,6 +66,9 @@ class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # Part of completion_tokens (OpenAI's convention); estimated from the thinking's length
+    # where the upstream reports none.
+    reasoning_tokens: int = 0
     # Token counts were guessed (gateway.tokens or a tokenizer), not reported by the upstream.
     estimated: bool = False
     ttft_ms: float | None = None
@@ -74,47 +79,8 @@ class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
 
 
 COLUMNS: tuple[str, ...] = UsageRecord.__struct_fields__
-_INSERT = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
-# A whole batch as one JSON array bound to one parameter: a single SQLite statement step,
-# during which sqlite3 releases the GIL. executemany instead steps once per row, taking the
-# GIL back each time; against a busy event loop that made the writer fall behind the load.
-# Multi-row INSERT ... VALUES statements are one step too and cost SQLite far less (58k
-# instructions a row against 151k, counted with callgrind), but sqlite3 binds their 22
-# parameters a row with the GIL held (~15k instructions, more for None and bool values),
-# time taken from the event loop, which is what limits a gateway; the JSON is parsed on the
-# writer's thread, on a core the event loop does not use.
-_INSERT_BATCH = (
-    f"INSERT INTO usage ({', '.join(COLUMNS)}) SELECT "
-    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(COLUMNS)))
-    + " FROM json_each(?)"
-)
-_encode_rows = msgspec.json.Encoder().encode
-
 # Records turned into rows between two yields to the event loop.
 _ROWS_PER_STEP = 250
-
-# The database refused these rows themselves; retrying cannot help, so they are written one
-# by one and the refused ones are counted and dropped.
-_BAD_ROWS = (
-    sqlite3.IntegrityError,
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,
-    OverflowError,
-)
-
-
-def error_reason(exc: BaseException) -> str:
-    """A short label for why a write failed: locked, full, readonly, io or other."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        return "locked"
-    if name.startswith("SQLITE_FULL"):
-        return "full"
-    if name.startswith("SQLITE_READONLY"):
-        return "readonly"
-    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")):
-        return "io"
-    return "other"
 
 
 class UsageWriter:
@@ -122,7 +88,7 @@ class UsageWriter:
 
     def __init__(
         self,
-        connection: aiosqlite.Connection,
+        store: aiosqlite.Connection | UsageSink,
         settings: Usage,
         metrics: Metrics,
         prices: Mapping[str, Price] | None = None,
@@ -132,7 +98,10 @@ class UsageWriter:
         backoff: tuple[float, float] = (0.05, 2.0),
     ) -> None:
         self.path = path
-        self._db = connection
+        # A bare connection (tests, embedding programs) is a SQLite one.
+        self._sink: UsageSink = (
+            SqliteSink(store, path, COLUMNS) if isinstance(store, aiosqlite.Connection) else store
+        )
         self._batch_size = max(1, settings.batch_size)
         self._interval = settings.flush_interval_seconds
         self._max_pending = max(1, settings.max_pending)
@@ -167,6 +136,13 @@ class UsageWriter:
     async def open(cls, config: Config, metrics: Metrics) -> UsageWriter:
         """Open ``server.database``, bring its schema up to date and start writing."""
         path = config.server.database
+        if is_postgres(path):
+            from gateway.usage_postgres import PostgresSink
+
+            sink = await PostgresSink.open(path, COLUMNS)
+            writer = cls(sink, config.usage, metrics, config.prices, path=path)
+            writer.start()
+            return writer
         connection = await db.connect(path)
         try:
             await migrate(connection)
@@ -223,17 +199,10 @@ class UsageWriter:
         return max(0.0, time.monotonic() - oldest)
 
     @contextlib.asynccontextmanager
-    async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def reader(self) -> AsyncIterator[UsageReader]:
         """A connection for queries: its own, so a long read never holds up the writer."""
-        if self.path == db.MEMORY:
-            # A private in-memory database exists only on the writer's connection.
-            yield self._db
-            return
-        connection = await db.connect(self.path, read_only=True)
-        try:
-            yield connection
-        finally:
-            await connection.close()
+        async with self._sink.reader() as reader:
+            yield reader
 
     # --- shutdown --------------------------------------------------------------------------------
 
@@ -258,7 +227,7 @@ class UsageWriter:
         finally:
             self._closed = True
             self._give_up("shutdown")
-            await self._db.close()
+            await self._sink.close()
 
     # --- the writer task: the only code that takes rows out of the deques ------------------------
 
@@ -299,9 +268,9 @@ class UsageWriter:
         one_by_one = False
         while True:
             try:
-                refused = await self._insert(rows, one_by_one)
+                refused = await self._sink.insert(rows, one_by_one)
             except Exception as exc:
-                if isinstance(exc, _BAD_ROWS) and not one_by_one:
+                if isinstance(exc, self._sink.bad_rows) and not one_by_one:
                     one_by_one = True
                     continue
                 self._failed(exc)
@@ -347,34 +316,8 @@ class UsageWriter:
             price, record.prompt_tokens, record.completion_tokens, record.cached_tokens
         )
 
-    async def _insert(self, rows: list[Sequence[Any]], one_by_one: bool) -> int:
-        """One transaction; returns how many rows the database refused (one_by_one only)."""
-        connection = self._db
-        refused = 0
-        # IMMEDIATE takes the write lock before any work, so a locked database fails here,
-        # cheaply, rather than after the inserts.
-        await connection.execute("BEGIN IMMEDIATE")
-        try:
-            if not one_by_one:
-                await connection.execute(_INSERT_BATCH, (_encode_rows(rows).decode(),))
-            else:
-                for row in rows:
-                    try:
-                        await connection.execute(_INSERT, row)
-                    except _BAD_ROWS as exc:
-                        refused += 1
-                        log.error("usage log: the database refused a row (%s): %r", exc, row)
-            await connection.execute("COMMIT")
-        except BaseException:
-            # A full disk may already have rolled the transaction back.
-            if connection.in_transaction:
-                with contextlib.suppress(Exception):
-                    await connection.execute("ROLLBACK")
-            raise
-        return refused
-
     def _failed(self, exc: Exception) -> None:
-        reason = error_reason(exc)
+        reason = self._sink.reason(exc)
         self._metrics.child(self._metrics.usage_write_errors, reason).inc()
         self._outage_attempts += 1
         if self._outage_since is None:
@@ -384,7 +327,7 @@ class UsageWriter:
             log.warning(
                 "usage log: cannot write to %s (%s: %s); holding rows in memory "
                 "(up to usage.max_pending=%d) and retrying",
-                self.path,
+                redacted(self.path),
                 reason,
                 exc,
                 self._max_pending,
@@ -395,7 +338,7 @@ class UsageWriter:
             return
         log.warning(
             "usage log: writing to %s again after %.1fs and %d failed attempts",
-            self.path,
+            redacted(self.path),
             time.monotonic() - self._outage_since,
             self._outage_attempts,
         )
@@ -408,7 +351,11 @@ class UsageWriter:
         if not lost:
             return
         self._metrics.child(self._metrics.usage_dropped, reason).inc(lost)
-        log.error("usage log: %d rows not written: %s still failing at shutdown", lost, self.path)
+        log.error(
+            "usage log: %d rows not written: %s still failing at shutdown",
+            lost,
+            redacted(self.path),
+        )
         self._pending.clear()
         self._submitted_at.clear()
         self._in_flight = 0

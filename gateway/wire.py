@@ -59,6 +59,8 @@ class ChatRequest(msgspec.Struct):
     user: str | None = None
     response_format: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    # Passed on as is; also keeps a conversation on one target (ClientRequest.affinity).
+    prompt_cache_key: str | None = None
 
 
 class CompletionRequest(msgspec.Struct):
@@ -89,16 +91,27 @@ class PromptDetails(msgspec.Struct):
     cached_tokens: int | None = 0
 
 
+class CompletionDetails(msgspec.Struct):
+    reasoning_tokens: int | None = 0
+
+
 class Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptDetails | None = None
+    # Reasoning tokens are part of completion_tokens (OpenAI's convention).
+    completion_tokens_details: CompletionDetails | None = None
 
     @property
     def cached_tokens(self) -> int:
         details = self.prompt_tokens_details
         return (details.cached_tokens or 0) if details is not None else 0
+
+    @property
+    def reasoning_tokens(self) -> int:
+        details = self.completion_tokens_details
+        return (details.reasoning_tokens or 0) if details is not None else 0
 
 
 class HasUsage(msgspec.Struct):
@@ -132,6 +145,12 @@ class ClientRequest:
     native: Native | None = None
     # Answered in another protocol than OpenAI's (see adapters.base.UpstreamRequest).
     translated: bool = False
+    # Client fields turnout consciously ignores (``service_tier``...), comma-separated: said
+    # in the answer's ``x-turnout-ignored`` header.
+    ignored: str = ""
+    # Requests with the same key go to the same target of a weighted model while it is
+    # healthy (prompt_cache_key, Claude Code's session), so its prompt cache keeps hitting.
+    affinity: str = ""
 
     def max_tokens(self) -> int | None:
         """The completion limit the client asked for (either spelling), if it is a number."""
@@ -156,7 +175,8 @@ def decode_request(op: Operation, body: bytes) -> ClientRequest:
     stream = bool(getattr(typed, "stream", None))
     options = getattr(typed, "stream_options", None)
     include_usage = bool(options is not None and options.include_usage)
-    return ClientRequest(op, typed.model, stream, include_usage, fields)
+    affinity = getattr(typed, "prompt_cache_key", None) or ""
+    return ClientRequest(op, typed.model, stream, include_usage, fields, affinity=affinity)
 
 
 def usage_of(body: bytes) -> Usage | None:

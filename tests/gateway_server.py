@@ -65,9 +65,11 @@ def config_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> Config:
 
 
 @asynccontextmanager
-async def running_gateway(config: Config) -> AsyncIterator[RunningGateway]:
+async def running_gateway(config: Config, port: int = 0) -> AsyncIterator[RunningGateway]:
+    """``port``: 0 for a free one (tests that must know it first, such as peers naming each
+    other, pick it with ``free_port``)."""
     app = create_app(config)
-    port = free_port()
+    port = port or free_port()
     # As gateway/server.py serves it: the hot paths before Litestar, and the protocol with
     # client deadlines, the connection cap and cancel-on-disconnect.
     server = uvicorn.Server(

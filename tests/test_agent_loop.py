@@ -8,7 +8,9 @@ reason).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -257,20 +259,170 @@ async def test_a_route_option_runs_tools_for_requests_that_name_none(fake: FakeO
     assert reply["turnout"]["tool_results"][0]["tool"] == "get_weather"
 
 
-async def test_a_streamed_request_gets_the_final_answer_as_chunks(fake: FakeOpenAI) -> None:
-    fake.script = ["tools", "ok"]
+def content_of(chunks: list[dict[str, Any]]) -> list[str]:
+    return [
+        c["choices"][0]["delta"]["content"]
+        for c in chunks
+        if c["choices"] and c["choices"][0]["delta"].get("content")
+    ]
+
+
+async def test_a_streamed_request_gets_the_final_answer_as_the_model_writes_it(
+    fake: FakeOpenAI,
+) -> None:
+    fake.script = ["tools", "ok", "tools", "ok"]
+    fake.stream_chunks = 5
+    body = {"messages": USER, "tools": [WEATHER], "stream": True}
     async with gateway_for(fake.url) as gw:
-        events, _ = await run_loop(
-            gw, {"messages": USER, "tools": [WEATHER], "stream": True}, stream=True
-        )
+        events, trace = await run_loop(gw, body, stream=True)
+        whole, _ = await run_loop(gw, {"messages": USER, "tools": [WEATHER]})
     assert events[-1] == b"data: [DONE]\n\n"
     chunks = [json.loads(e[6:]) for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    assert chunks[0]["choices"][0]["delta"]["content"] == "echo: weather in Paris?"
-    assert chunks[1]["choices"][0]["finish_reason"] == "stop"
-    assert chunks[1]["turnout"]["tool_results"][0]["ok"] is True
-    assert chunks[2]["choices"] == [] and chunks[2]["usage"]["total_tokens"] > 0
-    assert all("stream" not in body for body in posts(fake))
+    # The upstream's own five text chunks, not one chunk made of the whole answer.
+    texts = content_of(chunks)
+    assert len(texts) == 5 and "".join(texts) == "echo: weather in Paris?"
+    finish, usage = chunks[-2:]
+    assert finish["choices"][0]["finish_reason"] == "stop"
+    assert finish["turnout"]["tool_results"][0]["ok"] is True
+    # Both rounds' tokens, as the same loop without streaming counts them.
+    assert usage["choices"] == [] and usage["usage"] == whole["usage"]
+    stream_posts = posts(fake)[:2]
+    assert all(p["stream"] is True and p["stream_options"]["include_usage"] for p in stream_posts)
+    assert trace.attempts == 1
+
+
+async def test_the_answer_reaches_the_client_before_the_upstream_has_finished(
+    fake: FakeOpenAI,
+) -> None:
+    """The last round is relayed as it streams: this upstream stalls after a few chunks of its
+    answer, and the client has those chunks while it is still stalled. A client that then
+    leaves closes the upstream call."""
+    fake.script = ["tools", "stall-mid-stream"]
+    fake.stream_chunks = 5
+    fake.mid_stream_after = 4  # the role chunk and three text chunks, then silence until stop()
+    async with gateway_for(fake.url) as gw:
+        stream = await gw.openai().chat.completions.create(
+            model="chat", messages=USER, tools=[WEATHER], stream=True
+        )
+        texts: list[str] = []
+
+        async def read_three() -> None:
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    texts.append(chunk.choices[0].delta.content)
+                    if len(texts) == 3:
+                        return
+
+        await asyncio.wait_for(read_three(), 30)
+        book = state_of(gw).book
+        assert sum(view.inflight for view in book.values()) == 1, "the last round, stalled"
+        # The client leaves: the round being read is closed, and its target given back.
+        await stream.close()
+        for _ in range(200):
+            if sum(view.inflight for view in book.values()) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert sum(view.inflight for view in book.values()) == 0
+    assert len(texts) == 3 and "echo: weather in Paris?".startswith("".join(texts))
+
+
+async def test_a_streamed_loop_is_one_usage_row_with_every_rounds_tokens(
+    fake: FakeOpenAI,
+) -> None:
+    fake.script = ["tools", "ok"]
+    fake.stream_chunks = 5
+    fake.chunk_delay = 0.02
+    async with gateway_for(fake.url) as gw:
+        database = gw.config.server.database
+        raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="chat",
+            messages=USER,
+            tools=[WEATHER],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in raw.parse()]
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(texts) == 5 and "".join(texts) == "echo: weather in Paris?"
+    usage = chunks[-1].usage
+    assert usage is not None and usage.prompt_tokens > 0
+    assert raw.headers.get("x-turnout-attempts") is None
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT status, stream, prompt_tokens, completion_tokens FROM usage"
+        ).fetchall()
+    assert rows == [(200, 1, usage.prompt_tokens, usage.completion_tokens)]
+
+
+async def test_a_streamed_round_that_failed_over_adds_one_attempt(fake: FakeOpenAI) -> None:
+    fake.script = ["tools", "error-500", "ok"]
+    raw_config = {
+        "providers": {"up": {"kind": "openai", "base_url": fake.url, "local": True}},
+        "models": [{"name": "chat", "targets": [{"provider": "up", "model": "ok"}]}],
+        "routing": {"retries": 1, "backoff_seconds": 0.01},
+        "plugins": {"enabled": ["tools"]},
+        "tools": tools_section(),
+    }
+    async with running_gateway(config_of(raw_config)) as gw:
+        raw = await gw.openai().chat.completions.with_raw_response.create(
+            model="chat", messages=USER, tools=[WEATHER], stream=True
+        )
+        texts = [c.choices[0].delta.content or "" async for c in raw.parse() if c.choices]
+    assert "".join(texts) == "echo: weather in Paris?"
+    assert raw.headers.get("x-turnout-attempts") == "2"
+
+
+async def test_a_streamed_loop_is_bounded_too(fake: FakeOpenAI) -> None:
+    fake.scenario = "tools"  # never stops calling tools, and ignores "none"
+    body = {"messages": USER, "tools": [WEATHER], "stream": True}
+    async with gateway_for(fake.url) as gw:
+        events, trace = await run_loop(gw, body, stream=True)
+    sent = posts(fake)
+    assert len(sent) == 3 and sent[2]["tool_choice"] == "none" and trace.attempts == 1
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert not any(c["choices"] and "tool_calls" in c["choices"][0]["delta"] for c in chunks)
+    role, finish, usage = chunks
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert finish["choices"][0]["finish_reason"] == "stop"
+    assert finish["turnout"]["tool_rounds"] == 2 and usage["usage"]["prompt_tokens"] > 0
+
+
+async def test_streamed_client_tools_go_back_to_the_client(fake: FakeOpenAI) -> None:
+    fake.script = ["tools"]
+    fake.tool_calls = [("get_weather", '{"city":"Paris"}'), ("read_file", '{"path":"a"}')]
+    body = {"messages": USER, "tools": [READ_FILE, WEATHER], "stream": True}
+    async with gateway_for(fake.url) as gw:
+        events, _ = await run_loop(gw, body, stream=True)
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    calls = [
+        call
+        for c in chunks
+        if c["choices"]
+        for call in c["choices"][0]["delta"].get("tool_calls", [])
+    ]
+    assert [(c["index"], c["function"]) for c in calls] == [
+        (0, {"name": "read_file", "arguments": '{"path":"a"}'})
+    ]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert chunks[-2]["turnout"]["tool_results"] == []
+
+
+async def test_streamed_loop_for_an_anthropic_client(fake: FakeOpenAI) -> None:
+    fake.script = ["tools", "ok"]
+    fake.stream_chunks = 5
+    async with gateway_for(fake.url, routes={"chat": ["get_weather"]}) as gw:
+        claude = anthropic.AsyncAnthropic(base_url=gw.url, api_key="unused", max_retries=0)
+        stream = await claude.messages.create(
+            model="chat", max_tokens=64, messages=CLAUDE_USER, stream=True
+        )
+        deltas = [
+            e.delta.text
+            async for e in stream
+            if e.type == "content_block_delta" and e.delta.type == "text_delta"
+        ]
+        await claude.close()
+    assert len(deltas) == 5 and "".join(deltas) == "echo: weather in Paris?"
 
 
 async def test_plain_requests_are_left_to_the_normal_path(fake: FakeOpenAI) -> None:
@@ -341,3 +493,20 @@ async def test_end_to_end_on_a_real_llama_server(llama_toolcall: LlamaServer) ->
     message = reply["choices"][0]["message"]
     assert "tool_calls" not in message and "get_weather" in message["content"]
     assert reply["usage"]["prompt_tokens"] > 0 and trace.attempts == 1
+
+
+@pytest.mark.engine
+async def test_streamed_end_to_end_on_a_real_llama_server(llama_toolcall: LlamaServer) -> None:
+    """The same loop streamed: llama-server's tool-call deltas are put together by the loop,
+    and the forced final round reaches the client as llama-server streams it."""
+    async with gateway_for(
+        llama_toolcall.url + "/v1", kind="llamacpp", model="tiny-toolcall", max_tool_rounds=1
+    ) as gw:
+        body = {"messages": USER, "tools": [WEATHER], "max_tokens": 64, "stream": True}
+        events, trace = await run_loop(gw, body, stream=True)
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    [result] = chunks[-2]["turnout"]["tool_results"]
+    assert result["arguments"] == {"city": "Paris"} and result["ok"] is True
+    texts = content_of(chunks)
+    assert len(texts) > 1 and "get_weather" in "".join(texts)
+    assert chunks[-1]["usage"]["prompt_tokens"] > 0 and trace.attempts == 1

@@ -151,14 +151,18 @@ def test_turnout_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_engine_scheduling_keys_are_validated_with_their_key_paths() -> None:
     roles = "\nroles:\n  fast: {engine: llamacpp, model: /m/fast.gguf, priority: 3}\n"
     keys = "min_residency_seconds: -1, default_role: slow, return_after_idle_seconds: 5"
+    keys += ", memory_budget_mb: -1"
     text = MINIMAL + roles + "engines: {" + keys + "}\n"
     with pytest.raises(ConfigError) as caught:
         parse(text)
     message = str(caught.value)
     assert "engines.min_residency_seconds: expected a number >= 0" in message
+    assert "engines.memory_budget_mb: expected MB >= 0" in message
     assert "engines.default_role: unknown role 'slow' (roles: fast)" in message
     alone = MINIMAL + roles + "engines: {return_after_idle_seconds: 5}\n"
     with pytest.raises(ConfigError, match=r"engines\.return_after_idle_seconds: expected engines"):
         parse(alone)
+    agents = parse(MINIMAL + roles + "engines: {agent_priority: {orchestrator: 10}}\n").engines
+    assert agents.agent_priority == {"orchestrator": 10}
     fifo = parse(MINIMAL + roles + "engines: {grouping: false}\n").engines
     assert (fifo.grouping, fifo.min_residency_seconds, fifo.default_role) == (False, 0, "")

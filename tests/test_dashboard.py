@@ -270,6 +270,8 @@ async def test_dashboard_switches_and_unloads_real_engines_and_charts_traffic(
         await fast.locator("[data-action=switch]").click()
         await page.locator("[data-role=fast][data-state=ready]").wait_for(timeout=40000)
         assert "ready" in await fast.locator(".badge").inner_text()
+        # The row turns with the engine event; the pill with the status read that follows it.
+        await page.locator("#connection .label", has_text="ready · fast").wait_for()
         assert await page.locator("#connection .label").inner_text() == "ready · fast"
         await page.screenshot(path=tmp_path / "2-fast-ready.png", full_page=True)
 

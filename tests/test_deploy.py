@@ -609,6 +609,8 @@ def test_the_builder_stage_makes_a_wheel_with_the_console_script(tmp_path: Path)
         and "gateway/api/proxy.py" in names
         and "adapters/base.py" in names
     )
+    # The memory plugin's tokenizer is package data: without it memory fails in the image.
+    assert "gateway/plugins/memory/data/all-MiniLM-L6-v2-tokenizer.json" in names
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
     assert "turnout = gateway.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,97 @@ def test_a_role_that_cannot_fit_even_alone_falls_back_at_once() -> None:
     reason = "role huge needs 50000 MB, 7000 MB available"
     assert decided.fallbacks == [(reason, "c")]
     assert decided.redirects == {0: ("c", f"{reason}; served by c")}
+
+
+def test_a_memory_budget_counts_what_the_loaded_roles_hold() -> None:
+    # The machine has plenty free; engines.memory_budget_mb says only 7000 MB are ours.
+    budget = Engines(max_wait_seconds=10, memory_budget_mb=7000, groups=separate_groups().groups)
+    snap = snapshot(
+        three_roles(),
+        {"a": status("a", S.READY), "b": status("b", S.READY)},
+        (("c", 0.1),),
+        engines=budget,
+        free_mb=lambda: 100_000,
+        footprints=footprints({"a": 3000, "b": 3000, "c": 3500}, {"a": 8.0, "b": 1.5}),
+    )
+    decided = plan(snap, NOW)
+    # 1000 MB left of the budget: b frees enough at the least reload cost.
+    assert decided.stops == ["b"] and decided.starts == []
+    roomy = snapshot(
+        three_roles(),
+        {"a": status("a", S.READY)},
+        (("c", 0.1),),
+        engines=budget,
+        free_mb=lambda: 100_000,
+        footprints=footprints({"a": 3000, "b": 3000, "c": 3500}, {}),
+    )
+    assert plan(roomy, NOW).starts == ["c"]
+
+
+def sleeping_b(host: bool, free_mb: int, budget: int = 0) -> Any:
+    """a ready, b asleep (vLLM level 1: its 3000 MB of weights in host RAM), c queued."""
+    engines = Engines(max_wait_seconds=10, memory_budget_mb=budget, groups=separate_groups().groups)
+    return snapshot(
+        three_roles(),
+        {"a": status("a", S.READY), "b": status("b", S.SLEEPING)},
+        (("c", 0.1),),
+        engines=engines,
+        free_mb=lambda: free_mb,
+        footprints=footprints({"a": 3000, "b": 3000, "c": 3500}, {"a": 1.0, "b": 2.0}),
+        sleepers=frozenset({"b"}),
+        on_host=lambda: host,
+    )
+
+
+def test_a_sleeping_role_holds_its_host_ram_in_the_budget() -> None:
+    # Budget 10000: a (3000) and sleeping b (3000, in RAM) leave 4000, enough for c.
+    assert plan(sleeping_b(host=True, free_mb=100_000, budget=10_000), NOW).starts == ["c"]
+    # Budget 8000: 2000 left, as b's RAM is taken. Stopping b costs a 2 s cold start later,
+    # stopping a a 1 s reload: a goes.
+    decided = plan(sleeping_b(host=True, free_mb=100_000, budget=8000), NOW)
+    assert decided.stops == ["a"] and decided.sleeps == [] and decided.starts == []
+
+
+def test_a_sleeping_role_is_stopped_for_good_when_its_host_ram_is_needed() -> None:
+    # What the machine shows free already leaves out b's RAM (1000 MB); a is busy.
+    snap = sleeping_b(host=True, free_mb=1000)
+    busy = {**snap.status, "a": status("a", S.READY, inflight=1)}
+    decided = plan(replace(snap, status=busy), NOW)
+    # b is stopped (not put to sleep again): its weights leave RAM and c fits.
+    assert decided.stops == ["b"] and decided.sleeps == [] and decided.draining == {"b"}
+    assert decided.redirects == {} and decided.refusals == {}
+
+
+def test_a_sleeping_role_frees_no_gpu_memory_by_stopping() -> None:
+    # On a GPU the budget is VRAM: sleeping b holds none, so stopping it would not help.
+    snap = sleeping_b(host=False, free_mb=1000)
+    busy = {**snap.status, "a": status("a", S.READY, inflight=1)}
+    decided = plan(replace(snap, status=busy), NOW)
+    assert "b" not in decided.stops and decided.starts == []
+    # On a GPU, a sleeping role also does not count against a budget.
+    assert plan(sleeping_b(host=False, free_mb=100_000, budget=7000), NOW).starts == ["c"]
+
+
+def test_a_role_evicted_for_host_ram_is_stopped_not_put_to_sleep() -> None:
+    def evicting(host: bool) -> Any:
+        return snapshot(
+            three_roles(),
+            {"a": status("a", S.READY), "b": status("b", S.READY)},
+            (("c", 0.1),),
+            engines=separate_groups(),
+            free_mb=lambda: 1000,
+            footprints=footprints({"a": 3000, "b": 3000, "c": 3500}, {"a": 8.0, "b": 1.5}),
+            sleepers=frozenset({"a", "b"}),
+            on_host=lambda: host,
+        )
+
+    # Asleep, b would keep its weights in RAM: it is stopped for good.
+    decided = plan(evicting(host=True), NOW)
+    assert decided.stops == ["b"] and decided.sleeps == []
+    assert decided.evictions and decided.evictions[0].startswith("unloading b for role c")
+    # On a GPU, sleeping gives the VRAM back: b sleeps.
+    decided = plan(evicting(host=False), NOW)
+    assert decided.stops == [] and decided.sleeps == ["b"]
 
 
 # --- the owner loop on a machine whose free memory follows what is loaded -----------------------

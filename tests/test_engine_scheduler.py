@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -467,6 +467,29 @@ def test_the_role_of_higher_priority_loads_first_until_an_older_request_starves(
     assert plan(younger, NOW).starts == ["c"]
     starving = snapshot(all_roles, waiters=(("b", 10.0), ("c", 1.0)))
     assert plan(starving, NOW).starts == ["b"]
+
+
+def test_an_agents_priority_lifts_its_request_over_an_older_one_of_another_agent() -> None:
+    # Same role priority; the orchestrator's agent has engines.agent_priority 5.
+    b_then_c = [Waiting("b", NOW - 3.0), Waiting("c", NOW - 1.0, priority=5)]
+    decided = plan(replace(snapshot(roles("b", "c")), waiters=b_then_c), NOW)
+    assert decided.starts == ["c"]
+    # It adds to the role's own priority, and a lower agent can sink a role below another.
+    lowered = [Waiting("b", NOW - 1.0, priority=-5), Waiting("c", NOW - 0.5)]
+    decided = plan(replace(snapshot(roles("b", priority=3) | roles("c")), waiters=lowered), NOW)
+    assert decided.starts == ["c"]
+    # The starvation bound still beats it.
+    starving = [Waiting("b", NOW - 10.0), Waiting("c", NOW - 1.0, priority=5)]
+    assert plan(replace(snapshot(roles("b", "c")), waiters=starving), NOW).starts == ["b"]
+
+
+def test_an_agents_priority_lets_its_role_evict_a_busy_lower_one() -> None:
+    busy = {"a": status("a", S.READY, inflight=1)}
+    plain = snapshot(roles("a", "b"), busy, (("a", 0.5), ("b", 1.0)))
+    assert plan(plain, NOW).stops == [] and plan(plain, NOW).draining == set()
+    urgent = replace(plain, waiters=[Waiting("a", NOW - 0.5), Waiting("b", NOW - 1.0, 5)])
+    # a drains (its request in flight finishes) and b goes next.
+    assert plan(urgent, NOW).draining == {"a"}
 
 
 def test_strict_fifo_admits_no_request_past_an_older_one_of_its_group() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -288,3 +289,20 @@ async def test_an_idle_vllm_role_sleeps_after_its_ttl() -> None:
         assert big["state"] == "sleeping" and alive(big["pid"])
         assert await chat(gw, "big", "pong") == "echo: pong"
         assert (await engine_status(gw))["engines"]["big"]["pid"] == big["pid"]
+
+
+async def test_a_vllm_role_that_dies_asleep_shows_failed_at_once_and_serves_again() -> None:
+    async with running_gateway(config_of(two_vllm_roles())) as gw:
+        assert await chat(gw, "big", "ping") == "echo: ping"
+        assert await chat(gw, "small", "hello") == "echo: hello"
+        big = await settled(gw, "big", "sleeping")
+        assert big["state"] == "sleeping"
+        os.kill(big["pid"], signal.SIGKILL)
+        # Seen when it happens, not at the next wake: the status stops saying "sleeping".
+        big = await settled(gw, "big", "failed")
+        assert big["state"] == "failed" and big["pid"] is None
+        assert big["exit_code"] == -signal.SIGKILL and "exited unexpectedly" in big["last_error"]
+        assert "big" not in (await engine_status(gw))["loaded"]
+        # The next request starts it afresh (after the restart backoff).
+        assert await chat(gw, "big", "again") == "echo: again"
+        assert (await engine_status(gw))["engines"]["big"]["pid"] not in (None, big["pid"])

@@ -231,3 +231,38 @@ async def test_the_default_role_comes_back_once_nothing_is_asked_for_a_while(
             model="fast", messages=USER, max_tokens=32
         )
         assert reply.parse().choices[0].message.content == HELLO_TEXT
+
+
+async def test_an_agents_priority_reaches_the_engine_gate_and_its_role_loads_first(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    roles = {
+        # Loads in ~0.7 s: long enough for both requests below to queue behind it.
+        "first": role(tiny_models["tiny-hello"]),
+        "sub": role(tiny_models["tiny-spm"]),
+        "orch": role(tiny_models["tiny-toolcall"]),
+    }
+    async with engines_config(
+        roles,
+        log_dir=str(tmp_path),
+        max_wait_seconds=MAX_WAIT,
+        agent_priority={"orchestrator": 10},
+    ) as gw:
+        client = gw.openai()
+        done: list[str] = []
+
+        async def call(model: str, agent: str) -> None:
+            # Local callers are trusted (auth.trust_agent_headers): X-Agent-Id names the agent.
+            await client.chat.completions.create(
+                model=model, messages=USER, max_tokens=4, extra_headers={"X-Agent-Id": agent}
+            )
+            done.append(model)
+
+        # Both queue while "first" loads: the sub-agent's request is the older one.
+        await post(gw, "/engine/switch/first")
+        sub = asyncio.create_task(call("sub", "worker"))
+        await asyncio.sleep(0.05)
+        orch = asyncio.create_task(call("orch", "orchestrator"))
+        await asyncio.gather(sub, orch)
+        # Arrival order would load sub first; the orchestrator's agent priority goes first.
+        assert done == ["orch", "sub"]

@@ -76,6 +76,7 @@ def test_codex_overrides_are_valid_toml_and_select_a_responses_provider() -> Non
         "model_providers.turnout.base_url": "http://127.0.0.1:9999/v1",
         "model_providers.turnout.env_key": "TURNOUT_API_KEY",
         "model_providers.turnout.wire_api": "responses",
+        "model_providers.turnout.supports_websockets": True,
         "check_for_update_on_startup": False,
         "model_context_window": 32768,
     }

@@ -3,6 +3,8 @@ local all-MiniLM-L6-v2 ONNX model, in a temporary database per test."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -66,7 +68,7 @@ def test_without_a_driver_that_loads_extensions_start_up_says_how_to_fix_it() ->
         find_driver((("not-installed", "no_such_sqlite_module"),))
     message = str(failure.value)
     assert "not-installed is not installed" in message
-    assert "pip install 'turnout[memory]'" in message
+    assert "reinstall turnout" in message
 
 
 async def test_the_local_model_embeds_offline_into_unit_vectors(memory: MemoryService) -> None:
@@ -74,6 +76,28 @@ async def test_the_local_model_embeds_offline_into_unit_vectors(memory: MemorySe
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert vectors[0] @ vectors[1] > 0.5 > vectors[0] @ vectors[2]
+
+
+async def test_the_model_loads_on_first_use_once_for_concurrent_first_callers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Start-up only checks the files (idle RSS and readiness stay low); the first callers,
+    however many at once, share one load."""
+    caplog.set_level(logging.INFO, "turnout.memory")
+    embedder = LocalEmbedder(MemoryEmbeddings())
+    try:
+        await embedder.start()
+        await asyncio.sleep(0.2)
+        assert "loading the local embedding model" not in caplog.text
+        first, second, _ = await asyncio.gather(
+            embedder.embed(["a cat sat on the mat"]), embedder.embed(["tax law"]), embedder.ready()
+        )
+        assert first.shape == second.shape == (1, 384)
+        assert caplog.text.count("loading the local embedding model") == 1
+        await embedder.embed(["again"])
+        assert caplog.text.count("loading the local embedding model") == 1
+    finally:
+        await embedder.close()
 
 
 async def test_query_finds_the_item_that_means_the_same(memory: MemoryService) -> None:

@@ -38,6 +38,7 @@ USAGE_SCHEMA = [
     ("overhead_ms", "REAL", True),
     ("cost_usd", "REAL", False),
     ("notes", "TEXT", True),
+    ("reasoning_tokens", "INTEGER", True),
 ]
 
 
@@ -61,7 +62,16 @@ async def migrated(path: Path) -> list[str]:
         await connection.close()
 
 
-RELEASED = [(1, "m001_usage"), (2, "m002_keys"), (3, "m003_engine_memory")]
+RELEASED = [
+    (1, "m001_usage"),
+    (2, "m002_keys"),
+    (3, "m003_engine_memory"),
+    (4, "m004_budget_periods"),
+    (5, "m005_stored_responses"),
+    (6, "m006_reasoning_tokens"),
+]
+# The number a test's extra migration gets: after every released one.
+NEXT = len(MIGRATIONS) + 1
 ENGINE_MEMORY_SCHEMA = [
     ("role", "TEXT", True),
     ("model", "TEXT", True),
@@ -84,12 +94,32 @@ KEYS_SCHEMA = [
     ("created_at", "REAL", True),
     ("updated_at", "REAL", True),
     ("revoked_at", "REAL", False),
+    ("budget_period", "TEXT", False),
+]
+STORED_RESPONSES_SCHEMA = [
+    ("id", "TEXT", False),
+    ("key_id", "TEXT", False),
+    ("agent_id", "TEXT", True),
+    ("created_at", "REAL", True),
+    ("previous_id", "TEXT", False),
+    ("model", "TEXT", True),
+    ("input", "BLOB", True),
+    ("response", "BLOB", True),
+    ("bytes", "INTEGER", True),
+]
+PROJECT_BUDGETS_SCHEMA = [
+    ("project", "TEXT", False),
+    ("budget_usd", "REAL", True),
+    ("budget_period", "TEXT", False),
+    ("created_at", "REAL", True),
+    ("updated_at", "REAL", True),
+    ("removed_at", "REAL", False),
 ]
 
 
 async def test_a_new_database_gets_the_usage_table_its_indexes_and_wal(tmp_path: Path) -> None:
     path = tmp_path / "turnout.db"
-    assert await migrated(path) == ["m001_usage", "m002_keys", "m003_engine_memory"]
+    assert await migrated(path) == [name for _, name in RELEASED]
     found = schema(path)
     assert found["columns"] == USAGE_SCHEMA
     assert found["indexes"] == {
@@ -107,6 +137,18 @@ async def test_a_new_database_gets_the_usage_table_its_indexes_and_wal(tmp_path:
             (r[1], r[2], bool(r[3])) for r in conn.execute("PRAGMA table_info(engine_memory)")
         ]
     assert memory == ENGINE_MEMORY_SCHEMA
+    with sqlite3.connect(path) as conn:
+        projects = [
+            (r[1], r[2], bool(r[3])) for r in conn.execute("PRAGMA table_info(project_budgets)")
+        ]
+    assert projects == PROJECT_BUDGETS_SCHEMA
+    with sqlite3.connect(path) as conn:
+        stored = [
+            (r[1], r[2], bool(r[3])) for r in conn.execute("PRAGMA table_info(stored_responses)")
+        ]
+        stored_indexes = [r[1] for r in conn.execute("PRAGMA index_list(stored_responses)")]
+    assert stored == STORED_RESPONSES_SCHEMA
+    assert "stored_responses_created" in stored_indexes
 
 
 async def test_running_the_migrations_again_changes_nothing(tmp_path: Path) -> None:
@@ -138,14 +180,16 @@ async def test_a_new_migration_runs_once_on_a_database_that_has_the_old_ones(
         runs.append(1)
         await connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
 
+    m004_notes.__name__ = f"m{NEXT:03d}_notes"
+
     connection = await db.connect(str(path))
     try:
-        assert await migrate(connection, [*MIGRATIONS, m004_notes]) == ["m004_notes"]
+        assert await migrate(connection, [*MIGRATIONS, m004_notes]) == [m004_notes.__name__]
         assert await migrate(connection, [*MIGRATIONS, m004_notes]) == []
     finally:
         await connection.close()
     assert runs == [1]
-    assert schema(path)["migrations"] == [*RELEASED, (4, "m004_notes")]
+    assert schema(path)["migrations"] == [*RELEASED, (NEXT, m004_notes.__name__)]
 
 
 async def test_a_failing_migration_leaves_the_database_at_the_previous_number(
@@ -188,6 +232,6 @@ async def test_a_database_from_a_newer_turnout_is_refused(tmp_path: Path) -> Non
     path = tmp_path / "turnout.db"
     await migrated(path)
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO _migrations VALUES (4, 'm004_future', 0)")
+        conn.execute("INSERT INTO _migrations VALUES (?, 'm999_future', 0)", (NEXT,))
     with pytest.raises(MigrationError, match="newer version"):
         await migrated(path)

@@ -160,17 +160,31 @@ def test_memory_without_numpy_is_refused_by_check_and_serve_alike(tmp_path: Path
 def test_a_problem_only_the_start_finds_is_one_line_and_exit_2(tmp_path: Path) -> None:
     """What the start-up checks cannot see (a plugin's startup refusing its settings) still
     ends serve with one line, not Litestar's traceback of the lifespan."""
-    # The memory backend's registry is filled by plugins at startup: not checked before.
+    # Tool executor kinds are registered by plugins with the running gateway (register_tools
+    # takes its context): an unknown one is found at startup only.
     config = tmp_path / "routing.yaml"
     config.write_text(
         "server: {database: ':memory:'}\n"
-        "plugins: {enabled: [memory]}\n"
-        "memory: {backend: no-such-backend}\n"
+        "plugins: {enabled: [tools]}\n"
+        "tools: {registry: [{id: x, executor: no-such-executor, target: y}]}\n"
     )
     served = serve(Case(str(config), _env()))
     assert not served.started and served.returncode == 2, served.output
-    assert "memory.backend: unknown backend 'no-such-backend'" in _error_line(served.output)
+    assert "unknown executor 'no-such-executor'" in _error_line(served.output)
     assert "Traceback" not in served.output
+
+
+def test_check_names_an_unknown_memory_backend_as_serve_does() -> None:
+    """Backends come from every enabled plugin's register_memory_backends; check collects
+    them as startup does, so an unknown name no longer waits for serve to be found."""
+    case = CASES["tests/configs/refused-memory-unknown-backend.yaml"](Path("."))
+    check = turnout("check", case.path, env=case.env)
+    assert check.returncode == 1, check.stdout
+    line = _error_line(check.stderr)
+    assert line.endswith("memory.backend: unknown backend 'no-such-backend' (known: sqlite-vec)")
+    served = serve(case)
+    assert not served.started and served.returncode == 2, served.output
+    assert _error_line(served.output) == line
 
 
 def test_each_unset_provider_key_is_said_once_at_start() -> None:

@@ -235,17 +235,22 @@ async def test_codex_shaped_request(openai_up: FakeOpenAI) -> None:
         "content": "You are Codex, based on GPT-5.\n\n<permissions>",
     }
     assert sent["parallel_tool_calls"] is False
-    for field in ("store", "include", "reasoning", "prompt_cache_key", "instructions", "input"):
+    # Chat completions knows these too (README: "Request fields").
+    assert sent["prompt_cache_key"] == "0199-session" and sent["reasoning_effort"] == "medium"
+    for field in ("store", "include", "reasoning", "instructions", "input"):
         assert field not in sent
 
 
-async def test_previous_response_id_is_a_clear_400(openai_up: FakeOpenAI) -> None:
+async def test_an_unknown_previous_response_id_is_a_404_naming_the_field(
+    openai_up: FakeOpenAI,
+) -> None:
+    # Stored conversations are tested in tests/test_responses_store.py.
     async with gateway(openai_up) as gw:
-        with pytest.raises(openai.BadRequestError) as caught:
+        with pytest.raises(openai.NotFoundError) as caught:
             await gw.openai().responses.create(
                 model="chat", input="hi", previous_response_id="resp_1"
             )
-    assert "does not store responses" in caught.value.message
+    assert "resp_1" in caught.value.message
     assert caught.value.param == "previous_response_id"
 
 

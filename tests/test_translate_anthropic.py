@@ -148,8 +148,13 @@ def test_claude_code_fields_are_accepted_and_dropped_for_openai_upstreams() -> N
             },
         }
     ]
-    assert chat["messages"][1] == {"role": "assistant", "content": "Checking."}
-    assert "thinking" not in json.dumps(chat)
+    # Thinking text travels on as reasoning_content; redacted thinking and signatures do not.
+    assert chat["messages"][1] == {
+        "role": "assistant",
+        "content": "Checking.",
+        "reasoning_content": "Let me look.",
+    }
+    assert "thinking" not in json.dumps(chat) and "xyz" not in json.dumps(chat)
 
 
 def test_images_and_documents_become_content_parts() -> None:
@@ -477,7 +482,7 @@ def test_reasoning_becomes_a_thinking_block_only_when_the_client_asked_for_think
     assert msgspec.json.decode(with_thinking)["content"][0] == {
         "type": "thinking",
         "thinking": "2+2",
-        "signature": "",
+        "signature": "turnout:unsigned",
     }
     assert [b["type"] for b in msgspec.json.decode(without)["content"]] == ["text"]
 

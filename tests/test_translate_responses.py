@@ -113,7 +113,10 @@ def test_codex_turn_with_developer_messages_calls_and_outputs() -> None:
         "tools",
         "tool_choice",
         "parallel_tool_calls",
+        "prompt_cache_key",
+        "reasoning_effort",
     }
+    assert chat["prompt_cache_key"] == "conv-1" and chat["reasoning_effort"] == "medium"
     assert chat["tools"] == [
         {
             "type": "function",
@@ -262,8 +265,9 @@ def test_images_and_structured_output() -> None:
     assert chat["max_tokens"] == 300 and chat["temperature"] == 0.2
 
 
-def test_previous_response_id_is_a_clear_bad_request() -> None:
-    with pytest.raises(BadRequest, match="does not store responses") as caught:
+def test_previous_response_id_on_the_stateless_path_is_a_clear_bad_request() -> None:
+    # The stateless path (responses.store: false); stored ones: tests/test_responses_store.py.
+    with pytest.raises(BadRequest, match="stores no responses") as caught:
         exchange(previous_response_id="resp_123")
     assert caught.value.param == "previous_response_id"
 

@@ -329,8 +329,8 @@ async def test_an_in_memory_database_works_for_tests_and_embedding() -> None:
     writer.start()
     writer.submit(record(1))
     await wait_until(lambda: writer.depth() == 0)
-    async with writer.reader() as reader, reader.execute("SELECT COUNT(*) FROM usage") as cursor:
-        assert await cursor.fetchone() == (1,)
+    async with writer.reader() as reader:
+        assert await reader.fetch("SELECT COUNT(*) AS n FROM usage", ()) == [{"n": 1}]
     await writer.stop()
 
 

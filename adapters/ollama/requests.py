@@ -42,6 +42,8 @@ class _InMessage(msgspec.Struct):
     name: str | None = None
     tool_calls: list[_InToolCall] | None = None
     tool_call_id: str | None = None
+    # Thinking a translated client sent back (llama.cpp's and DeepSeek's name for it).
+    reasoning_content: str | None = None
 
 
 _MESSAGES = msgspec.json.Decoder(list[_InMessage])
@@ -137,6 +139,8 @@ def _message(message: _InMessage, names: dict[str, str], where: str) -> dict[str
     out: dict[str, Any] = {"role": "tool" if role == "function" else role, "content": text}
     if images:
         out["images"] = images
+    if message.reasoning_content and role == "assistant":
+        out["thinking"] = message.reasoning_content
     if message.tool_calls and role == "assistant":
         out["tool_calls"] = [
             _ollama_call(call, f"{where}.tool_calls[{j}]")

@@ -66,6 +66,8 @@ class EngineController(Controller):
             "providers": _providers(gateway),
             "targets": _targets(gateway),
             "gpus": _gpus(gateway),
+            # Other turnouts (peers:): each one's roles and states, reachable or not.
+            "peers": gateway.fleet.describe() if gateway.fleet is not None else {},
         }
 
     @get("/health")

@@ -26,6 +26,7 @@ from litestar.params import FromQuery
 from prometheus_client import Gauge
 
 from gateway.api.usage import GROUPS, UsageQuery, fetch, parse_time, where_clause
+from gateway.dialect import SQLITE, Dialect
 from gateway.errors import BadRequest, NotFound
 from gateway.guards import administrator
 from gateway.metrics import Metrics
@@ -58,31 +59,33 @@ _MAX_BUCKETS = 2000
 
 _SERIES = """
 WITH selected AS (
-    SELECT CAST(ts / ? AS INTEGER) * ? AS t, {key} AS k, status, prompt_tokens,
-           completion_tokens, cached_tokens, duration_ms, ttft_ms, status < 400 AS ok, provider
+    SELECT {bucket} AS t, {key} AS k, status, prompt_tokens, completion_tokens, cached_tokens,
+           duration_ms, ttft_ms, CASE WHEN status < 400 THEN 1 ELSE 0 END AS ok, provider
     FROM usage {where}
 ), ranked AS (
     SELECT *,
         ROW_NUMBER() OVER (PARTITION BY t, k, ok ORDER BY duration_ms) AS d_rank,
         SUM(ok) OVER (PARTITION BY t, k) AS d_n,
-        ROW_NUMBER() OVER (PARTITION BY t, k, ok AND ttft_ms IS NOT NULL ORDER BY ttft_ms) AS t_rank,
-        SUM(ok AND ttft_ms IS NOT NULL) OVER (PARTITION BY t, k) AS t_n
+        ROW_NUMBER() OVER (PARTITION BY t, k, ok = 1 AND ttft_ms IS NOT NULL ORDER BY ttft_ms)
+            AS t_rank,
+        SUM(CASE WHEN ok = 1 AND ttft_ms IS NOT NULL THEN 1 ELSE 0 END) OVER (PARTITION BY t, k)
+            AS t_n
     FROM selected
 )
 SELECT t, k AS key,
     COUNT(*) AS requests,
-    SUM(status >= 400) AS errors,
+    SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors,
     -- turnout's own refusals only: an upstream's 429 passed through names its provider.
-    SUM(status = 429 AND provider IS NULL) AS rate_limited,
+    SUM(CASE WHEN status = 429 AND provider IS NULL THEN 1 ELSE 0 END) AS rate_limited,
     SUM(prompt_tokens) AS prompt_tokens,
     SUM(completion_tokens) AS completion_tokens,
     SUM(cached_tokens) AS cached_tokens,
-    MAX(CASE WHEN ok AND d_rank = (d_n * 50 + 99) / 100 THEN duration_ms END) AS latency_ms_p50,
-    MAX(CASE WHEN ok AND d_rank = (d_n * 95 + 99) / 100 THEN duration_ms END) AS latency_ms_p95,
-    MAX(CASE WHEN ok AND d_rank = (d_n * 99 + 99) / 100 THEN duration_ms END) AS latency_ms_p99,
-    MAX(CASE WHEN ok AND ttft_ms IS NOT NULL AND t_rank = (t_n * 50 + 99) / 100 THEN ttft_ms END)
+    MAX(CASE WHEN ok = 1 AND d_rank = (d_n * 50 + 99) / 100 THEN duration_ms END) AS latency_ms_p50,
+    MAX(CASE WHEN ok = 1 AND d_rank = (d_n * 95 + 99) / 100 THEN duration_ms END) AS latency_ms_p95,
+    MAX(CASE WHEN ok = 1 AND d_rank = (d_n * 99 + 99) / 100 THEN duration_ms END) AS latency_ms_p99,
+    MAX(CASE WHEN ok = 1 AND ttft_ms IS NOT NULL AND t_rank = (t_n * 50 + 99) / 100 THEN ttft_ms END)
         AS ttft_ms_p50,
-    MAX(CASE WHEN ok AND ttft_ms IS NOT NULL AND t_rank = (t_n * 95 + 99) / 100 THEN ttft_ms END)
+    MAX(CASE WHEN ok = 1 AND ttft_ms IS NOT NULL AND t_rank = (t_n * 95 + 99) / 100 THEN ttft_ms END)
         AS ttft_ms_p95
 FROM ranked GROUP BY t, k ORDER BY t, k
 """
@@ -97,11 +100,14 @@ def bucket_width(span: float, chosen: float | None) -> int:
     return _DAY * max(1, -(-int(wanted) // _DAY))
 
 
-def series_sql(query: UsageQuery, by: str | None, width: int) -> tuple[str, list[Any]]:
+def series_sql(
+    query: UsageQuery, by: str | None, width: int, dialect: Dialect = SQLITE
+) -> tuple[str, list[Any]]:
     where, params = where_clause(query)
     key = "'all'" if by is None else f"COALESCE({GROUPS[by]}, '-')"
     # The bucket width comes first: its two placeholders precede the WHERE clause's.
-    return _SERIES.format(key=key, where=where), [width, width, *params]
+    sql = _SERIES.format(bucket=dialect.bucket, key=key, where=where)
+    return sql, [width, width, *params]
 
 
 def _value(gauge: Gauge) -> float:
@@ -183,10 +189,11 @@ class RequestsController(Controller):
                 f"more than {_MAX_BUCKETS} buckets; choose a wider bucket", param="bucket"
             )
         query = UsageQuery(agent=agent, model=model, since=start, until=end)
-        sql, params = series_sql(query, None if by == "none" else by, width)
         async with usage.reader() as connection:
+            dialect = connection.dialect
+            sql, params = series_sql(query, None if by == "none" else by, width, dialect)
             points = await fetch(connection, sql, params)
-            whole = await fetch(connection, *series_sql(query, None, _WHOLE))
+            whole = await fetch(connection, *series_sql(query, None, _WHOLE, dialect))
         totals = {k: v for k, v in whole[0].items() if k not in ("t", "key")} if whole else {}
         return {
             "since": start,

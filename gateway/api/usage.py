@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiosqlite
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery
 
+from gateway.dialect import SQLITE, Dialect
 from gateway.errors import BadRequest, NotFound
 from gateway.guards import administrator
 from gateway.usage import UsageWriter
+from gateway.usage_sinks import UsageReader
 
 # The largest ``limit``: SQLite's largest integer (and far beyond any real log).
 MAX_ROWS = 2**63 - 1
@@ -64,7 +65,7 @@ WITH selected AS (
 )
 SELECT {names}
     COUNT(*) AS requests,
-    COALESCE(SUM(status >= 400), 0) AS errors,
+    COALESCE(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), 0) AS errors,
     COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,
     COALESCE(SUM(completion_tokens), 0) AS completion_tokens,
     COALESCE(SUM(cached_tokens), 0) AS cached_tokens,
@@ -166,16 +167,23 @@ def where_clause(query: UsageQuery) -> tuple[str, list[Any]]:
     return ("WHERE " + " AND ".join(conditions) if conditions else ""), params
 
 
-def summary_sql(query: UsageQuery, grouped: bool) -> tuple[str, list[Any]]:
+def summary_sql(
+    query: UsageQuery, grouped: bool, dialect: Dialect = SQLITE
+) -> tuple[str, list[Any]]:
     """Totals (grouped=False) or one summary per group, with their parameters."""
     where, params = where_clause(query)
     names = [f"g{i}" for i in range(len(query.group_by))] if grouped else []
-    groups = [f"{GROUPS[name]} AS g{i}" for i, name in enumerate(query.group_by)] if grouped else []
+    groups = [
+        f"{dialect.groups.get(name, GROUPS[name])} AS g{i}" for i, name in enumerate(query.group_by)
+    ]
+    groups = groups if grouped else []
     # Without groups every row is one partition: a constant stands in for the columns.
     partition = ", ".join(names) or "NULL"
     group_clause = ""
     if names:
-        group_clause = f"GROUP BY {', '.join(names)} ORDER BY {', '.join(names)}"
+        # NULLS FIRST is SQLite's default and not PostgreSQL's: said, both order alike.
+        order = ", ".join(f"{name} NULLS FIRST" for name in names)
+        group_clause = f"GROUP BY {', '.join(names)} ORDER BY {order}"
         if query.limit:
             group_clause += " LIMIT ?"
             params = [*params, query.limit]
@@ -189,31 +197,28 @@ def summary_sql(query: UsageQuery, grouped: bool) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def rows_sql(query: UsageQuery) -> tuple[str, list[Any]]:
+def rows_sql(query: UsageQuery, dialect: Dialect = SQLITE) -> tuple[str, list[Any]]:
     where, params = where_clause(query)
     sql = f"SELECT * FROM usage {where} ORDER BY ts DESC, id DESC LIMIT ?"
-    return sql, [*params, query.limit or -1]
+    return sql, [*params, query.limit or dialect.no_limit]
 
 
-async def fetch(
-    connection: aiosqlite.Connection, sql: str, params: Sequence[Any]
-) -> list[dict[str, Any]]:
-    async with connection.execute(sql, params) as cursor:
-        names = [column[0] for column in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+async def fetch(connection: UsageReader, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    return await connection.fetch(sql, params)
 
 
-async def usage_report(connection: aiosqlite.Connection, query: UsageQuery) -> dict[str, Any]:
+async def usage_report(connection: UsageReader, query: UsageQuery) -> dict[str, Any]:
     """``{"data": [...], "totals": {...}}`` for one query."""
-    totals = (await fetch(connection, *summary_sql(query, grouped=False)))[0]
+    dialect = connection.dialect
+    totals = (await fetch(connection, *summary_sql(query, False, dialect)))[0]
     if query.group_by:
-        data = await fetch(connection, *summary_sql(query, grouped=True))
+        data = await fetch(connection, *summary_sql(query, True, dialect))
         for group in data:
             for i, name in enumerate(query.group_by):
                 group[name] = group.pop(f"g{i}")
         data = [_groups_first(group, query.group_by) for group in data]
     else:
-        data = [_row(row) for row in await fetch(connection, *rows_sql(query))]
+        data = [_row(row) for row in await fetch(connection, *rows_sql(query, dialect))]
     return {"data": data, "totals": _rounded(totals)}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from gateway.config.upstreams import Reasoning
+
 # Placeholders filled per engine start, never from the environment.
 TEMPLATE_VARIABLES = frozenset({"PORT", "MODEL", "HOST", "CTX", "ROLE"})
 
@@ -56,6 +58,8 @@ class Role(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     priority: int = 0
     # Which GPUs its engine may use: auto, all or [0, 1] (see AUTO_GPUS).
     gpus: GpuSpec = AUTO_GPUS
+    # How the role's thinking travels: think_tags, history (see config.upstreams.Reasoning).
+    reasoning: Reasoning = Reasoning()
 
 
 class Group(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -100,6 +104,12 @@ class Engines(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # false: strict FIFO (no grouping by role, residency or priorities): requests are served in
     # arrival order per group, swapping whenever the next one needs another role. To compare.
     grouping: bool = True
+    # At most this many MB for all local roles together (0: what the machine has free, VRAM
+    # with a GPU, else RAM). For a share of a machine, or to see eviction with small models.
+    memory_budget_mb: int = 0
+    # Added to roles.X.priority for requests of these agents (a key's agent, or X-Agent-Id
+    # from a trusted key): {orchestrator: 10} serves the orchestrator's calls first.
+    agent_priority: dict[str, int] = {}
     # After return_after_idle_seconds without any request, default_role is loaded again,
     # unloading the idle roles in its way (0: never).
     default_role: str = ""

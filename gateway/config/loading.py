@@ -12,6 +12,7 @@ import yaml
 
 from gateway.config.interpolation import interpolate, record_missing_env
 from gateway.config.keypath import readable
+from gateway.config.peering import expand_peers, peer_problems
 from gateway.config.roles import expand_roles, validate_roles
 from gateway.config.schema import Config
 from gateway.config.sections import plugin_sections, section_problems
@@ -62,7 +63,10 @@ def from_mapping(
     problems = kinds.role_problems(config.roles) + validate_roles(config)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
-    config = expand_roles(config, kinds.upstream_model)
+    problems = peer_problems(config)
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    config = expand_peers(expand_roles(config, kinds.upstream_model))
     problems = validate(config)
     try:
         problems += section_problems(config)

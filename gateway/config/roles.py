@@ -142,6 +142,8 @@ def _scheduling_problems(config: Config) -> list[str]:
         for key in ("max_wait_seconds", "min_residency_seconds", "return_after_idle_seconds")
         if getattr(engines, key) < 0
     ]
+    if engines.memory_budget_mb < 0:
+        problems.append("engines.memory_budget_mb: expected MB >= 0 (0: the machine's free memory)")
     if engines.default_role and engines.default_role not in roles:
         problems.append(
             f"engines.default_role: unknown role {engines.default_role!r} "

@@ -10,6 +10,9 @@ from typing import Any, Literal
 import msgspec
 
 from gateway.config.engines import Engines, Role
+from gateway.config.observability import Capture, Telemetry
+from gateway.config.peers import Peer
+from gateway.config.responses import Responses
 from gateway.config.upstreams import Model, Provider, Routing
 
 
@@ -81,7 +84,8 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 16 * 1024 * 1024
-    # SQLite database for virtual keys and the usage log (WAL mode).
+    # SQLite database for virtual keys and the usage log (WAL mode), or a
+    # postgresql://user@host:port/db URL shared by replicas (gateway/dialect.py).
     database: str = "turnout.db"
     # While a streaming client waits for the first token, send an SSE comment this often.
     keepalive_seconds: float = 5.0
@@ -155,6 +159,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     prices: dict[str, Price] = {}
     plugins: Plugins = Plugins()
     prompts: Prompts = Prompts()
+    # OpenTelemetry traces and request captures (gateway/config/observability.py): both off.
+    telemetry: Telemetry = Telemetry()
+    capture: Capture = Capture()
+    # Stored Responses and compaction (gateway/config/responses.py).
+    responses: Responses = Responses()
+    # Other turnouts whose roles this one may send requests to (gateway/config/peers.py).
+    peers: dict[str, Peer] = {}
     # Top-level sections that belong to plugins (``tools:``, ``memory:``), kept raw by the
     # loader: each is decoded and checked by the installed plugin of the same name.
     sections: dict[str, msgspec.Raw] = {}

@@ -32,6 +32,20 @@ class Timeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_body_bytes: int = 64 * 1024 * 1024
 
 
+class Reasoning(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How an upstream's thinking travels (``reasoning:`` on a provider or a role)."""
+
+    # The engine leaves the model's thinking in ``content`` between <think> and </think>
+    # (llama-server --reasoning-format none, MLX, some vLLM builds): split it out as
+    # ``reasoning_content``, as llama.cpp's own parser would, in streams and whole answers.
+    think_tags: bool = False
+    # Thinking a client sends back in its history (Anthropic thinking blocks, Responses
+    # reasoning items) reaches this upstream as ``reasoning_content`` on assistant messages.
+    # None: by adapter kind (llama.cpp, vLLM, DeepSeek, MLX take it; OpenAI does not; Ollama
+    # always gets it, as its own ``thinking``).
+    history: bool | None = None
+
+
 class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """One upstream endpoint: an engine on this machine or a cloud API."""
 
@@ -47,6 +61,7 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # None: on for local providers, off for cloud ones; never for adapter kinds registered as
     # keeping the client's prefix (adapters.base.AdapterRegistry).
     strip_volatile_prefix: bool | None = None
+    reasoning: Reasoning = Reasoning()
     # Filled by the loader: environment variables named in this provider but not set.
     missing_env: tuple[str, ...] = ()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from gateway.config.observability import capture_problems
 from gateway.config.roles import ROLE_PREFIX
 from gateway.config.schema import Config, Server
 from gateway.config.upstreams import Timeouts
@@ -47,7 +48,27 @@ def validate(config: Config) -> list[str]:
     if not config.usage.flush_interval_seconds > 0:
         problems.append("usage.flush_interval_seconds: expected a number > 0")
     problems.extend(_server_problems(config.server))
+    problems.extend(capture_problems(config.capture))
+    problems.extend(_responses_problems(config))
     problems.extend(_plugin_problems(config))
+    return problems
+
+
+def _responses_problems(config: Config) -> list[str]:
+    settings = config.responses
+    problems = [
+        f"responses.{key}: expected a number > 0"
+        for key in ("retention_hours", "max_bytes", "cache_bytes")
+        if not getattr(settings, key) > 0
+    ]
+    names = {name for model in config.models for name in (model.name, *model.aliases)}
+    # A local role is a model too (gateway/config/roles.py).
+    names.update(n for name, role in config.roles.items() for n in (name, *role.aliases))
+    if settings.summariser and settings.summariser not in names:
+        known = ", ".join(sorted(names)) or "none defined"
+        problems.append(
+            f"responses.summariser: unknown model {settings.summariser!r} (models: {known})"
+        )
     return problems
 
 

@@ -20,9 +20,11 @@ from gateway.wire import ClientRequest
 
 
 class Waiting(Protocol):
-    """Where the gate notes the role a request is queued for (the forwarder's ``Trace``)."""
+    """Where the gate notes the role a request is queued for (the forwarder's ``Trace``), and
+    whose request it is (for ``engines.agent_priority``)."""
 
     engine_role: str
+    agent: str
 
 
 class EngineGate:
@@ -41,7 +43,9 @@ class EngineGate:
         chosen, note = self._by_context(role, request)
         waiting.engine_role = chosen
         try:
-            lease = await self._supervisor.acquire(chosen, requested=role, note=note)
+            lease = await self._supervisor.acquire(
+                chosen, requested=role, note=note, agent=waiting.agent
+            )
         finally:
             waiting.engine_role = ""
         if lease.role == role:

@@ -32,6 +32,8 @@ class Waiter:
     arrived: float
     future: asyncio.Future[Lease]
     note: str = ""
+    # engines.agent_priority of the request's agent, added to its role's priority.
+    priority: int = 0
 
 
 @dataclass(slots=True)

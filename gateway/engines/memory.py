@@ -114,3 +114,17 @@ def _greedy(short_mb: int, candidates: Sequence[Candidate]) -> list[str]:
         chosen.append(candidate.role)
         short_mb -= candidate.mb
     return chosen
+
+
+def explain(
+    target: str, need: int, short: int, chosen: list[str], candidates: list[Candidate]
+) -> str:
+    """One log line: what is unloaded for ``target``'s memory, and what it was weighed against."""
+    weighed = ", ".join(
+        f"{c.role} {c.mb} MB/{c.reload_seconds:.2f} s{' busy' if c.busy else ''}"
+        for c in candidates
+    )
+    return (
+        f"unloading {', '.join(chosen)} for role {target}: it needs {need} MB, {short} MB more "
+        f"than is free; least reload cost that frees enough, of ({weighed})"
+    )

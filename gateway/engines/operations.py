@@ -18,6 +18,7 @@ from typing import Any
 from gateway.engines.inbox import (
     Exited,
     Message,
+    OpDone,
     Sized,
     sleep_outcome,
     start_outcome,
@@ -114,8 +115,15 @@ class Operations:
         task = asyncio.get_running_loop().create_task(
             self._sleep_or_stop(driver), name=f"sleep-{role}"
         )
-        task.add_done_callback(lambda t: self._inbox.put_nowait(sleep_outcome(role, t)))
+        task.add_done_callback(lambda t: self._asleep(role, sleep_outcome(role, t)))
         self.running[role] = task
+
+    def _asleep(self, role: str, outcome: OpDone) -> None:
+        self._inbox.put_nowait(outcome)
+        if outcome.kind == "sleep":
+            # A process that dies asleep is failed now, not found dead at its next wake: the
+            # owner applies the sleep first (the exit can only be seen by a later task step).
+            self.watch(role)
 
     @staticmethod
     async def _sleep_or_stop(driver: Sleeper) -> bool:
@@ -139,6 +147,10 @@ class Operations:
         self.generation[role] += 1
         generation = self.generation[role]
         driver = self._drivers[role]
+        # Woken from sleep: the watcher of its sleep is still on the same process.
+        previous = self._watchers.pop(role, None)
+        if previous is not None:
+            previous.cancel()
 
         async def watch() -> None:
             code = await driver.wait_exit()

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +19,9 @@ from typing import Protocol, runtime_checkable
 
 import aiohttp
 
+from adapters.connections import close_idle
 from gateway.config.engines import Role
+from gateway.engines.child import Child, spawn
 from gateway.engines.progress import report_stage
 from gateway.errors import EngineStartError
 
@@ -83,11 +83,10 @@ def render_command(
     return rendered
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL if the gateway dies, however it dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+# While an engine starts, its health is asked at least this often; sooner when it writes to its
+# log, which is looked at (a stat: microseconds) this often.
+POLL_SECONDS = 0.01
+LOG_LOOK_SECONDS = 0.002
 
 
 class ProcessDriver:
@@ -105,19 +104,22 @@ class ProcessDriver:
         upstream_model: str = "",
         host: str = "127.0.0.1",
         launch: Callable[[], Awaitable[Launch]] | None = None,
+        poll_seconds: float = POLL_SECONDS,
     ) -> None:
         self._role = role
+        self._poll_seconds = poll_seconds
         # Rendered by the engine kind, with what its capabilities add (a KV cache directory).
         self._command = list(command)
         # Decided anew at each start: where the engine goes (its GPUs) depends on what is free.
         self._launch = launch
+        self._host, self._port = host, port
         self._health_url = f"http://{host}:{port}{role.health}"
         self._warmup_url = f"http://{host}:{port}/v1/chat/completions"
         self._warmup = warmup
         self._warmup_model = upstream_model or role_name
         self._log_path = log_path
         self._session = session
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: Child | None = None
 
     @property
     def command(self) -> Sequence[str]:
@@ -146,16 +148,8 @@ class ProcessDriver:
             log.flush()
             try:
                 # Own session = own process group: stop() signals the engine and its children.
-                self._process = await asyncio.create_subprocess_exec(
-                    *command,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                    # The role's own env wins over a placement (gpus.py leaves such a role be).
-                    env={**os.environ, **launch.env, **self._role.env},
-                )
+                # The role's own env wins over a placement (gpus.py leaves such a role be).
+                self._process = spawn(command, {**os.environ, **launch.env, **self._role.env}, log)
             except OSError as exc:
                 raise EngineStartError(f"cannot run {command[0]!r}: {exc.strerror}") from None
         try:
@@ -210,13 +204,32 @@ class ProcessDriver:
                     report_stage("loading")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 last = exc.__class__.__name__
-            # Short waits: swap latency is the product, and an exit must be noticed at once.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.01):
-                    await process.wait()
+            await self._pause(process)
         raise EngineStartError(
             f"not healthy after {self._role.start_timeout_seconds:g} s ({last}); log: {self.log_tail()}"
         )
+
+    async def _pause(self, process: Child) -> None:
+        """Until the next health poll is worth it: the engine wrote to its log, ``poll_seconds``
+        passed, or it exited (noticed at once).
+
+        Short waits: swap latency is the product. The log is the cue to look again: an engine
+        logs as it comes up, and llama-server writes "listening" the moment /health turns
+        200, so that poll finds it ready at once, not up to a whole interval later.
+        """
+        size = self._log_size()
+        for _ in range(max(1, round(self._poll_seconds / LOG_LOOK_SECONDS))):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LOG_LOOK_SECONDS):
+                    await process.wait()
+            if process.returncode is not None or self._log_size() != size:
+                return
+
+    def _log_size(self) -> int:
+        try:
+            return self._log_path.stat().st_size
+        except OSError:
+            return -1
 
     async def wait_exit(self) -> int:
         process = self._process
@@ -229,6 +242,9 @@ class ProcessDriver:
         if process is None:
             return
         if process.returncode is None:
+            # Idle keep-alive connections hold llama-server's exit up (see close_idle), and a
+            # swap may be waiting for that exit.
+            close_idle(self._session, self._host, self._port)
             _signal_group(process.pid, signal.SIGTERM)
             try:
                 async with asyncio.timeout(self._role.stop_timeout_seconds):

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from gateway.engines.idle import idle_unloads, last_activity, return_due, wake_times
-from gateway.engines.memory import Candidate, cheapest_evictions
+from gateway.engines.memory import Candidate, cheapest_evictions, explain
 from gateway.engines.policy import (
     RoleView,
     evictions,
@@ -39,6 +39,10 @@ class Room:
 
     victims: list[str]
     wait: bool = False
+    # Why the victims beyond the group's were chosen (memory), for the owner's log.
+    why: str = ""
+    # Those victims: unloaded for their memory.
+    extra: tuple[str, ...] = ()
 
 
 def views(snapshot: Snapshot, now: float) -> dict[str, RoleView]:
@@ -55,11 +59,15 @@ def _views(
 ) -> dict[str, RoleView]:
     waiting: dict[str, int] = {}
     oldest: dict[str, float] = {}
+    # A waiting role weighs as its most important request: its own priority plus the agent's.
+    ranked: dict[str, int] = {}
     for w, role in zip(snapshot.waiters, roles_of, strict=True):
         if role is None:
             continue
         waiting[role] = waiting.get(role, 0) + 1
         oldest[role] = max(oldest.get(role, 0.0), now - w.arrived)
+        mine = snapshot.roles[role].priority + w.priority
+        ranked[role] = max(ranked.get(role, mine), mine)
     return {
         name: RoleView(
             loaded=s.loaded,
@@ -70,7 +78,7 @@ def _views(
             oldest_wait=oldest.get(name, 0.0),
             last_used=last_used[name] if last_used is not None else s.last_used,
             memory_mb=snapshot.need_mb(name),
-            priority=snapshot.roles[name].priority,
+            priority=ranked.get(name, snapshot.roles[name].priority),
             resident_seconds=_resident(s, now),
         )
         for name, s in snapshot.status.items()
@@ -136,6 +144,9 @@ class _Pass:
         self.inflight = {n: st.inflight for n, st in snapshot.status.items()}
         self.last_used = {n: st.last_used for n, st in snapshot.status.items()}
         self._free: int | None = None
+        self._host: bool | None = None
+        # Roles stopped for their host RAM: they stop for good instead of going to sleep.
+        self.for_memory: set[str] = set()
 
     def run(self) -> Plan:
         s, plan = self.s, self.plan
@@ -164,7 +175,16 @@ class _Pass:
         plan.stops = list(dict.fromkeys(plan.stops))
         # Sleep is cheaper than stop: an evicted or idle engine that can sleep keeps its
         # process and wakes fast; only an unload stops it for good.
-        plan.sleeps = [r for r in plan.stops if r in s.sleepers and r not in s.unloading]
+        # Stopped for its host RAM (asleep already, or evicted for memory that is host RAM),
+        # an engine stops for good: asleep, it would keep its weights in that RAM.
+        plan.sleeps = [
+            r
+            for r in plan.stops
+            if r in s.sleepers
+            and r not in s.unloading
+            and r not in self.for_memory
+            and s.status[r].state is not EngineState.SLEEPING
+        ]
         plan.stops = [r for r in plan.stops if r not in plan.sleeps]
         return plan
 
@@ -176,8 +196,20 @@ class _Pass:
         it yet, and two starts planned against the same free memory would overcommit it."""
         if self._free is None:
             self._free = self.s.free_mb()
+            budget = self.s.config.memory_budget_mb
+            if budget > 0:
+                self._free = min(self._free, budget - self.s.held_mb(self.on_host()))
         starting = {r for r, st in self.s.status.items() if st.state is EngineState.STARTING}
         return self._free - sum(self.s.need_mb(r) for r in starting | set(self.plan.starts))
+
+    def on_host(self) -> bool:
+        if self._host is None:
+            self._host = self.s.on_host()
+        return self._host
+
+    def asleep_on_host(self, role: str) -> bool:
+        """Asleep with its weights in host RAM, the memory planned with: stopping it frees them."""
+        return self.s.status[role].state is EngineState.SLEEPING and self.on_host()
 
     def admit(self, draining: frozenset[str]) -> None:
         # Strict FIFO (grouping off): no request passes an older one of its group still waiting.
@@ -297,7 +329,15 @@ class _Pass:
         overlap = bool(victims) and self.fits_alongside(target)
         if self.group_busy(target, overlap):
             return
-        plan.stops.extend(v for v in victims if s.status[v].state is EngineState.READY)
+        stopping = [
+            v for v in victims if s.status[v].state is EngineState.READY or self.asleep_on_host(v)
+        ]
+        plan.stops.extend(stopping)
+        if stopping and room.why:
+            plan.evictions.append(room.why)
+            if self.on_host():
+                # Asleep, an engine keeps its weights in host RAM: no memory would come back.
+                self.for_memory.update(room.extra)
         if not victims or overlap:
             plan.starts.append(target)
 
@@ -368,14 +408,17 @@ class _Pass:
         if fits(need, free, freed + leaving):
             return Room(victims, wait=True)
         candidates = self.eviction_candidates(target, victims)
-        extra = cheapest_evictions(need - free - freed - leaving, candidates)
+        short = need - free - freed - leaving
+        extra = cheapest_evictions(short, candidates)
         if extra is not None:
-            return Room(victims + extra)
+            why = explain(target, need, short, extra, candidates)
+            return Room(victims + extra, why=why, extra=tuple(extra))
         # Not now. With every other role that is not persistent unloaded, would it fit? Then
         # it waits (for starts to finish, busy groups to calm down); the max_wait bound holds
         # as those roles become candidates. If not, it cannot fit even alone: fall back now
         # rather than wait for memory that never comes.
-        others = {r for r, st in s.status.items() if st.loaded} | set(self.plan.starts)
+        others = {r for r, st in s.status.items() if st.loaded or self.asleep_on_host(r)}
+        others |= set(self.plan.starts)
         alone = free + sum(
             s.need_mb(r) for r in others if r != target and r not in s.topology.persistent
         )
@@ -385,15 +428,16 @@ class _Pass:
         return None
 
     def eviction_candidates(self, target: str, victims: list[str]) -> list[Candidate]:
-        """Ready roles outside ``target``'s own victims that may be unloaded for memory: never
-        a persistent or pinned one, nor one whose group has a start or stop running."""
+        """Ready roles outside ``target``'s own victims that may be unloaded for memory (and
+        sleeping ones, when their RAM is the memory): never a persistent or pinned one, nor one
+        whose group has a start or stop running."""
         s, current = self.s, self.current()
         found = []
         for role, status in s.status.items():
             if (
                 role == target
                 or role in victims
-                or status.state is not EngineState.READY
+                or not (status.state is EngineState.READY or self.asleep_on_host(role))
                 or role in s.topology.persistent
                 or role == self.plan.pinned
                 or role not in s.topology.group_of

@@ -21,7 +21,7 @@ from gateway.config.engines import Role
 from gateway.db import MEMORY, connect
 from gateway.engines.gguf import file_size_and_shape
 from gateway.engines.inbox import Sized
-from gateway.engines.memory import estimate_mb
+from gateway.engines.memory import Footprint, estimate_mb
 from gateway.engines.resources import process_tree, read_vram_of
 
 log = logging.getLogger("turnout.engines")
@@ -56,6 +56,23 @@ async def measure(
         return None
     await remember(database, name, role, measured, load_seconds)
     return Sized(name, measured_mb=measured, load_seconds=load_seconds)
+
+
+def apply(footprint: Footprint, sized: Sized, configured_mb: int) -> None:
+    """What the owner does with a ``Sized`` message: a measurement replaces the estimate."""
+    if sized.estimated_mb:
+        footprint.estimated_mb = sized.estimated_mb
+    if sized.load_seconds is not None:
+        footprint.load_seconds = sized.load_seconds
+    if sized.measured_mb and not sized.recalled:
+        log.info(
+            "role %s measured %d MB resident (planned with %d MB)",
+            sized.role,
+            sized.measured_mb,
+            footprint.need_mb(configured_mb),
+        )
+    if sized.measured_mb:
+        footprint.measured_mb = sized.measured_mb
 
 
 async def recall(database: str, roles: Mapping[str, Role]) -> dict[str, tuple[int, float | None]]:

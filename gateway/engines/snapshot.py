@@ -13,7 +13,7 @@ from typing import Any
 from gateway.config.engines import Engines, Role
 from gateway.engines.memory import Footprint
 from gateway.engines.policy import Topology
-from gateway.engines.states import EngineStatus
+from gateway.engines.states import EngineState, EngineStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,8 @@ class Waiting:
 
     role: str
     arrived: float
+    # engines.agent_priority of its agent: added to its role's priority while it waits.
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,23 @@ class Snapshot:
     footprints: Mapping[str, Footprint] = field(default_factory=dict)
     # Roles whose engine can sleep instead of stopping (``process.Sleeper``).
     sleepers: frozenset[str] = frozenset()
+    # Whether the memory planned with is host RAM (no GPU): then what sleeping engines keep in
+    # RAM (vLLM's level 1 sleep moves the weights there) is taken, and stopping them frees it.
+    on_host: Callable[[], bool] = lambda: True
+
+    def held_mb(self, host: bool) -> int:
+        """What the engines hold that the machine already shows as used (``engines.
+        memory_budget_mb`` subtracts it): the ready and stopping ones, the sleeping ones too
+        when memory is host RAM. Starting ones are counted by the planner itself."""
+        return sum(self.need_mb(r) for r in self.holding(host))
+
+    def holding(self, host: bool) -> list[str]:
+        kept = (EngineState.READY, EngineState.STOPPING)
+        return [
+            r
+            for r, s in self.status.items()
+            if s.state in kept or (host and s.state is EngineState.SLEEPING)
+        ]
 
     def need_mb(self, role: str) -> int:
         configured = self.roles[role].memory_mb
@@ -88,6 +107,8 @@ class Plan:
     # Evicted or idle roles put to sleep instead of stopped (applied with the stops).
     sleeps: list[str] = field(default_factory=list)
     starts: list[str] = field(default_factory=list)
+    # For the owner's log: why roles are unloaded to make memory for another.
+    evictions: list[str] = field(default_factory=list)
     # For the owner's log: (reason, fallback role) and (role, idle seconds).
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     idle: list[tuple[str, float]] = field(default_factory=list)

@@ -46,8 +46,9 @@ TRANSITIONS: Mapping[EngineState, frozenset[EngineState]] = {
     S.STOPPING: frozenset({S.STOPPED, S.SLEEPING, S.READY, S.FAILED}),
     # Retried after the backoff (or at once for a switch); marked stopped at shutdown.
     S.FAILED: frozenset({S.STARTING, S.STOPPED}),
-    # Woken for a request or a switch; stopped for good by an unload; marked stopped at shutdown.
-    S.SLEEPING: frozenset({S.STARTING, S.STOPPING, S.STOPPED}),
+    # Woken for a request or a switch; stopped for good by an unload; marked stopped at shutdown;
+    # its process died while asleep.
+    S.SLEEPING: frozenset({S.STARTING, S.STOPPING, S.STOPPED, S.FAILED}),
 }
 
 

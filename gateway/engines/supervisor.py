@@ -112,10 +112,13 @@ class Supervisor:
         await done
         await self._owner
 
-    async def acquire(self, role: str, requested: str | None = None, note: str = "") -> Lease:
+    async def acquire(
+        self, role: str, requested: str | None = None, note: str = "", agent: str = ""
+    ) -> Lease:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Lease] = loop.create_future()
-        waiter = Waiter(role, requested or role, time.monotonic(), future, note)
+        priority = self._cfg.agent_priority.get(agent, 0)
+        waiter = Waiter(role, requested or role, time.monotonic(), future, note, priority)
         self._inbox.put_nowait(Acquire(waiter))
         try:
             async with asyncio.timeout(self._cfg.wait_timeout_seconds):
@@ -245,20 +248,7 @@ class Supervisor:
             self._apply_sized(message)
 
     def _apply_sized(self, sized: Sized) -> None:
-        footprint = self._footprints[sized.role]
-        if sized.estimated_mb:
-            footprint.estimated_mb = sized.estimated_mb
-        if sized.load_seconds is not None:
-            footprint.load_seconds = sized.load_seconds
-        if sized.measured_mb and not sized.recalled:
-            log.info(
-                "role %s measured %d MB resident (planned with %d MB)",
-                sized.role,
-                sized.measured_mb,
-                self.need_mb(sized.role),
-            )
-        if sized.measured_mb:
-            footprint.measured_mb = sized.measured_mb
+        sizing.apply(self._footprints[sized.role], sized, self.roles[sized.role].memory_mb)
 
     def _apply_switch(self, message: Switch) -> None:
         role = message.role
@@ -346,9 +336,11 @@ class Supervisor:
 
     def _apply_exit(self, exited: Exited) -> None:
         status = self._status[exited.role]
+        # A sleeping engine is watched too: one that dies asleep is failed now, not at its wake.
+        watched = (EngineState.READY, EngineState.SLEEPING)
         if (
             exited.generation != self._effects.generation[exited.role]
-            or status.state is not EngineState.READY
+            or status.state not in watched
         ):
             return
         error = f"engine exited unexpectedly with code {exited.code}" + (
@@ -420,7 +412,7 @@ class Supervisor:
             self.topology,
             self._cfg,
             self._status,
-            [scheduler.Waiting(w.role, w.arrived) for w in self._waiters],
+            [scheduler.Waiting(w.role, w.arrived, w.priority) for w in self._waiters],
             frozenset(self._effects.running),
             frozenset(self._draining),
             frozenset(self._unloading),
@@ -429,6 +421,7 @@ class Supervisor:
             frozenset(self._wanted),
             self._footprints,
             self._effects.sleepers,
+            on_host=lambda: self._resources().vram_free_mb is None,
         )
 
     def _reconcile(self) -> None:
@@ -450,6 +443,8 @@ class Supervisor:
         self._draining = plan.draining
         for role in plan.aborts:
             self._effects.abort_start(role)
+        for why in plan.evictions:
+            log.info("%s", why)
         for role, idle in plan.idle:
             log.info("role %s idle for %.0f s: unloading", role, idle)
         for role, idle in plan.returns:

@@ -16,7 +16,8 @@ that has any). Level 2 would drop the weights too, and waking would need them re
 no cheaper than a cold start for a swapper, so only level 1 is used.
 
 Registered through ``register_engine_kinds`` like any plugin's kind (see ``builtin.collect``).
-A role whose own ``command`` leaves out ``--enable-sleep-mode`` is stopped when evicted.
+A role whose own ``command`` leaves out ``--enable-sleep-mode`` is stopped when evicted. A
+sleeping process stays watched: one that dies asleep shows ``failed`` at once (``operations``).
 """
 
 from __future__ import annotations

@@ -51,6 +51,10 @@ async def settle(state: GatewayState, route: str, call: Call) -> None:
     if cached:
         provider = trace.target.provider if trace.target is not None else "-"
         metrics.child(metrics.cached_tokens, call.model, provider).inc(cached)
+    reasoning = usage.reasoning_tokens if usage is not None else 0
+    if reasoning:
+        # Part of the completion tokens counted above, as in OpenAI's usage.
+        metrics.child(metrics.tokens, call.model, "reasoning").inc(reasoning)
     admission = call.admission
     if admission is not None:
         actual = prompt + completion if (prompt or completion) else None
@@ -59,9 +63,13 @@ async def settle(state: GatewayState, route: str, call: Call) -> None:
     if call.hooked is not None:
         text = call.capture.text() if call.capture is not None else call.reply_text
         state.plugins.after_response(call.hooked, Exchanged(call.status, text, usage))
+    if state.tracer is not None:
+        state.tracer.record(route, call)
     if state.usage is None:
         return
-    state.record_usage(_row(call, route, elapsed, overhead, prompt, completion, cached, estimated))
+    row = _row(call, route, elapsed, overhead, prompt, completion, cached, estimated)
+    row.reasoning_tokens = reasoning
+    state.record_usage(row)
 
 
 def _row(

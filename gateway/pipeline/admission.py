@@ -45,10 +45,10 @@ async def admit(
     identity = call.identity
     if not may_use(identity, model.name):
         raise Forbidden(f"this key may not use model {model.name!r}", param="model")
-    if identity.key_id is not None:
-        budget = budgets.left(identity.key_id)
-        if budget is not None and budget <= 0:
-            raise BudgetExceeded(f"key {identity.key_id} has used up its budget")
+    if identity.key_id is not None or identity.project is not None:
+        refusal = budgets.refusal(identity.key_id, identity.project)
+        if refusal is not None:
+            raise BudgetExceeded(refusal)
     scopes = limiter.scopes(identity, model.name)
     if not scopes:
         return

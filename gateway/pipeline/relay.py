@@ -97,6 +97,8 @@ class Relay:
             exchange, reply.body, reply.protocol, call.trace.target
         )
         headers = self.headers(call.request_id)
+        if exchange.request.ignored:
+            headers.append((b"x-turnout-ignored", exchange.request.ignored.encode()))
         self.finish_headers(headers, call)
         call.sent_bytes = len(body)
         await client.answer(reply.status, body, headers)
@@ -113,6 +115,8 @@ class Relay:
         forwarder = call.forwarder
         assert forwarder is not None
         headers = self.headers(call.request_id)
+        if request.ignored:
+            headers.append((b"x-turnout-ignored", request.ignored.encode()))
         opening = asyncio.get_running_loop().create_task(
             forwarder.open_stream(model, request, call.request_id, call.trace)
         )

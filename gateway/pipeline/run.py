@@ -6,7 +6,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from gateway.asgi import header
 from gateway.auth import speaking_for
+from gateway.config.peers import HOP_HEADER
 from gateway.contract import Operation
 from gateway.errors import ClientGone, GatewayError
 from gateway.pipeline import accounting
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from gateway.streaming import StreamTranslator
 
 log = logging.getLogger("turnout.ingress")
+
+HOP = HOP_HEADER.encode()
 
 _INTERNAL = GatewayError("internal gateway error; see the gateway log for the request id")
 
@@ -67,6 +71,12 @@ class Pipeline:
             model = resolve(state.models, request)
             call.model = model.name
             call.identity = speaking_for(call.identity, client.scope, request.fields)
+            call.trace.agent = call.identity.agent_id
+            # One attribute read without peers; with them, a request a peer sent here stays here.
+            if state.fleet is not None and header(client.scope, HOP) is not None:
+                call.trace.hopped = True
+            if state.captures is not None:
+                client = state.captures.watch(call, body, client)
             await admit(call, model, request, state.budgets, state.limiter)
             client.watch()
             plugins = state.plugins

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from litestar.types import ControllerRouterHandler
 
@@ -70,11 +70,16 @@ def check_config(config: Config) -> Sequence[str]:
 
 
 @hookspec
-def check_startup(config: Config) -> Sequence[str]:
+def check_startup(config: Config, collect: Callable[..., bool]) -> Sequence[str]:
     """What would stop this enabled plugin's ``startup``, found without opening anything: a
     dependency that is not installed, a file that does not exist. Each problem names its key
     path. ``turnout serve`` refuses to start with any, and ``turnout check`` reports them, so
     the two agree; ``startup`` still raises if one slips through.
+
+    ``collect(hook, **kwargs)`` runs a ``register_*`` hook over every plugin, as
+    ``PluginContext.collect`` does at start, but without a running gateway: implementations that
+    ask for ``context`` are left out, and it answers False when one was (the registry may then
+    lack what that plugin adds, so a name missing from it proves nothing).
     """
     return ()
 

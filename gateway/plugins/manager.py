@@ -178,12 +178,24 @@ class PluginManager:
     def startup_problems(self, config: Config) -> list[str]:
         """What would stop the enabled plugins' ``startup`` (``check_startup``), found now."""
         problems: list[str] = []
+        kwargs = {"config": config, "collect": self._collect_offline}
         for impl in self._impls("check_startup"):
             try:
-                problems.extend(impl.function(*[{"config": config}[a] for a in impl.argnames]))
+                problems.extend(impl.function(*[kwargs[a] for a in impl.argnames]))
             except Exception as exc:
                 problems.append(f"plugin {impl.plugin!r} failed in check_startup: {exc!r}")
         return problems
+
+    def _collect_offline(self, hook: str, **kwargs: Any) -> bool:
+        """A ``register_*`` hook run for ``check_startup``, with no gateway to hand as
+        ``context``: implementations that need one are skipped, and then this answers False."""
+        complete = True
+        for impl in self._impls(hook):
+            if "context" in impl.argnames:
+                complete = False
+                continue
+            impl.function(*[kwargs[a] for a in impl.argnames])
+        return complete
 
     def routes(self, setup: Setup) -> list[ControllerRouterHandler]:
         """Every plugin's HTTP API (``register_routes``), for the app to mount."""

@@ -23,6 +23,7 @@ import msgspec
 
 from gateway.contract import Fields as Fields  # re-exported: every translator names it
 from gateway.errors import BadRequest, UpstreamProtocolError
+from gateway.wire import CompletionDetails as WireCompletionDetails
 from gateway.wire import PromptDetails as WirePromptDetails
 from gateway.wire import Usage
 
@@ -53,13 +54,18 @@ class Translated(dict[str, msgspec.Raw]):
     body (``native``) and that the answer is translated (``translated``).
     """
 
-    __slots__ = ("volatile_prefix",)
+    __slots__ = ("reasoning_history", "volatile_prefix")
 
-    def __init__(self, fields: Fields, volatile_prefix: bool = False) -> None:
+    def __init__(
+        self, fields: Fields, volatile_prefix: bool = False, reasoning_history: bool = False
+    ) -> None:
         super().__init__(fields)
         # The client opened its system prompt with per-request text (Claude Code's billing
         # line): gateway.translate.prefix looks for it past the first bytes too.
         self.volatile_prefix = volatile_prefix
+        # Some assistant message carries reasoning_content (thinking the client sent back):
+        # an adapter whose server does not read it removes it (adapters/reasoning_history.py).
+        self.reasoning_history = reasoning_history
 
 
 # --- OpenAI chat as the translators read it ----------------------------------------------------
@@ -142,11 +148,29 @@ class ChatUsage(msgspec.Struct):
         details = self.completion_tokens_details
         return (details.reasoning_tokens or 0) if details else 0
 
-    def wire(self) -> Usage:
+    def count_reasoning(self, chars: int) -> None:
+        """Fill in reasoning_tokens, estimated from ``chars`` of thinking, if none were reported."""
+        if chars and not self.reasoning:
+            estimate = estimate_reasoning_tokens(chars, self.completion)
+            self.completion_tokens_details = CompletionDetails(estimate)
+
+    def wire(self, reasoning_chars: int = 0) -> Usage:
+        """The usage the gateway records. ``reasoning_chars``: thinking seen in the answer, to
+        estimate reasoning tokens from when the upstream counts none (llama.cpp does not)."""
         # Cached prompt tokens travel on: the usage row, metrics and prices need them.
         cached = self.cached
         details = WirePromptDetails(cached) if cached else None
-        return Usage(self.prompt, self.completion, self.prompt + self.completion, details)
+        reasoning = self.reasoning or estimate_reasoning_tokens(reasoning_chars, self.completion)
+        thought = WireCompletionDetails(reasoning) if reasoning else None
+        return Usage(self.prompt, self.completion, self.prompt + self.completion, details, thought)
+
+
+def estimate_reasoning_tokens(chars: int, completion: int) -> int:
+    """Reasoning tokens guessed from the thinking's length, never more than the whole answer."""
+    if chars <= 0:
+        return 0
+    estimate = -(-chars // 4)  # gateway.tokens.CHARS_PER_TOKEN, rounded up
+    return min(estimate, completion) if completion > 0 else estimate
 
 
 class Chat(msgspec.Struct):

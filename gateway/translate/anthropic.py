@@ -2,9 +2,10 @@
 
 A Messages request becomes an OpenAI chat body (a ``Translated``) and keeps the original as the
 request's ``native`` body, so an Anthropic upstream receives the request untouched. What has a
-meaning in OpenAI chat is translated; the rest (thinking settings and blocks, cache_control, betas, server tools,
-context_management) is dropped without error, because a local engine must not see what it
-cannot handle. The answers go back through ``gateway.translate.anthropic_replies``.
+meaning in OpenAI chat is translated; the rest (thinking settings, cache_control, betas, server
+tools, context_management) is dropped without error, because a local engine must not see what it
+cannot handle. Thinking blocks in the history become ``reasoning_content``
+(``gateway.translate.reasoning``). The answers go back through ``gateway.translate.anthropic_replies``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gateway.translate import (
 )
 from gateway.translate.anthropic_replies import MessageStream, render_message
 from gateway.translate.prefix import BILLING_LINE_START
+from gateway.translate.reasoning import anthropic_signed, joined, without_unsigned_thinking
 from gateway.wire import ClientRequest, Usage
 
 PROTOCOL = WireProtocol.ANTHROPIC
@@ -61,6 +63,9 @@ class Block(msgspec.Struct):
     content: str | list[Block] | None = None
     is_error: bool | None = None
     title: str | None = None
+    # thinking blocks (redacted_thinking carries ``data``, which no translation reads)
+    thinking: str | None = None
+    signature: str | None = None
 
 
 class Turn(msgspec.Struct):
@@ -97,6 +102,11 @@ class OutputConfig(msgspec.Struct):
     format: OutputFormat | None = None
 
 
+class Metadata(msgspec.Struct):
+    # Claude Code: user, account and session ids, one session per conversation.
+    user_id: str | None = None
+
+
 class MessagesRequest(msgspec.Struct):
     model: str
     messages: list[Turn]
@@ -110,6 +120,16 @@ class MessagesRequest(msgspec.Struct):
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
+    # Read only to say they are ignored on the way to a chat upstream (x-turnout-ignored).
+    service_tier: str | None = None
+    top_k: int | None = None
+    context_management: msgspec.Raw = msgspec.Raw()
+    metadata: Metadata | None = None
+
+
+# Request fields a chat upstream cannot honour (README: "Request fields"); a native Anthropic
+# upstream gets them with the rest of the original body.
+_IGNORED = ("service_tier", "top_k", "context_management")
 
 
 class CountRequest(msgspec.Struct):
@@ -147,9 +167,18 @@ def prepare(body: bytes, headers: Mapping[str, str], ids: IdFactory = new_id) ->
     request = decode_client(_REQUEST, body)
     thinking = request.thinking is not None and request.thinking.type != "disabled"
     native = Native(PROTOCOL, body, headers, _native_rewrite(request))
-    chat = Translated(chat_fields(request), opens_with_billing_line(request.system))
+    chat = chat_fields(request)
+    chat.volatile_prefix = opens_with_billing_line(request.system)
     client = ClientRequest(
-        Operation.CHAT, request.model, bool(request.stream), True, chat, native, translated=True
+        Operation.CHAT,
+        request.model,
+        bool(request.stream),
+        True,
+        chat,
+        native,
+        translated=True,
+        ignored=",".join(name for name in _IGNORED if getattr(request, name)),
+        affinity=(request.metadata.user_id or "") if request.metadata else "",
     )
     return MessagesExchange(client, request.model, thinking, ids)
 
@@ -160,16 +189,25 @@ def opens_with_billing_line(system: str | list[Block] | None) -> bool:
     return first is not None and first.startswith(BILLING_LINE_START)
 
 
-def _native_rewrite(request: MessagesRequest) -> Callable[[Fields], Fields] | None:
-    """What the original body needs before Anthropic takes it: ``role: "system"`` turns moved.
+def _native_rewrite(request: MessagesRequest) -> Callable[[Fields], Fields]:
+    """What the original body needs before Anthropic takes it: ``role: "system"`` turns moved,
+    thinking blocks Anthropic did not sign removed (``gateway.translate.reasoning``).
 
-    Claude Code sometimes puts one inside ``messages``; the API wants it in ``system``.
+    Claude Code sometimes puts a system turn inside ``messages``; the API wants it in ``system``.
+    Signed thinking blocks are never touched. The thinking is looked for only when an Anthropic
+    upstream takes the body (``Native.fields`` is lazy): most requests never pay for it.
     """
-    if not any(turn.role == "system" for turn in request.messages):
-        return None
+    moves_system = any(turn.role == "system" for turn in request.messages)
 
     def rewrite(fields: Fields) -> Fields:
+        unsigned = [i for i, turn in enumerate(request.messages) if _has_unsigned_thinking(turn)]
+        if not unsigned and not moves_system:
+            return fields
         turns = _RAW_LIST.decode(fields["messages"])
+        for i in unsigned:
+            turns[i] = without_unsigned_thinking(turns[i])
+        if not moves_system:
+            return {**fields, "messages": raw(turns)}
         kept = [t for t, turn in zip(turns, request.messages, strict=True) if turn.role != "system"]
         extra = [
             {"type": "text", "text": text}
@@ -189,9 +227,22 @@ def _native_rewrite(request: MessagesRequest) -> Callable[[Fields], Fields] | No
     return rewrite
 
 
-def chat_fields(request: MessagesRequest) -> dict[str, msgspec.Raw]:
+def _has_unsigned_thinking(turn: Turn) -> bool:
+    content = turn.content
+    return (
+        turn.role == "assistant"
+        and not isinstance(content, str)
+        and any(b.type == "thinking" and not anthropic_signed(b.signature) for b in content)
+    )
+
+
+def chat_fields(request: MessagesRequest) -> Translated:
     """The OpenAI chat body with the same meaning, one level deep."""
-    fields = {"model": raw(request.model), "messages": raw(chat_messages(request))}
+    messages = chat_messages(request)
+    fields = Translated(
+        {"model": raw(request.model), "messages": raw(messages)},
+        reasoning_history=any("reasoning_content" in m for m in messages),
+    )
     if request.stream:
         fields["stream"] = raw(True)
     if request.max_tokens is not None:
@@ -336,10 +387,15 @@ def _assistant_messages(content: str | list[Block]) -> list[dict[str, Any]]:
         for b in content
         if b.type == "tool_use"
     ]
-    # Thinking blocks are dropped: a local engine cannot verify or use their signatures.
+    # Thinking goes on as reasoning_content (signatures mean nothing to a chat upstream; an
+    # adapter whose server does not read the field drops it); redacted thinking is Anthropic's
+    # ciphertext, of no use to anyone else.
+    thought = joined([b.thinking or "" for b in content if b.type == "thinking"])
     if not texts and not calls:
         return []
     message: dict[str, Any] = {"role": "assistant", "content": "\n\n".join(texts) or None}
+    if thought:
+        message["reasoning_content"] = thought
     if calls:
         message["tool_calls"] = calls
     return [message]

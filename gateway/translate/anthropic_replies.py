@@ -29,6 +29,7 @@ from gateway.translate import (
     sse,
     sse_fields,
 )
+from gateway.translate.reasoning import TURNOUT_SIGNATURE
 from gateway.wire import PromptDetails, Usage
 
 # --- replies -----------------------------------------------------------------------------------
@@ -101,7 +102,9 @@ def render_message(
     message = (choice.message if choice else None) or ChatMessage()
     content: list[dict[str, Any]] = []
     if thinking and message.thought:
-        content.append({"type": "thinking", "thinking": message.thought, "signature": ""})
+        content.append(
+            {"type": "thinking", "thinking": message.thought, "signature": TURNOUT_SIGNATURE}
+        )
     text = message.content or message.refusal
     if text:
         content.append({"type": "text", "text": text})
@@ -126,7 +129,8 @@ def render_message(
         "stop_sequence": None,
         "usage": anthropic_usage(chat.usage),
     }
-    return encode(reply), chat.usage.wire() if chat.usage else None
+    usage = chat.usage.wire(len(message.thought or "")) if chat.usage else None
+    return encode(reply), usage
 
 
 def _native_reply_usage(body: bytes) -> Usage | None:
@@ -201,6 +205,7 @@ class _Tool:
 _TEXT_DELTA = b'"delta":{"type":"text_delta","text":'
 _JSON_DELTA = b'"delta":{"type":"input_json_delta","partial_json":'
 _THINKING_DELTA = b'"delta":{"type":"thinking_delta","thinking":'
+_SIGNATURE_DELTA = b'"delta":{"type":"signature_delta","signature":'
 
 
 class MessageStream:
@@ -228,6 +233,9 @@ class MessageStream:
         self._tools: dict[int, _Tool] = {}
         self._finish: str | None = None
         self._chat_usage: ChatUsage | None = None
+        # Thinking seen, shown or not: reasoning tokens are estimated from it when the
+        # upstream counts none.
+        self._thought_chars = 0
         self._native_start: _NativeUsage | None = None
         self._native_end: _NativeUsage | None = None
         self.usage: Usage | None = None
@@ -293,6 +301,8 @@ class MessageStream:
 
     def _delta(self, delta: ChatMessage, out: list[bytes]) -> None:
         thought = delta.reasoning_content or delta.reasoning
+        if thought:
+            self._thought_chars += len(thought)
         if thought and self._thinking:
             if self._open != "thinking":
                 self._start(out, "thinking", {"type": "thinking", "thinking": "", "signature": ""})
@@ -379,6 +389,10 @@ class MessageStream:
             whole = encode(parse_arguments("".join(tool.pending))).decode()
             out.append(self._block_delta(_JSON_DELTA, whole, tool.block))
             tool.pending.clear()
+        if self._open == "thinking":
+            # Anthropic ends every thinking block with its signature; a local model's gets
+            # turnout's marker (gateway.translate.reasoning).
+            out.append(self._block_delta(_SIGNATURE_DELTA, TURNOUT_SIGNATURE))
         if self._open:
             stop = b'{"type":"content_block_stop","index":%d}' % self._index
             out.append(sse(b"content_block_stop", stop))
@@ -405,7 +419,7 @@ class MessageStream:
         out.append(sse(b"message_delta", encode(delta)))
         out.append(sse(b"message_stop", b'{"type":"message_stop"}'))
         self.done = True
-        self.usage = self._chat_usage.wire() if self._chat_usage else None
+        self.usage = self._chat_usage.wire(self._thought_chars) if self._chat_usage else None
         return b"".join(out)
 
     # --- Anthropic → Anthropic ---

@@ -92,7 +92,11 @@ def strip_volatile_prefix(fields: Fields) -> Fields:
     else:
         # The message held nothing else: it goes, and so does the comma after it.
         head, rest = b"[", rest[1:] if rest.startswith(b",") else rest
-    shaped = Translated(fields) if isinstance(fields, Translated) else dict(fields)
+    shaped = (
+        Translated(fields, reasoning_history=fields.reasoning_history)
+        if isinstance(fields, Translated)
+        else dict(fields)
+    )
     shaped["messages"] = msgspec.Raw(head + rest)
     return shaped
 

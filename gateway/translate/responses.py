@@ -1,7 +1,9 @@
 """OpenAI's Responses API in front of OpenAI chat: what Codex CLI sends, and how it is forwarded.
 
-Stateless: every request carries the whole conversation (Codex sends ``store: false``), so a
-``previous_response_id`` is a clear 400 rather than a silent loss of context. Input items
+``prepare`` is the stateless path: every request carries the whole conversation (Codex sends
+``store: false``). A ``previous_response_id`` continues a stored conversation
+(gateway/responses_store): its items are replayed before the request's own (``translate``'s
+``history``), on whatever upstream answers now. Input items
 become chat messages; function, custom and namespace tools become chat functions (namespace
 members are flattened to one name, mapped back by ``gateway.translate.responses_items``).
 """
@@ -25,6 +27,13 @@ from gateway.translate import (
     new_id,
     raw,
 )
+from gateway.translate.reasoning import attach
+from gateway.translate.request_fields import (
+    affinity_key,
+    responses_extras,
+    wants_reasoning_summary,
+)
+from gateway.translate.responses_compaction import compaction_messages
 from gateway.translate.responses_items import ResponseTemplate, ToolName
 from gateway.translate.responses_render import render_response
 from gateway.translate.responses_stream import ResponseStream
@@ -54,6 +63,10 @@ class Item(msgspec.Struct):
     arguments: str | None = None
     input: str | None = None
     output: str | list[Part] | None = None
+    # A compaction item's summary (gateway/translate/responses_compact.py).
+    encrypted_content: str | None = None
+    # A reasoning item's summary parts (its reasoning_text parts are ``content``).
+    summary: list[Part] | None = None
 
 
 class ToolSpec(msgspec.Struct):
@@ -92,6 +105,8 @@ class ResponsesRequest(msgspec.Struct):
     top_p: float | None = None
     text: TextConfig | None = None
     previous_response_id: str | None = None
+    # None: the API's default, true.
+    store: bool | None = None
 
 
 _REQUEST = msgspec.json.Decoder(ResponsesRequest)
@@ -110,6 +125,7 @@ _ECHOED = (
     "user",
 )
 _SYSTEM_ROLES = ("system", "developer")
+_CALLS = ("function_call", "custom_tool_call")
 
 
 def flat_name(namespace: str, name: str) -> str:
@@ -138,21 +154,52 @@ class ResponsesExchange:
 
 
 def prepare(body: bytes, created_at: int, ids: IdFactory = new_id) -> ResponsesExchange:
-    """Decode and translate a Responses request; anything untranslatable is a ``BadRequest``."""
-    request = decode_client(_REQUEST, body)
+    """Decode and translate a stateless Responses request; anything untranslatable is a
+    ``BadRequest``."""
+    request, fields = decode(body)
     if request.previous_response_id:
         raise BadRequest(
-            "previous_response_id is not supported: turnout does not store responses. "
-            "Send the whole conversation in 'input' (store: false).",
+            "previous_response_id is not supported: turnout stores no responses here "
+            "(responses.store is false). Send the whole conversation in 'input'.",
             param="previous_response_id",
         )
+    return translate(request, fields, created_at, ids)
+
+
+def decode(body: bytes) -> tuple[ResponsesRequest, dict[str, msgspec.Raw]]:
+    """The request, typed, and every field of it raw (what a Response echoes back)."""
+    request = decode_client(_REQUEST, body)
     try:
         # The typed decode skips unknown keys unchecked; this one reads them all.
         fields = FIELDS.decode(body)
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    return request, fields
+
+
+def input_items(request: ResponsesRequest) -> list[Item]:
+    """The request's input as items (a string is one user message)."""
+    items = request.input
+    if isinstance(items, str):
+        return [Item(type="message", role="user", content=items)]
+    return items or []
+
+
+def translate(
+    request: ResponsesRequest,
+    fields: dict[str, msgspec.Raw],
+    created_at: int,
+    ids: IdFactory = new_id,
+    history: list[Item] | None = None,
+    stored: bool = False,
+) -> ResponsesExchange:
+    """The chat request for a decoded Responses request; ``history``: the items of the stored
+    conversation it continues (``previous_response_id``), replayed before its own input."""
+    if history:
+        request = msgspec.structs.replace(request, input=[*history, *input_items(request)])
     tools, names = chat_tools(request.tools or ())
-    chat = {"model": raw(request.model), "messages": raw(chat_messages(request))}
+    messages = chat_messages(request)
+    chat = {"model": raw(request.model), "messages": raw(messages)}
     if request.stream:
         chat["stream"] = raw(True)
     if request.max_output_tokens is not None:
@@ -171,11 +218,23 @@ def prepare(body: bytes, created_at: int, ids: IdFactory = new_id) -> ResponsesE
     response_format = _response_format(request.text)
     if response_format is not None:
         chat["response_format"] = raw(response_format)
+    ignored = responses_extras(fields, chat)
     client = ClientRequest(
-        Operation.CHAT, request.model, bool(request.stream), True, Translated(chat), translated=True
+        Operation.CHAT,
+        request.model,
+        bool(request.stream),
+        True,
+        Translated(chat, reasoning_history=any("reasoning_content" in m for m in messages)),
+        translated=True,
+        ignored=ignored,
+        affinity=affinity_key(fields),
     )
     echo = {k: fields[k] for k in _ECHOED if k in fields}
-    return ResponsesExchange(client, ResponseTemplate(request.model, created_at, echo, names, ids))
+    template = ResponseTemplate(
+        request.model, created_at, echo, names, ids, stored, request.previous_response_id
+    )
+    template.reasoning_summary = wants_reasoning_summary(fields)
+    return ResponsesExchange(client, template)
 
 
 def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
@@ -186,8 +245,14 @@ def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
     items = request.input
     if isinstance(items, str):
         items = [Item(role="user", content=items)]
+    thoughts: list[str] = []
     for item in items or ():
         kind = item.type or "message"
+        if kind == "reasoning":
+            # Goes on as reasoning_content of the answer that follows (gateway.translate.reasoning).
+            thoughts.append(_text(item.content) or _text(item.summary))
+            continue
+        count = len(messages)
         if kind == "message":
             if item.role in _SYSTEM_ROLES:
                 system.append(_text(item.content))
@@ -197,7 +262,11 @@ def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
             _add_call(messages, item)
         elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.extend(_call_output(item))
-        # reasoning, web_search_call, item_reference...: nothing a chat upstream can use.
+        elif kind == "compaction":
+            messages.extend(compaction_messages(item.encrypted_content))
+        # web_search_call, item_reference...: nothing a chat upstream can use.
+        if thoughts:
+            attach(messages, thoughts, len(messages) > count or kind in _CALLS)
     text = "\n\n".join(s for s in system if s)
     if text:
         messages.insert(0, {"role": "system", "content": text})

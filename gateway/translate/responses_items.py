@@ -33,6 +33,11 @@ class ResponseTemplate:
     echo: dict[str, msgspec.Raw]
     tools: dict[str, ToolName]
     ids: IdFactory = new_id
+    # Kept by turnout (store: true), and the stored response it continues.
+    store: bool = False
+    previous_response_id: str | None = None
+    # The client asked for a reasoning summary (``reasoning.summary``): thinking goes there.
+    reasoning_summary: bool = False
 
     def response(
         self,
@@ -58,9 +63,9 @@ class ResponseTemplate:
             "model": self.model,
             "output": output,
             "parallel_tool_calls": echo.get("parallel_tool_calls") or True,
-            "previous_response_id": None,
+            "previous_response_id": self.previous_response_id,
             "reasoning": echo.get("reasoning") or {"effort": None, "summary": None},
-            "store": False,
+            "store": self.store,
             "temperature": echo.get("temperature"),
             "text": echo.get("text") or {"format": {"type": "text"}},
             "tool_choice": echo.get("tool_choice") or "auto",
@@ -148,6 +153,18 @@ def message_item(item_id: str, status: str, text: Text | None) -> dict[str, Any]
     }
 
 
-def reasoning_item(item_id: str, text: Text | None) -> dict[str, Any]:
+def reasoning_item(item_id: str, text: Text | None, summary: bool = False) -> dict[str, Any]:
+    """A reasoning item: the thinking as its content, or as its summary when the client asked
+    for one (gateway.translate.responses_stream.ResponseStream)."""
+    if summary:
+        return {
+            "id": item_id,
+            "type": "reasoning",
+            "summary": [] if text is None else [summary_part(text)],
+        }
     content = [] if text is None else [{"type": "reasoning_text", "text": text}]
     return {"id": item_id, "type": "reasoning", "summary": [], "content": content}
+
+
+def summary_part(text: Text) -> dict[str, Any]:
+    return {"type": "summary_text", "text": text}

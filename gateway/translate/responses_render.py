@@ -23,7 +23,7 @@ def render_response(body: bytes, template: ResponseTemplate) -> tuple[bytes, Usa
     response_id = ids("resp_")
     output: list[dict[str, Any]] = []
     if message.thought:
-        output.append(reasoning_item(ids("rs_"), message.thought))
+        output.append(reasoning_item(ids("rs_"), message.thought, template.reasoning_summary))
     text = message.content or message.refusal
     if text:
         output.append(message_item(ids("msg_"), "completed", text))
@@ -34,5 +34,8 @@ def render_response(body: bytes, template: ResponseTemplate) -> tuple[bytes, Usa
         call_id = call.id or ids("call_")
         output.append(template.call_item(name, call_id, arguments, ids("fc_"), "completed"))
     status, incomplete = outcome(choice.finish_reason if choice else None)
+    if chat.usage is not None:
+        chat.usage.count_reasoning(len(message.thought or ""))
     response = template.response(response_id, status, output, chat.usage, incomplete=incomplete)
-    return encode(response), chat.usage.wire() if chat.usage else None
+    usage = chat.usage.wire(len(message.thought or "")) if chat.usage else None
+    return encode(response), usage

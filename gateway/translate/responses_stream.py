@@ -28,11 +28,13 @@ from gateway.translate.responses_items import (
     message_item,
     outcome,
     reasoning_item,
+    summary_part,
     text_part,
 )
 from gateway.wire import Usage
 
 _ARGUMENTS_DELTA = b"response.function_call_arguments.delta"
+_SUMMARY_DELTA = "response.reasoning_summary_text.delta"
 _TEXT_HEAD = (
     b"event: response.output_text.delta\n"
     b'data: {"type":"response.output_text.delta","sequence_number":'
@@ -111,6 +113,13 @@ class ResponseStream:
         self._calls: dict[int, _Call] = {}
         self._finish: str | None = None
         self._chat_usage: ChatUsage | None = None
+        # Thinking seen: reasoning tokens are estimated from it when the upstream counts none.
+        self._thought_chars = 0
+        # A client that asked for a reasoning summary (Codex) gets the thinking as one: what
+        # it shows, and what it sends back (it drops reasoning_text when it does).
+        self._reasoning_delta = (
+            _SUMMARY_DELTA if template.reasoning_summary else "response.reasoning_text.delta"
+        )
         # What follows the sequence number in the open message's text deltas.
         self._text_mid = b""
         # Closed items' texts, JSON-encoded; events refer to them by slot.
@@ -249,10 +258,12 @@ class ResponseStream:
     def _delta(self, delta: ChatMessage, out: list[bytes]) -> None:
         thought = delta.reasoning_content or delta.reasoning
         if thought:
+            self._thought_chars += len(thought)
             self._close_message(out)
             if self._reasoning is None:
-                self._reasoning = self._add_item(out, reasoning_item(self._ids("rs_"), None))
-            self._text_delta(out, "response.reasoning_text.delta", self._reasoning, thought)
+                self._open_reasoning(out)
+            assert self._reasoning is not None
+            self._text_delta(out, self._reasoning_delta, self._reasoning, thought)
         text = delta.content or delta.refusal
         if text:
             self._close_reasoning(out)
@@ -269,6 +280,7 @@ class ResponseStream:
         item.escaped += quoted[1:-1]
         name = kind.encode()
         tail = b',"logprobs":[]}' if kind == "response.output_text.delta" else b"}"
+        part = b'"summary_index":0,' if kind == _SUMMARY_DELTA else b'"content_index":0,'
         data = b'{"type":"%s","sequence_number":%d,"item_id":"%s","output_index":%d,' % (
             name,
             self._seq,
@@ -276,7 +288,7 @@ class ResponseStream:
             item.index,
         )
         self._seq += 1
-        out.append(sse(name, data + b'"content_index":0,"delta":' + quoted + tail))
+        out.append(sse(name, data + part + b'"delta":' + quoted + tail))
 
     def _open_message(self, out: list[bytes]) -> None:
         self._message = self._add_item(out, message_item(self._ids("msg_"), "in_progress", None))
@@ -301,14 +313,30 @@ class ResponseStream:
         self._emit(out, "response.content_part.done", {**where, "part": text_part(text)})
         self._done_item(out, item.index, message_item(item.id, "completed", text))
 
+    def _open_reasoning(self, out: list[bytes]) -> None:
+        summary = self._template.reasoning_summary
+        item = self._add_item(out, reasoning_item(self._ids("rs_"), None, summary))
+        self._reasoning = item
+        if summary:
+            where = {"item_id": item.id, "output_index": item.index, "summary_index": 0}
+            part = summary_part("")
+            self._emit(out, "response.reasoning_summary_part.added", {**where, "part": part})
+
     def _close_reasoning(self, out: list[bytes]) -> None:
         item, self._reasoning = self._reasoning, None
         if item is None:
             return
         text = self._slot(item)
-        where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
-        self._emit(out, "response.reasoning_text.done", {**where, "text": text})
-        self._done_item(out, item.index, reasoning_item(item.id, text))
+        summary = self._template.reasoning_summary
+        if summary:
+            where = {"item_id": item.id, "output_index": item.index, "summary_index": 0}
+            self._emit(out, "response.reasoning_summary_text.done", {**where, "text": text})
+            part = summary_part(text)
+            self._emit(out, "response.reasoning_summary_part.done", {**where, "part": part})
+        else:
+            where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
+            self._emit(out, "response.reasoning_text.done", {**where, "text": text})
+        self._done_item(out, item.index, reasoning_item(item.id, text, summary))
 
     def _call(self, delta: ToolCall, out: list[bytes]) -> None:
         key = delta.index if delta.index is not None else self._implicit_index(delta)
@@ -391,11 +419,14 @@ class ResponseStream:
             if call.item is not None:
                 self._close_call(out, call)
         status, incomplete = outcome(self._finish)
+        if self._chat_usage is not None:
+            # The Response says its reasoning tokens too, estimated where the upstream is silent.
+            self._chat_usage.count_reasoning(self._thought_chars)
         response = self._template.response(
             self._id, status, self._items, self._chat_usage, incomplete=incomplete
         )
         kind = "response.completed" if status == "completed" else "response.incomplete"
         self._emit(out, kind, {"response": response})
         self.done = True
-        self.usage = self._chat_usage.wire() if self._chat_usage else None
+        self.usage = self._chat_usage.wire(self._thought_chars) if self._chat_usage else None
         return _pieces(out)

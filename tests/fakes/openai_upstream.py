@@ -51,6 +51,11 @@ The behaviour of each POST request is a *scenario*, picked by the first rule tha
                         and N M plus a quarter of the request body's bytes.
 ======================  ========================================================================
 
+``fake.reasoning``: a text (default None) every chat reply thinks first, as llama-server's
+``reasoning_content`` (``--reasoning-format auto``): whole replies carry it next to ``content``;
+streams send it as ``reasoning_content`` deltas (split like the text) before the content deltas.
+For ``<think>`` tags left in the text, send a user message holding them: the echo repeats it.
+
 A name in ``script``/``scenario`` that is not a scenario gets a 500 so typos are loud.
 GET endpoints are never scripted; ``fake.healthy = False`` makes ``/health`` answer 503.
 
@@ -924,6 +929,7 @@ class FakeOpenAI(LoopbackServer):
         self.healthy = True
         self.compress: str | None = None  # None, "honour", "gzip" or a label (module docstring)
         self.context_window = 128_000  # the M of "context-exceeded"
+        self.reasoning: str | None = None  # reasoning_content of every chat reply (docstring)
         self._port = port
         self._runner: web.ServerRunner | None = None
         self._stopping: asyncio.Event | None = None
@@ -1139,11 +1145,19 @@ class FakeOpenAI(LoopbackServer):
         else:
             pieces, finish = self._pieces("echo: " + _last_user_text(messages), body)
             completion_tokens = len(pieces)
+        thought = _split(self.reasoning, max(1, self.stream_chunks)) if self.reasoning else []
+        completion_tokens += len(thought)
         meta = self._meta(fmt.chat_id(), body, prompt_tokens, completion_tokens)
         if body.get("stream") is True:
             deltas = fmt.tool_deltas(calls) if calls else fmt.text_deltas(pieces)
-            return await self._stream(request, rec.scenario, fmt.chat_events(meta, deltas, finish))
-        reply = fmt.chat_completion(meta, fmt.message("".join(pieces), calls), finish)
+            thinking = [fmt.encode({"reasoning_content": p}) for p in thought if p]
+            role = deltas[:1] if deltas and deltas[0] is fmt._role_delta else []
+            events = fmt.chat_events(meta, [*role, *thinking, *deltas[len(role) :]], finish)
+            return await self._stream(request, rec.scenario, events)
+        message = fmt.message("".join(pieces), calls)
+        if self.reasoning:
+            message["reasoning_content"] = self.reasoning
+        reply = fmt.chat_completion(meta, message, finish)
         return await self._json(request, rec.scenario, reply)
 
     async def _completions(

@@ -70,9 +70,15 @@ class MemoryBackends:
     def names(self) -> list[str]:
         return sorted(self._factories)
 
+    def problem(self, name: str) -> str:
+        """Why ``memory.backend: name`` cannot be created here, or ""."""
+        if name in self._factories:
+            return ""
+        known = ", ".join(self.names()) or "none registered"
+        return f"memory.backend: unknown backend {name!r} (known: {known})"
+
     def create(self, name: str, settings: Memory, database: str) -> MemoryBackend:
         factory = self._factories.get(name)
         if factory is None:
-            known = ", ".join(self.names()) or "none registered"
-            raise ConfigError(f"memory.backend: unknown backend {name!r} (known: {known})")
+            raise ConfigError(self.problem(name))
         return factory(settings, database)

@@ -2,7 +2,7 @@
 
 This Python's own ``sqlite3`` may be built without ``enable_load_extension`` (it is on the
 machines this project runs on), so the store takes the first driver that can actually load
-the extension: sqlean.py (from the ``memory`` extra), then pysqlite3, then the standard
+the extension: sqlean.py (a base dependency of turnout), then pysqlite3, then the standard
 library. aiosqlite runs whichever it is on its thread through ``Connection(connector)``.
 """
 
@@ -20,7 +20,8 @@ from gateway.errors import DriverError
 
 # (package to install, module to import)
 CANDIDATES = (("sqlean.py", "sqlean"), ("pysqlite3", "pysqlite3.dbapi2"), ("sqlite3", "sqlite3"))
-FIX = "install the memory extra: pip install 'turnout[memory]'"
+# Both packages are turnout's own dependencies: one missing means a broken or partial install.
+FIX = "reinstall turnout (pip install -e . in a checkout), whose base install brings it"
 
 
 @dataclass(frozen=True, slots=True)

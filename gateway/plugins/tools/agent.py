@@ -12,7 +12,10 @@ the same breath are dropped, not run: their results could not reach the model an
 
 The ingress meets the loop as an ``AgentForwarder``, shaped like the gateway's ``Forwarder``
 and wrapping it (the tools plugin's ``forwarder_for`` hook): it sends the request as always
-and gets the final answer back, whole or as a stream.
+and gets the final answer back, whole or as a stream. For a stream every round is asked for
+as one, and the client gets the model's text as it is written (``rounds.py``): the answer of
+the last round chunk by chunk, not once the loop is over; the rounds that call tools are read
+by the loop.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any, Protocol
 
 import msgspec
@@ -28,18 +33,13 @@ from adapters.base import Operation, UpstreamReply
 from gateway.config.upstreams import Model
 from gateway.forwarder import OpenStream, Trace
 from gateway.identity import Identity
+from gateway.plugins.context import Forwarding
 from gateway.plugins.tools.calls import Outcome, run_entry
 from gateway.plugins.tools.metrics import ToolMetrics
 from gateway.plugins.tools.plan import AgentPlan, plan_agent
 from gateway.plugins.tools.registry import Caller, ToolRegistry
-from gateway.plugins.tools.replies import (
-    Message,
-    ToolCall,
-    UsageTotal,
-    as_events,
-    final_body,
-    read_reply,
-)
+from gateway.plugins.tools.replies import Message, ToolCall, UsageTotal, final_body, read_reply
+from gateway.plugins.tools.rounds import StreamedRound, closing_events
 from gateway.plugins.tools.settings import AgentLoop
 from gateway.wire import ClientRequest
 
@@ -49,12 +49,14 @@ _encode = msgspec.json.Encoder().encode
 _decode_any = msgspec.json.Decoder()
 _decode_messages = msgspec.json.Decoder(list[msgspec.Raw])
 _NONE = msgspec.Raw(b'"none"')
+_TRUE = msgspec.Raw(b"true")
 # Fields the loop sets per round, or that must not reach the model.
 _REPLACED = frozenset({"messages", "tools", "tool_choice", "stream", "stream_options", "turnout"})
 
 
 class Sender(Protocol):
-    """What the loop needs of the gateway's Forwarder: one whole reply, with fallback."""
+    """What the loop needs of the gateway's Forwarder: one whole reply, with fallback (a
+    stream too, for a client that streams: then it is a ``Forwarding``)."""
 
     async def send(
         self, model: Model, request: ClientRequest, request_id: str, trace: Trace
@@ -121,6 +123,9 @@ class _Loop:
         self._rounds = 0
         # Model calls made (the trace's attempts count fail-overs instead: see _merge).
         self.calls = 0
+        # Streaming: set once the client has had an event. From then on the relay books the
+        # time it waits on this loop as upstream time itself, so the loop must not book it too.
+        self._relayed = False
 
     async def run(self) -> bytes:
         plan = self._plan
@@ -139,11 +144,41 @@ class _Loop:
         body, _ = await self._ask("final", _NONE, final=True)
         return self._answer(body, keep_calls=frozenset())
 
+    async def events(self, streams: Forwarding) -> AsyncGenerator[bytes, None]:
+        """The loop for a client that streams: what it gets, as the rounds are read."""
+        plan = self._plan
+        shown = False
+        for number in range(plan.max_rounds + 1):
+            final = number == plan.max_rounds
+            choice = _NONE if final else plan.tool_choice if number == 0 else None
+            current = StreamedRound(separate=shown)
+            kind = "final" if final else "tools"
+            # Closed at once when the client goes (this generator closed at a yield): its
+            # upstream request must not wait for the garbage collector to be cancelled.
+            async with aclosing(self._stream_round(streams, kind, choice, current)) as relayed:
+                async for event in relayed:
+                    self._relayed = True
+                    yield event
+            shown = shown or current.showing
+            calls = [] if final else current.tool_calls()
+            theirs = frozenset(_name(c) for c in calls if _name(c) in self._client_names)
+            if theirs or not calls:
+                if theirs:
+                    self._step(phase="client_tools", calls=sorted(theirs))
+                kept = [c for c in calls if _name(c) in theirs]
+                usage = self._usage.as_dict()
+                for event in closing_events(current, kept, usage, self._extension(), shown):
+                    self._relayed = True
+                    yield event
+                return
+            await self._run_tools(current.message(), calls)
+            self._rounds += 1
+
     # --- the model --------------------------------------------------------------------------
 
-    async def _ask(
-        self, kind: str, tool_choice: msgspec.Raw | None, final: bool = False
-    ) -> tuple[bytes, Message]:
+    def _upstream(
+        self, tool_choice: msgspec.Raw | None, final: bool, stream: bool
+    ) -> ClientRequest:
         messages = self._messages
         if final:
             instruction = {
@@ -156,14 +191,25 @@ class _Loop:
         fields["tools"] = self._tools
         if tool_choice is not None:
             fields["tool_choice"] = tool_choice
-        upstream = ClientRequest(Operation.CHAT, self._request.model, False, False, fields)
+        if stream:
+            # The adapter adds stream_options.include_usage: every round's tokens are counted.
+            fields["stream"] = _TRUE
+        return ClientRequest(Operation.CHAT, self._request.model, stream, stream, fields)
+
+    async def _ask(
+        self, kind: str, tool_choice: msgspec.Raw | None, final: bool = False
+    ) -> tuple[bytes, Message]:
+        upstream = self._upstream(tool_choice, final, stream=False)
         # A Trace per call: the forwarder releases each call's target and engine lease itself.
         attempt = Trace()
         self.calls += 1
+        began = time.perf_counter()
         try:
             reply = await self._sender.send(self._model, upstream, self._caller.request_id, attempt)
         finally:
             _merge(self._trace, attempt)
+            # A span of its own in traces (gateway/telemetry/spans.py): the round's model call.
+            self._trace.add_phase(f"agent round {self._rounds} {kind}", began)
         message, usage = read_reply(reply.body)
         self._usage.add(usage)
         if self._metrics is not None:
@@ -176,11 +222,61 @@ class _Loop:
         )
         return reply.body, message
 
-    def _answer(self, body: bytes, keep_calls: frozenset[str] | None = None) -> bytes:
+    async def _stream_round(
+        self,
+        streams: Forwarding,
+        kind: str,
+        tool_choice: msgspec.Raw | None,
+        current: StreamedRound,
+    ) -> AsyncGenerator[bytes, None]:
+        """One round asked for as a stream; yields what of it the client gets at once."""
+        upstream = self._upstream(tool_choice, kind == "final", stream=True)
+        attempt = Trace()
+        self.calls += 1
+        began = time.perf_counter()
+        try:
+            opened = await streams.open_stream(
+                self._model, upstream, self._caller.request_id, attempt
+            )
+        finally:
+            # Fail-overs happen only before the first event: the attempts are final here, in
+            # time for the response headers.
+            _merge(self._trace, attempt, book_time=not self._relayed)
+        reading = time.perf_counter()
+        try:
+            for piece in current.feed(opened.first):
+                yield piece
+            async for event in opened.events:
+                for piece in current.feed(event):
+                    yield piece
+                if current.done:
+                    break
+        finally:
+            # Also when the client leaves mid-round (the generator is closed at a yield): the
+            # upstream request is cancelled and its target and lease go back.
+            await opened.aclose()
+        if not self._relayed:
+            self._trace.upstream_seconds += time.perf_counter() - reading
+        # A span of its own in traces (gateway/telemetry/spans.py): the round's model call.
+        self._trace.add_phase(f"agent round {self._rounds} {kind}", began)
+        self._usage.add(current.usage)
+        if self._metrics is not None:
+            self._metrics.agent_rounds.labels(kind).inc()
+        self._step(
+            phase=kind,
+            round=self._rounds,
+            tool_calls=len(current.tool_calls()),
+            seconds=round(time.perf_counter() - began, 6),
+        )
+
+    def _extension(self) -> dict[str, Any]:
         extension: dict[str, Any] = {"tool_rounds": self._rounds, "tool_results": self._results}
         if self._plan.debug:
             extension["trace"] = self._steps
-        return final_body(body, self._usage, extension, keep_calls)
+        return extension
+
+    def _answer(self, body: bytes, keep_calls: frozenset[str] | None = None) -> bytes:
+        return final_body(body, self._usage, self._extension(), keep_calls)
 
     # --- the tools --------------------------------------------------------------------------
 
@@ -226,8 +322,10 @@ class _Loop:
                 seconds=round(outcome.seconds, 6),
             )
         # Concurrent calls: the round waited as long as the slowest. Time spent in tools is
-        # not the gateway's own overhead, so it is booked with the upstream time.
-        self._trace.upstream_seconds += max((o.seconds for _, o in outcomes), default=0.0)
+        # not the gateway's own overhead, so it is booked with the upstream time (by the relay
+        # itself once a stream has begun).
+        if not self._relayed:
+            self._trace.upstream_seconds += max((o.seconds for _, o in outcomes), default=0.0)
 
     async def _call(self, name: str, text: str) -> tuple[Any, Outcome]:
         try:
@@ -286,12 +384,13 @@ def _names(definitions: tuple[msgspec.Raw, ...]) -> frozenset[str]:
     return frozenset(names)
 
 
-def _merge(total: Trace, attempt: Trace) -> None:
+def _merge(total: Trace, attempt: Trace, book_time: bool = True) -> None:
     # The client gets one answer: its attempts (x-turnout-attempts) are the first try plus
     # every fail-over in any round. Each round's first call is the loop working, not a retry.
     if attempt.attempts:
         total.attempts = max(total.attempts, 1) + attempt.attempts - 1
-    total.upstream_seconds += attempt.upstream_seconds
+    if book_time:
+        total.upstream_seconds += attempt.upstream_seconds
     total.failures.extend(attempt.failures)
     if attempt.target is not None:
         total.target = attempt.target
@@ -307,7 +406,7 @@ class AgentForwarder:
 
     def __init__(
         self,
-        sender: Sender,
+        sender: Forwarding,
         settings: AgentLoop,
         metrics: ToolMetrics | None,
         plan: AgentPlan,
@@ -337,35 +436,40 @@ class AgentForwarder:
     async def open_stream(
         self, model: Model, request: ClientRequest, request_id: str, trace: Trace
     ) -> OpenStream:
-        """The loop runs whole (keep-alives go out meanwhile), then its answer is streamed."""
-        reply = await self.send(model, request, request_id, trace)
-        events = as_events(reply.body)
-        replay = _Replay(events[1:])
-        # No release: every model call gave back its own target and lease.
-        return OpenStream(replay, replay, events[0])
-
-
-class _Replay:
-    """Events already in hand, as the UpstreamStream an OpenStream expects."""
-
-    def __init__(self, events: list[bytes]) -> None:
-        self._events = iter(events)
-
-    def __aiter__(self) -> _Replay:
-        return self
-
-    async def __anext__(self) -> bytes:
+        """The loop runs until the client has something to see (keep-alives go out meanwhile),
+        then goes on as the stream is read."""
+        loop = _Loop(
+            self._sender, self._settings, self._plan, model, request, self._caller, trace,
+            self._metrics,
+        )  # fmt: skip
+        events = _logged(loop.events(self._sender), loop, self._caller.request_id)
         try:
-            return next(self._events)
-        except StopIteration:
-            raise StopAsyncIteration from None
+            first = await anext(events)
+        except BaseException:
+            await events.aclose()
+            raise
+        # No release: every round gave back its own target and lease. Closing the generator
+        # (the relay's one cleanup duty) closes the round being read.
+        return OpenStream(events, events, first)
 
-    async def aclose(self) -> None:
-        return None
+
+async def _logged(
+    events: AsyncGenerator[bytes, None], loop: _Loop, request_id: str
+) -> AsyncGenerator[bytes, None]:
+    started = time.perf_counter()
+    async with aclosing(events):
+        async for event in events:
+            yield event
+    log.info(
+        "agent loop for request %s: %d model calls in %.3fs (streamed)",
+        request_id,
+        loop.calls,
+        time.perf_counter() - started,
+    )
 
 
 def agent_forwarder(
-    forwarder: Sender,
+    forwarder: Forwarding,
     tools: ToolRegistry,
     settings: AgentLoop,
     identity: Identity,

@@ -2,8 +2,7 @@
 
 Read leniently (servers differ on null vs absent, add fields of their own); written in
 OpenAI's shape with one extension, ``turnout``: the tool results and, when asked, a trace.
-A client that asked for a stream gets that answer as chat.completion.chunk events, so every
-ingress protocol translates it exactly as it translates an upstream's own stream.
+A client that asked for a stream gets the loop's answer as streamed rounds (``rounds.py``).
 """
 
 from __future__ import annotations
@@ -106,37 +105,3 @@ def final_body(
     reply["usage"] = usage.as_dict()
     reply["turnout"] = extension
     return _encode(reply)
-
-
-def as_events(body: bytes) -> list[bytes]:
-    """A whole chat.completion as the chunks a streaming upstream would have sent."""
-    reply = _decode_dict.decode(body)
-    head = {
-        "id": reply.get("id") or "chatcmpl-turnout",
-        "object": "chat.completion.chunk",
-        "created": reply.get("created") or 0,
-        "model": reply.get("model") or "",
-    }
-    choice = reply["choices"][0]
-    message = choice.get("message") or {}
-    delta: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
-    calls = message.get("tool_calls")
-    if calls:
-        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
-    finish: dict[str, Any] = {
-        "index": 0,
-        "delta": {},
-        "finish_reason": choice.get("finish_reason") or "stop",
-    }
-    return [
-        _sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}),
-        # The extension rides on the finish chunk: the usage chunk is dropped for clients
-        # that did not ask for usage.
-        _sse({**head, "choices": [finish], "turnout": reply.get("turnout")}),
-        _sse({**head, "choices": [], "usage": reply.get("usage")}),
-        b"data: [DONE]\n\n",
-    ]
-
-
-def _sse(chunk: dict[str, Any]) -> bytes:
-    return b"data: " + _encode(chunk) + b"\n\n"

@@ -1,0 +1,187 @@
+"""What OpenTelemetry tracing costs (issue 16): turnout exporting spans vs not.
+
+Two turnout processes from the working tree in front of one fake upstream, both kept running:
+
+- ``off``: the plain bench config (tracing off, the default: the SDK is never imported);
+- ``on``: the same plus ``telemetry.otlp.endpoint`` pointing at an OTLP/HTTP receiver process
+  (tests/fakes/otlp_receiver.py, decoding every export with opentelemetry-proto as a collector
+  would), the SDK's default batching (BatchSpanProcessor: 5 s or 512 spans per export).
+
+Measured as bench/governance.py does (see its docstring and bench/pair.py): alternating wrk
+runs and side-by-side runs at c=64 for the ~2 KB chat request and the 20-chunk stream, then,
+with ``--instructions N``, each mode under callgrind (instructions per request on the
+event-loop thread and in the whole process: the exporter's thread is in the latter only).
+
+    .venv/bin/python -m bench.telemetry [--seconds 4] [--rounds 10] [--instructions 1000 | 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench import instructions as callgrind
+from bench import wrk
+from bench.cells import log, write_scripts
+from bench.pair import CONNECTIONS, Pair, side_by_side_line, summary
+from bench.payloads import chat_body
+from bench.procs import Processes, exit_on_sigterm, wait_ready
+from bench.report import RESULTS, machine, write_results
+from bench.stacks import ROOT, UPSTREAM_MODEL, Stack, start_upstream, working_tree_build
+from tests.gateway_server import free_port
+
+KINDS = ("json", "stream")
+MODES = ("off", "on")
+
+
+def config(upstream: Stack, database: Path, receiver: str | None) -> str:
+    text = f"""\
+server:
+  log_level: warning
+  database: {database}
+routing:
+  retries: 0
+providers:
+  fake: {{kind: openai, base_url: "{upstream.origin}/v1", local: true}}
+models:
+  - name: bench
+    targets:
+      - {{provider: fake, model: {UPSTREAM_MODEL}}}
+usage: {{enabled: false}}
+"""
+    if receiver is not None:
+        text += f"telemetry:\n  otlp:\n    endpoint: {receiver}\n"
+    return text
+
+
+def start_receiver(procs: Processes) -> str:
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.fakes.otlp_receiver", "--port", str(port)]
+    proc = procs.spawn("otlp-receiver", argv, cwd=ROOT)
+    origin = f"http://127.0.0.1:{port}"
+    wait_ready(proc, origin + "/health", timeout=30)
+    return origin
+
+
+def start(procs: Processes, upstream: Stack, work: Path, receiver: str | None) -> Stack:
+    name = "on" if receiver else "off"
+    path = work / f"{name}.yaml"
+    path.write_text(config(upstream, work / f"{name}.db", receiver))
+    port = free_port()
+    proc = procs.spawn(f"turnout-{name}", working_tree_build().argv(path, port), cwd=work)
+    origin = f"http://127.0.0.1:{port}"
+    ready = wait_ready(proc, origin + "/health", timeout=30)
+    return Stack(
+        name, origin + "/v1/chat/completions", "bench", proc, origin, upstream.headers, ready
+    )
+
+
+def instructions(
+    procs: Processes, upstream: Stack, receiver: str, work: Path, requests: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    counts: dict[str, dict[str, dict[str, float]]] = {}
+    for kind in KINDS:
+        for mode in MODES:
+            where = work / f"count-{kind}-{mode}"
+            where.mkdir(exist_ok=True)
+            path = where / f"{mode}.yaml"
+            path.write_text(
+                config(upstream, where / "turnout.db", receiver if mode == "on" else None)
+            )
+            port = free_port()
+            log(f"instructions: {mode} {kind}, {requests} requests under callgrind")
+            counted = callgrind.count(
+                procs,
+                f"{mode}-{kind}",
+                working_tree_build().argv(path, port),
+                f"http://127.0.0.1:{port}",
+                upstream.headers,
+                chat_body("bench", kind == "stream"),
+                requests=requests,
+                cwd=where,
+            )
+            counts.setdefault(kind, {})[mode] = counted.as_dict()
+        counts[kind]["on_over_off"] = callgrind.ratio(counts[kind]["on"], counts[kind]["off"])
+    return counts
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    alternating: dict[str, dict[str, Any]] = {}
+    together: dict[str, dict[str, Any]] = {}
+    with Processes(RESULTS / "logs") as procs:
+        upstream = start_upstream(procs)
+        receiver = start_receiver(procs)
+        stacks = {
+            "off": start(procs, upstream, work, None),
+            "on": start(procs, upstream, work, receiver),
+        }
+        bench = Pair(MODES, stacks, {m: write_scripts(s, work) for m, s in stacks.items()})
+        bench.warm(KINDS)
+        for kind in KINDS:
+            rounds = bench.alternating(kind, args.seconds, args.rounds)
+            alternating[kind] = {"rounds": rounds, "median": summary(rounds)}
+            rounds = bench.side_by_side(kind, args.seconds, args.together_rounds)
+            together[kind] = {"rounds": rounds, "median": summary(rounds)}
+        for stack in stacks.values():
+            procs.stop(stack.proc)
+        counts = (
+            instructions(procs, upstream, receiver, work, args.instructions)
+            if args.instructions
+            else {}
+        )
+    ratios = {kind: alternating[kind]["median"]["ratio"] for kind in KINDS}
+    return {
+        "machine": machine(),
+        "settings": vars(args),
+        "alternating": alternating,
+        "side_by_side": together,
+        "instructions_per_request": counts,
+        "on_over_off": ratios,
+        "targets": {"within_5_percent": all(r >= 0.95 for r in ratios.values())},
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = []
+    for kind in KINDS:
+        a = result["alternating"][kind]["median"]
+        lines.append(
+            f"{kind}@{CONNECTIONS}: alternating off {a['off']:,.0f} req/s, on {a['on']:,.0f} "
+            f"req/s, on/off {a['ratio']:.3f}"
+        )
+        lines.append(side_by_side_line(MODES, kind, result["side_by_side"][kind]["median"]))
+    for kind, count in result["instructions_per_request"].items():
+        lines.append(callgrind.report_line(("on", "off"), kind, count))
+    lines.append("targets: " + json.dumps(result["targets"]))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=4, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds per kind")
+    parser.add_argument("--together-rounds", type=int, default=6, help="side-by-side rounds")
+    parser.add_argument(
+        "--instructions", type=int, default=1000, help="requests counted under callgrind; 0: skip"
+    )
+    args = parser.parse_args()
+    exit_on_sigterm()
+    wrk.require_wrk()
+    if args.instructions:
+        callgrind.require_valgrind()
+    with tempfile.TemporaryDirectory(prefix="turnout-telemetry-") as tmp:
+        result = run(args, Path(tmp))
+    path = write_results("telemetry", result)
+    print(report(result))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

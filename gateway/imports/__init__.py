@@ -1,0 +1,1 @@
+"""Configs of other gateways (LiteLLM, llama-swap) mapped to routing.yaml: ``turnout import``."""

@@ -1,0 +1,42 @@
+"""The gateway's tracer, when tracing is on: the one place the OpenTelemetry SDK is imported."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.config.observability import Telemetry
+from gateway.telemetry.settings import export_of
+
+if TYPE_CHECKING:
+    from gateway.config.upstreams import Provider
+    from gateway.engines.events import EngineEvents
+    from gateway.pipeline.call import Call
+
+
+class Tracer(Protocol):
+    """What the request path sees of tracing (``spans.RequestSpans``, which needs the SDK)."""
+
+    def record(self, route: str, call: Call) -> None:
+        """The spans of ``call``, which ended now."""
+        ...
+
+    async def close(self) -> None:
+        """Sends what is still queued."""
+        ...
+
+
+def open_tracer(
+    section: Telemetry,
+    env: Mapping[str, str],
+    providers: Mapping[str, Provider],
+    events: EngineEvents | None,
+) -> Tracer | None:
+    """The tracer routing.yaml and the OTEL_* variables ask for; None (and no SDK) when off."""
+    export = export_of(section, env)
+    if export is None:
+        return None
+    # Imported only now: a gateway that does not trace never loads the SDK.
+    from gateway.telemetry.spans import RequestSpans
+
+    return RequestSpans(export, providers, events)

@@ -1,0 +1,311 @@
+"""OpenTelemetry traces: a real gateway exporting through the real OTLP/HTTP exporter to a real
+receiver on loopback that decodes each export with the official opentelemetry-proto messages.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from gateway.config.observability import Otlp, Telemetry
+from gateway.engines.events import EngineEvents, event
+from gateway.engines.inbox import Lease
+from gateway.pipeline.call import Call
+from gateway.telemetry.settings import Export, export_of, problems, traces_url
+from gateway.telemetry.spans import RequestSpans
+from gateway.wire import Usage
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.gateway_server import config_of, running_gateway
+from tests.test_agent_loop import WEATHER, tools_section
+
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
+SERVER, CLIENT = 2, 3  # OTLP's SpanKind numbers
+STATUS_ERROR = 2
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[OtlpReceiver]:
+    async with OtlpReceiver() as running:
+        yield running
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as upstream:
+        yield upstream
+
+
+def routing(fake: FakeOpenAI, **sections: Any) -> dict[str, Any]:
+    return {
+        "providers": {"up": {"kind": "openai", "base_url": fake.url, "local": True}},
+        "models": [
+            {"name": "chat-model", "targets": [{"provider": "up", "model": "ok"}]},
+            {"name": "broken", "targets": [{"provider": "up", "model": "error-500"}]},
+        ],
+        "routing": {"retries": 0, "backoff_seconds": 0.01},
+        **sections,
+    }
+
+
+def by_name(spans: list[ReceivedSpan], name: str) -> ReceivedSpan:
+    found = [s for s in spans if s.name == name]
+    assert found, f"no span {name!r} among {[s.name for s in spans]}"
+    return found[0]
+
+
+def children_of(spans: list[ReceivedSpan], parent: ReceivedSpan) -> list[ReceivedSpan]:
+    return [s for s in spans if s.parent_span_id == parent.span_id]
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+async def test_env_endpoint_exports_genai_spans_of_a_request(
+    receiver: OtlpReceiver, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gateway-under-test")
+    async with running_gateway(config_of(routing(fake))) as gw:
+        reply = await gw.openai().chat.completions.create(model="chat-model", messages=USER)
+        assert reply.usage is not None
+    # The gateway's shutdown flushed the batch: every span is in by now.
+    spans = receiver.spans()
+    root = by_name(spans, "chat chat-model")
+    assert root.kind == SERVER
+    assert root.parent_span_id == b""
+    attributes = root.attributes
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.request.model"] == "chat-model"
+    assert attributes["gen_ai.provider.name"] == "openai"
+    assert attributes["gen_ai.response.model"] == "ok"
+    assert attributes["gen_ai.usage.input_tokens"] == reply.usage.prompt_tokens
+    assert attributes["gen_ai.usage.output_tokens"] == reply.usage.completion_tokens
+    assert attributes["gen_ai.usage.cache_read.input_tokens"] == 0
+    assert attributes["http.response.status_code"] == 200
+    assert root.resource["service.name"] == "gateway-under-test"
+    upstream = by_name(spans, "upstream call")
+    assert upstream.kind == CLIENT
+    assert upstream.parent_span_id == root.span_id
+    assert upstream.trace_id == root.trace_id
+    assert root.start_ns <= upstream.start_ns <= upstream.end_ns <= root.end_ns
+
+
+async def test_stream_span_carries_time_to_first_chunk(
+    receiver: OtlpReceiver, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    async with running_gateway(config_of(routing(fake))) as gw:
+        stream = await gw.openai().chat.completions.create(
+            model="chat-model",
+            messages=USER,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        async for _ in stream:
+            pass
+    root = by_name(receiver.spans(), "chat chat-model")
+    ttft = root.attributes["gen_ai.response.time_to_first_chunk"]
+    duration = (root.end_ns - root.start_ns) / 1e9
+    assert 0 < ttft <= duration
+    assert root.attributes["gen_ai.request.stream"] is True
+    assert root.attributes["gen_ai.usage.output_tokens"] > 0
+
+
+async def test_failed_request_span_is_an_error(
+    receiver: OtlpReceiver, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    async with running_gateway(config_of(routing(fake))) as gw:
+        with pytest.raises(openai.APIStatusError):
+            await gw.openai().chat.completions.create(model="broken", messages=USER)
+    root = by_name(receiver.spans(), "chat broken")
+    assert root.status_code == STATUS_ERROR
+    assert root.attributes["error.type"] == str(root.attributes["http.response.status_code"])
+
+
+async def test_routing_yaml_endpoint_turns_export_on_with_its_headers(
+    receiver: OtlpReceiver, fake: FakeOpenAI
+) -> None:
+    telemetry = {
+        "otlp": {"endpoint": receiver.url, "headers": {"x-collector-key": "k1"}},
+        "service_name": "turnout-yaml",
+    }
+    async with running_gateway(config_of(routing(fake, telemetry=telemetry))) as gw:
+        await gw.openai().embeddings.create(model="chat-model", input="hello")
+    spans = receiver.spans()
+    root = by_name(spans, "embeddings chat-model")
+    assert root.resource["service.name"] == "turnout-yaml"
+    assert receiver.headers[0].get("x-collector-key") == "k1"
+
+
+async def test_each_agent_loop_round_is_a_child_span(
+    receiver: OtlpReceiver, fake: FakeOpenAI
+) -> None:
+    fake.script = ["tools", "ok"]
+    raw = routing(fake, telemetry={"otlp": {"endpoint": receiver.url}})
+    raw["plugins"] = {"enabled": ["tools"]}
+    raw["tools"] = tools_section()
+    async with running_gateway(config_of(raw)) as gw:
+        reply = await gw.openai().chat.completions.create(
+            model="chat-model", messages=USER, tools=[WEATHER]
+        )
+    assert reply.choices[0].message.content == "echo: ping"
+    spans = receiver.spans()
+    root = by_name(spans, "chat chat-model")
+    rounds = [s for s in children_of(spans, root) if s.name.startswith("agent round")]
+    assert [s.name for s in sorted(rounds, key=lambda s: s.start_ns)] == [
+        "agent round 0 tools",
+        "agent round 1 tools",
+    ]
+    assert rounds[0].end_ns <= rounds[1].start_ns or rounds[1].end_ns <= rounds[0].start_ns
+
+
+async def test_engine_queue_and_load_become_child_spans(receiver: OtlpReceiver) -> None:
+    """A request that waited for its role's engine to load: queue wait, engine load inside it."""
+    events = EngineEvents()
+    spans = RequestSpans(Export(endpoint=traces_url(receiver.url)), {}, events)
+    call = Call("req-1")
+    call.model = "coder"
+    call.status = 200
+    call.usage = Usage(prompt_tokens=7, completion_tokens=3, total_tokens=10)
+    queued = time.perf_counter()
+    events.publish(event("coder", "stopped", "queued"))
+    events.publish(event("coder", "starting", "starting"))
+    events.publish(event("coder", "starting", "loading"))
+    events.publish(event("coder", "ready", "ready"))
+    call.trace.lease = Lease("coder", "coder", "", waited=time.perf_counter() - queued + 1e-6)
+    call.trace.upstream_started = time.perf_counter()
+    call.trace.upstream_last = 0.001
+    call.trace.add_phase("agent round 0", call.trace.upstream_started)
+    spans.record("chat", call)
+    await spans.close()
+    received = receiver.spans()
+    root = by_name(received, "chat coder")
+    assert root.attributes["turnout.request_id"] == "req-1"
+    queue = by_name(received, "queue wait")
+    assert queue.parent_span_id == root.span_id
+    assert queue.attributes["turnout.engine.role"] == "coder"
+    load = by_name(received, "engine load")
+    assert load.parent_span_id == queue.span_id
+    assert "loading" in load.attributes["turnout.engine.stages"]
+    assert by_name(received, "agent round 0").parent_span_id == root.span_id
+    assert {s.name for s in children_of(received, root)} == {
+        "queue wait",
+        "upstream call",
+        "agent round 0",
+    }
+
+
+async def test_a_sampler_that_keeps_none_sends_nothing(receiver: OtlpReceiver) -> None:
+    spans = RequestSpans(Export(endpoint=traces_url(receiver.url), sample_ratio=0.0), {})
+    for n in range(50):
+        spans.record("chat", Call(f"r{n}"))
+    await spans.close()
+    assert receiver.span_count == 0 and spans.exporter.sent == 0
+
+
+def test_tracing_off_loads_no_tracing_code() -> None:
+    """Off by default: a gateway built and opened never imports the span builder or exporter."""
+    script = """
+import asyncio, sys, tempfile, os
+for name in [n for n in os.environ if n.startswith("OTEL_")]:
+    del os.environ[name]
+from gateway.config import from_mapping
+from gateway.state import GatewayState, Wiring
+from adapters.builtin import default_registry
+db = os.path.join(tempfile.mkdtemp(), "t.db")
+config = from_mapping({"server": {"database": db}}, "test", {})
+async def main():
+    state = await GatewayState.open(Wiring.of(config, default_registry()))
+    assert state.tracer is None
+    await state.close()
+asyncio.run(main())
+print(sorted(m for m in sys.modules if m.startswith(("gateway.telemetry.", "opentelemetry.sdk"))))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert (
+        done.stdout.strip().splitlines()[-1]
+        == "['gateway.telemetry.settings', 'gateway.telemetry.tracer']"
+    )
+
+
+# --- settings (pure) ----------------------------------------------------------------------------
+
+OFF = Telemetry()
+
+
+def test_off_by_default_and_without_an_endpoint() -> None:
+    assert export_of(OFF, {}) is None
+    assert problems(OFF, {}) == []
+
+
+def test_env_variables_win_over_routing_yaml() -> None:
+    section = Telemetry(otlp=Otlp(endpoint="http://yaml:4318", headers={"a": "b"}))
+    export = export_of(section, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318/"})
+    assert export is not None
+    assert export.endpoint == "http://env:4318/v1/traces"
+    assert export.headers == {"a": "b"}
+    export = export_of(
+        section,
+        {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://traces.example/otlp",
+            "OTEL_EXPORTER_OTLP_HEADERS": "api-key=k%201,x=y",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "2500",
+            "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,service.name=r",
+            "OTEL_SERVICE_NAME": "s",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        },
+    )
+    assert export is not None
+    assert export.endpoint == "https://traces.example/otlp"
+    assert export.headers == {"api-key": "k 1", "x": "y"}
+    assert export.timeout_seconds == 2.5 and export.gzip
+    assert export.resource["service.name"] == "s"
+    assert export.resource["deployment.environment"] == "prod"
+    assert export.schedule_delay_seconds == 0.2
+
+
+def test_exporter_variable_turns_export_on_or_off() -> None:
+    on = export_of(OFF, {"OTEL_TRACES_EXPORTER": "otlp"})
+    assert on is not None and on.endpoint == "http://localhost:4318/v1/traces"
+    section = Telemetry(otlp=Otlp(endpoint="http://yaml:4318"))
+    assert export_of(section, {"OTEL_TRACES_EXPORTER": "none"}) is None
+    assert export_of(section, {"OTEL_SDK_DISABLED": "true"}) is None
+    on = export_of(section, {})
+    assert on is not None and on.resource["service.name"] == "turnout"
+
+
+def test_sampler_variables_set_the_share_traced() -> None:
+    section = Telemetry(otlp=Otlp(endpoint="http://yaml:4318"))
+    ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+    sampled = export_of(section, ratio)
+    assert sampled is not None and sampled.sample_ratio == 0.25
+    off = export_of(section, {"OTEL_TRACES_SAMPLER": "always_off"})
+    assert off is not None and off.sample_ratio == 0.0
+
+
+def test_unsupported_protocol_exporter_and_values_are_named() -> None:
+    section = Telemetry(otlp=Otlp(endpoint="collector:4317"))
+    found = problems(section, {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    assert any(p.startswith("telemetry.otlp.endpoint: expected an http(s) URL") for p in found)
+    assert any(p.startswith("OTEL_EXPORTER_OTLP_PROTOCOL:") for p in found)
+    found = problems(OFF, {"OTEL_TRACES_EXPORTER": "zipkin"})
+    assert found and found[0].startswith("OTEL_TRACES_EXPORTER:")
+    assert problems(OFF, {"OTEL_TRACES_EXPORTER": "otlp,console"}) == []
+    assert problems(OFF, {"OTEL_BSP_SCHEDULE_DELAY": "soon"}) == [
+        "OTEL_BSP_SCHEDULE_DELAY: expected a number > 0, got 'soon'"
+    ]
+    assert problems(OFF, {"OTEL_TRACES_SAMPLER": "jaeger_remote"})[0].startswith(
+        "OTEL_TRACES_SAMPLER:"
+    )
