@@ -154,10 +154,20 @@ class SpeaksNative(Protocol):
 
 
 def native_for(adapter: Adapter, native: Native | None) -> Native | None:
-    """``native`` when ``adapter`` speaks its protocol, else None (the adapter gets ``fields``)."""
-    if native is None or not isinstance(adapter, SpeaksNative):
+    """``native`` when ``adapter`` speaks its protocol, else None (the adapter gets ``fields``).
+
+    Records on ``native`` which provider took it (``Native.taker``): a stored Response
+    remembers who answered it natively, to continue there by the upstream's own id.
+    """
+    if native is None:
         return None
-    return native if native.protocol in adapter.native_protocols else None
+    taken = (
+        isinstance(adapter, SpeaksNative)
+        and native.protocol in adapter.native_protocols
+        and native.only in (None, adapter.name)
+    )
+    native.taker = adapter.name if taken else None
+    return native if taken else None
 
 
 AdapterFactory = Callable[[str, Provider, aiohttp.ClientSession], Adapter]
@@ -169,18 +179,27 @@ class AdapterRegistry:
     def __init__(self) -> None:
         self._factories: dict[str, AdapterFactory] = {}
         self._keep_prefix: set[str] = set()
+        self._responses: set[str] = set()
 
     def register(
-        self, kind: str, factory: AdapterFactory, *, keeps_client_prefix: bool = False
+        self,
+        kind: str,
+        factory: AdapterFactory,
+        *,
+        keeps_client_prefix: bool = False,
+        speaks_responses: bool = False,
     ) -> None:
         """``keeps_client_prefix``: the kind's API reads what clients put at the very start of
         a prompt (Anthropic's reads Claude Code's billing line), so it always gets the prompt
-        as sent and ``strip_volatile_prefix`` does not apply (gateway/translate/prefix.py)."""
+        as sent and ``strip_volatile_prefix`` does not apply (gateway/translate/prefix.py).
+        ``speaks_responses``: a provider of the kind may set ``responses_api: true``."""
         if kind in self._factories:
             raise ValueError(f"adapter kind {kind!r} is already registered")
         self._factories[kind] = factory
         if keeps_client_prefix:
             self._keep_prefix.add(kind)
+        if speaks_responses:
+            self._responses.add(kind)
 
     def keeps_client_prefix(self, kind: str) -> bool:
         return kind in self._keep_prefix
@@ -198,6 +217,11 @@ class AdapterRegistry:
                 problems.append(
                     f"providers.{name}.strip_volatile_prefix: kind {provider.kind} always gets "
                     "the client's prompt as sent (its API reads the billing line); remove the key"
+                )
+            elif provider.responses_api and provider.kind not in self._responses:
+                problems.append(
+                    f"providers.{name}.responses_api: kind {provider.kind} does not speak "
+                    f"OpenAI's Responses API (kinds that do: {', '.join(sorted(self._responses))})"
                 )
         return problems
 

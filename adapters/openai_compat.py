@@ -15,7 +15,15 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
-from adapters.base import AdapterRegistry, Operation, Probe, UpstreamReply, UpstreamRequest
+from adapters.base import (
+    AdapterRegistry,
+    Native,
+    Operation,
+    Probe,
+    UpstreamReply,
+    UpstreamRequest,
+    WireProtocol,
+)
 from adapters.h1 import H1Response, pool_for
 from adapters.http import (
     bearer_headers,
@@ -29,7 +37,8 @@ from adapters.http import (
     upstream_error,
     whole_answer_timeout,
 )
-from adapters.reasoning_history import without_reasoning_history
+from adapters.openai_responses import ResponsesUpstream, speaks_responses
+from adapters.reasoning_history import without_reasoning_history, without_thinking_blocks
 from adapters.streams import Expiry, Framer, StreamDeadlines, refuse_unknown_encoding
 from adapters.think_tags import ThinkStream, split_reply
 from gateway.config.upstreams import Provider, Timeouts
@@ -211,6 +220,12 @@ class OpenAICompatAdapter:
         self._send_timeout = whole_answer_timeout(provider.timeouts)
         # Streams are bounded by SSEStream's deadlines instead.
         self._stream_timeout = stream_timeout(provider.timeouts)
+        # Responses requests sent as they came (``SpeaksNative``), when the upstream has
+        # ``/responses`` (adapters/openai_responses.py); empty: they are translated to chat.
+        self.native_protocols = speaks_responses(provider, self.responses_by_default(provider))
+        self._responses = ResponsesUpstream(
+            provider, session, self._headers, (self._send_timeout, self._stream_timeout)
+        )
         reasoning = provider.reasoning
         self._think_tags = reasoning.think_tags
         self._reasoning_history = (
@@ -227,6 +242,10 @@ class OpenAICompatAdapter:
         """A per-event normaliser for streams, or None to relay events untouched (the fast path)."""
         return None
 
+    def responses_by_default(self, provider: Provider) -> bool:
+        """Whether the upstream speaks the Responses API when ``responses_api`` is not set."""
+        return False
+
     # --- the protocol -------------------------------------------------------------------------
 
     # OpenAI's own API deprecated max_tokens for chat, and its reasoning models refuse it;
@@ -242,6 +261,8 @@ class OpenAICompatAdapter:
         fields["model"] = msgspec.Raw(_encode(request.model))
         if request.translated and not self._reasoning_history:
             without_reasoning_history(fields, request.fields)
+        if request.translated:
+            without_thinking_blocks(fields, request.fields)
         if self.modern_max_tokens and request.op is Operation.CHAT and "max_tokens" in fields:
             limit = fields.pop("max_tokens")
             fields.setdefault("max_completion_tokens", limit)
@@ -252,6 +273,8 @@ class OpenAICompatAdapter:
         return _encode(fields)
 
     async def send(self, request: UpstreamRequest) -> UpstreamReply:
+        if request.native is not None:
+            return await self._send_native(request.native, request.model)
         # A plain try (free in Python 3.11+): only the error path pays for the mapping.
         try:
             if self._lean is not None:
@@ -280,6 +303,8 @@ class OpenAICompatAdapter:
     async def open_stream(self, request: UpstreamRequest) -> SSEStream:
         t = self.provider.timeouts
         started = asyncio.get_running_loop().time()
+        if request.native is not None:
+            return await self._open_native(request.native, request.model, started)
         # A plain try (free in Python 3.11+): only the error path pays for the mapping.
         try:
             response: aiohttp.ClientResponse | H1Response
@@ -299,6 +324,21 @@ class OpenAICompatAdapter:
         except UpstreamStatus as exc:
             raise context_error(exc) from None
         return SSEStream(response, self._stream_fix(request.op), t, started)
+
+    async def _send_native(self, native: Native, model: str) -> UpstreamReply:
+        try:
+            status, data = await self._responses.send(native, model)
+        except UpstreamStatus as exc:
+            raise context_error(exc) from None
+        return UpstreamReply(status, data, protocol=WireProtocol.RESPONSES)
+
+    async def _open_native(self, native: Native, model: str, started: float) -> SSEStream:
+        try:
+            response = await self._responses.open(native, model)
+        except UpstreamStatus as exc:
+            raise context_error(exc) from None
+        # Events pass untouched: the forwarder records the stream as the native protocol's.
+        return SSEStream(response, None, self.provider.timeouts, started)
 
     def _stream_fix(self, op: Operation) -> EventFix | None:
         fix = self.event_fix(op)
@@ -380,15 +420,20 @@ class OpenAIAdapter(OpenAICompatAdapter):
 
     modern_max_tokens = True
 
+    def responses_by_default(self, provider: Provider) -> bool:
+        # Only OpenAI's own host is sure to have /responses: kind openai also fronts servers
+        # that speak chat completions alone.
+        return urlsplit(provider.base_url).hostname == "api.openai.com"
+
 
 def _openai_factory(name: str, provider: Provider, session: aiohttp.ClientSession) -> OpenAIAdapter:
     return OpenAIAdapter(name, provider, session)
 
 
 def register(registry: AdapterRegistry) -> None:
-    registry.register("openai", _openai_factory)
+    registry.register("openai", _openai_factory, speaks_responses=True)
     # Servers that speak OpenAI's format without quirks we know of.
     for kind in ("openai-compatible", "lmstudio"):
-        registry.register(kind, _factory)
-    for kind in ("deepseek", "vllm"):
-        registry.register(kind, _reasoning_factory)
+        registry.register(kind, _factory, speaks_responses=True)
+    registry.register("deepseek", _reasoning_factory)
+    registry.register("vllm", _reasoning_factory, speaks_responses=True)

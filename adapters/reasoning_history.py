@@ -37,3 +37,19 @@ def without_reasoning_history(fields: dict[str, msgspec.Raw], original: object) 
         if isinstance(message, dict):
             message.pop("reasoning_content", None)
     fields["messages"] = msgspec.Raw(_encode(decoded))
+
+
+def without_thinking_blocks(fields: dict[str, msgspec.Raw], original: object) -> None:
+    """Remove Anthropic's ``thinking_blocks`` (only Anthropic reads them; strict OpenAI-style
+    servers refuse a field they do not know) from a translated body that says it has some."""
+    if not (isinstance(original, Translated) and original.thinking_blocks):
+        return
+    messages = fields.get("messages")
+    if messages is None:
+        return
+    decoded = msgspec.json.decode(messages)
+    if isinstance(decoded, list):
+        for message in decoded:
+            if isinstance(message, dict):
+                message.pop("thinking_blocks", None)
+        fields["messages"] = msgspec.Raw(_encode(decoded))

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.procs import Processes, free_port, wait_ready  # noqa: E402
 from gateway.engines.builtin import LLAMACPP_COMMAND  # noqa: E402
+from gateway.engines.memory import Candidate, cheapest_evictions  # noqa: E402
 from tests.engines.engines import ensure_models, llama_server_binary  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -141,11 +142,14 @@ async def run(scenario: dict[str, Any], binary: Path, logs: Path) -> dict[str, A
         proc = procs.spawn("turnout", argv, cwd=ROOT)
         wait_ready(proc, url + "/health", timeout=60)
         async with aiohttp.ClientSession() as session:
-            estimates = {}
+            estimates: dict[str, int] = {}
+            planned: dict[str, int] = {}
             for _ in range(100):
                 async with session.get(url + "/engine/status") as response:
                     engines = (await response.json())["engines"]
                 estimates = {n: e["memory"]["estimated_mb"] for n, e in engines.items()}
+                # What the planner counts for each role before any has loaded.
+                planned = {n: e["memory"]["need_mb"] for n, e in engines.items()}
                 if all(estimates.values()):
                     break
                 await asyncio.sleep(0.05)
@@ -157,6 +161,13 @@ async def run(scenario: dict[str, Any], binary: Path, logs: Path) -> dict[str, A
             after = await states(session, url)
             memories = {role: await memory_of(session, url, role) for role in scenario["roles"]}
     evicted = [r for r, s in after.items() if s == "stopped"]
+    then = scenario["then"]
+    short = estimates[then] - (scenario["budget_mb"] - sum(estimates[r] for r in scenario["load"]))
+    # The same choice (turnout's own function) made on the estimates: what measuring changed.
+    on_estimates = cheapest_evictions(
+        short,
+        [Candidate(r, estimates[r], memories[r]["load_seconds"] or 0.0) for r in scenario["load"]],
+    )
     return {
         "scenario": scenario["name"],
         "budget_mb": scenario["budget_mb"],
@@ -164,7 +175,9 @@ async def run(scenario: dict[str, Any], binary: Path, logs: Path) -> dict[str, A
         "roles": {
             role: {
                 "estimated_mb": estimates[role],
+                "planned_before_mb": planned[role],
                 "measured_mb": memories[role]["measured_mb"],
+                "planned_after_mb": memories[role]["need_mb"],
                 "load_seconds": memories[role]["load_seconds"],
             }
             for role in scenario["roles"]
@@ -172,7 +185,15 @@ async def run(scenario: dict[str, Any], binary: Path, logs: Path) -> dict[str, A
         "evicted": evicted,
         "expected": scenario["expected"],
         "right": evicted == [scenario["expected"]],
+        # After its first load, the planner counts each role at its measured size.
+        "measured_replaces_estimate": all(
+            memories[role]["measured_mb"]
+            and memories[role]["need_mb"] == memories[role]["measured_mb"]
+            and planned[role] == estimates[role]
+            for role in scenario["roles"]
+        ),
         "why": reason(directory / "turnout.log", scenario["then"]),
+        "on_estimates_would_evict": on_estimates,
     }
 
 
@@ -180,17 +201,26 @@ def show(result: dict[str, Any]) -> str:
     lines = [
         f"{result['scenario']}: budget {result['budget_mb']} MB, loaded "
         + " -> ".join(result["loaded_in_order"]),
-        f"  {'role':8}{'estimated MB':>14}{'measured MB':>13}{'load s':>9}",
+        f"  {'role':8}{'estimated MB':>14}{'planned before':>16}{'measured MB':>13}"
+        f"{'planned after':>15}{'load s':>9}",
     ]
     for role, r in result["roles"].items():
         load = r["load_seconds"]
         lines.append(
-            f"  {role:8}{r['estimated_mb']!s:>14}{r['measured_mb']!s:>13}"
+            f"  {role:8}{r['estimated_mb']!s:>14}{r['planned_before_mb']!s:>16}"
+            f"{r['measured_mb']!s:>13}{r['planned_after_mb']!s:>15}"
             f"{(f'{load:.3f}' if load is not None else '-'):>9}"
         )
     verdict = "right" if result["right"] else f"WRONG (expected {result['expected']})"
     lines.append(f"  evicted: {', '.join(result['evicted']) or 'none'} ({verdict})")
+    replaced = "yes" if result["measured_replaces_estimate"] else "NO"
+    lines.append(f"  planner counts the measured size after the first load: {replaced}")
     lines.append(f"  why: {result['why']}")
+    would = result["on_estimates_would_evict"]
+    lines.append(
+        "  planned on the estimates instead, it would evict: "
+        + (", ".join(would) if would else "nothing" if would == [] else "(nothing frees enough)")
+    )
     return "\n".join(lines)
 
 

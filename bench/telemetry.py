@@ -2,15 +2,15 @@
 
 Two turnout processes from the working tree in front of one fake upstream, both kept running:
 
-- ``off``: the plain bench config (tracing off, the default: the SDK is never imported);
+- ``off``: the plain bench config (tracing off, the default: no tracing code runs);
 - ``on``: the same plus ``telemetry.otlp.endpoint`` pointing at an OTLP/HTTP receiver process
   (tests/fakes/otlp_receiver.py, decoding every export with opentelemetry-proto as a collector
-  would), the SDK's default batching (BatchSpanProcessor: 5 s or 512 spans per export).
+  would), with the default batching (as the SDK's BatchSpanProcessor: 5 s or 512 spans).
 
 Measured as bench/governance.py does (see its docstring and bench/pair.py): alternating wrk
 runs and side-by-side runs at c=64 for the ~2 KB chat request and the 20-chunk stream, then,
 with ``--instructions N``, each mode under callgrind (instructions per request on the
-event-loop thread and in the whole process: the exporter's thread is in the latter only).
+event-loop thread, where the spans are built and exported, and in the whole process).
 
     .venv/bin/python -m bench.telemetry [--seconds 4] [--rounds 10] [--instructions 1000 | 0]
 """

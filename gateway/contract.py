@@ -35,6 +35,8 @@ class WireProtocol(StrEnum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    # OpenAI's Responses API (``/v1/responses``), spoken by OpenAI itself (adapters/openai_responses.py).
+    RESPONSES = "responses"
 
 
 class Native:
@@ -44,7 +46,7 @@ class Native:
     use: most requests go to an OpenAI upstream and never need it.
     """
 
-    __slots__ = ("_body", "_fields", "_rewrite", "headers", "protocol")
+    __slots__ = ("_body", "_fields", "_rewrite", "headers", "only", "protocol", "taker")
 
     def __init__(
         self,
@@ -52,6 +54,7 @@ class Native:
         body: bytes,
         headers: Mapping[str, str],
         rewrite: Callable[[Fields], Fields] | None = None,
+        only: str | None = None,
     ) -> None:
         self.protocol = protocol
         # Protocol headers worth forwarding (``anthropic-beta``, ``anthropic-version``).
@@ -59,6 +62,12 @@ class Native:
         self._body = body
         self._rewrite = rewrite
         self._fields: Fields | None = None
+        # The one provider that may take the body (None: any that speaks its protocol): a
+        # Responses continuation whose id only that provider knows (gateway/api/responses.py).
+        self.only = only
+        # The provider the last attempt gave the body to, None when it got ``fields``:
+        # attempts are sequential, so once answered it names the provider that answered.
+        self.taker: str | None = None
 
     @property
     def fields(self) -> Fields:

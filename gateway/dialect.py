@@ -98,6 +98,6 @@ POSTGRES = Dialect(
 
 
 def machine_local(database: str) -> str:
-    """Where stores that stay on this machine go (engine sizes measured here; stored
-    Responses, not yet shared): ``database`` itself on SQLite, memory only on PostgreSQL."""
+    """Where stores that stay on this machine go (engine sizes measured here):
+    ``database`` itself on SQLite, memory only on PostgreSQL."""
     return ":memory:" if is_postgres(database) else database

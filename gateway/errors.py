@@ -22,6 +22,8 @@ The hierarchy (the status a client sees in brackets)::
     ├── ServerBusy [503] ── answered by the transport (gateway/connections.py)
     ├── NoTargetAvailable [503]
     ├── PluginUnavailable [503] ── what a plugin loads in the background failed to load
+    ├── StoreUnavailable [503] ── the shared database holding stored responses cannot be read
+    │   └── Unfetched ── not in memory yet: the caller awaits ``fetch`` and tries again
     └── UpstreamError [502] ── one upstream failed; ``retryable`` decides whether to fall back
         ├── UpstreamConnectError [502]
         ├── UpstreamTimeout [504]
@@ -53,6 +55,8 @@ so it shares nothing with this tree.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -180,6 +184,25 @@ class PluginUnavailable(GatewayError):
     status = 503
     type = "server_error"
     code = "plugin_unavailable"
+
+
+class StoreUnavailable(GatewayError):
+    """A stored response this replica has not cached, while the shared database is down."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
+
+
+class Unfetched(StoreUnavailable):
+    """What a request needs is in the shared database (PostgreSQL), not in this replica's
+    memory. Raised by synchronous code that must not block the event loop on a query; the
+    async caller awaits ``fetch`` (which raises ``NotFound`` or ``StoreUnavailable`` itself)
+    and tries again. A client sees it (503) only if the second try misses too."""
+
+    def __init__(self, message: str, fetch: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(message)
+        self.fetch = fetch
 
 
 class UpstreamError(GatewayError):

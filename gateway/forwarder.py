@@ -70,6 +70,9 @@ class Trace:
     # The last attempt's start (``time.perf_counter()``) and seconds: traces' upstream span.
     upstream_started: float = 0.0
     upstream_last: float = 0.0
+    # When the last attempt asked the engine gate for its local role (``time.perf_counter()``):
+    # where traces' queue-wait span begins. Only requests for local roles set it.
+    gated: float = 0.0
     # Timed steps worth a span of their own (the agent loop's rounds): (name, start, end) in
     # ``time.perf_counter()``; None until one is added, which only such steps do.
     phases: list[tuple[str, float, float]] | None = None
@@ -257,6 +260,7 @@ class Forwarder:
         """One attempt; returns the error instead of raising so the loop reads as policy."""
         lease: Lease | None = None
         if self._gate is not None and self._gate.handles(target):
+            trace.gated = time.perf_counter()
             try:
                 lease, target = await self._gate.enter(target, request, trace)
             except UpstreamError as exc:

@@ -277,6 +277,12 @@ class Metrics:
             "1 while usage rows are being written; 0 during a database outage.",
             registry=r,
         )
+        self.responses_dropped = Counter(
+            "turnout_stored_responses_dropped",
+            "Stored responses (store: true) never written: the database was behind by more "
+            "than responses.max_pending_bytes.",
+            registry=r,
+        )
         self.ratelimit_rejections = Counter(
             "turnout_ratelimit_rejections",
             "Requests refused with 429, by the scope that refused (key, agent, model) and the "

@@ -169,6 +169,24 @@ async def m006_reasoning_tokens(db: Schema) -> None:
     await db.execute("ALTER TABLE usage ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0")
 
 
+async def m007_budget_spend(db: Schema) -> None:
+    # Replicas on PostgreSQL charge the same budgets: each budget's spend in one period is one
+    # row, moved only by atomic increments (gateway/budget_ledger.py). Unused on SQLite, where
+    # one gateway counts in memory.
+    await db.execute(
+        """
+        CREATE TABLE budget_spend (
+            scope TEXT NOT NULL,
+            name TEXT NOT NULL,
+            period_start REAL NOT NULL,
+            spent_usd REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (scope, name, period_start)
+        )
+        """
+    )
+
+
 # Append only. Position n (from 1) is migration number n.
 MIGRATIONS: tuple[Portable, ...] = (
     m001_usage,
@@ -177,6 +195,7 @@ MIGRATIONS: tuple[Portable, ...] = (
     m004_budget_periods,
     m005_stored_responses,
     m006_reasoning_tokens,
+    m007_budget_spend,
 )
 
 

@@ -201,6 +201,7 @@ class GatewayState:
         await self.engine_session.close()
         await self.keys.stop()
         await self.limiter.close()
+        await self.budgets.close()
         # Late, so spans of requests that finished while everything else stopped are sent.
         if self.tracer is not None:
             await self.tracer.close()
@@ -284,7 +285,8 @@ async def _build(wiring: Wiring) -> GatewayState:
         captures=Captures.of(config) if config.capture.enabled else None,
         fleet=fleet,
         responses=(
-            ResponseStore(config.responses, machine_local(config.server.database))
+            # Shared by replicas on PostgreSQL (gateway/responses_store/postgres.py).
+            ResponseStore(config.responses, config.server.database, metrics.responses_dropped)
             if config.responses.store
             else None
         ),

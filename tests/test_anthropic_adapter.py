@@ -222,6 +222,45 @@ def test_structured_output_and_streaming() -> None:
     assert body["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
 
 
+def test_reasoning_effort_turns_on_thinking_within_max_tokens_and_drops_sampling() -> None:
+    body = anthropic_body(reasoning_effort="high", max_tokens=4000, temperature=0.2, top_p=0.5)
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2000}
+    assert "temperature" not in body and "top_p" not in body
+    assert "thinking" not in anthropic_body(reasoning_effort="low", max_tokens=2000)
+    assert "thinking" not in anthropic_body(reasoning_effort="none")
+    forced = anthropic_body(
+        reasoning_effort="high",
+        tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    assert "thinking" not in forced
+    given = {"type": "enabled", "budget_tokens": 2048}
+    assert anthropic_body(thinking=given, reasoning_effort="high")["thinking"] == given
+
+
+def test_thinking_blocks_sent_back_open_the_assistant_turn_unchanged() -> None:
+    signed = {"type": "thinking", "thinking": "plan", "signature": "sig"}
+    redacted = {"type": "redacted_thinking", "data": "opaque"}
+    unsigned = {"type": "thinking", "thinking": "local"}
+    body = anthropic_body(
+        messages=[
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": "Hello.",
+                "reasoning_content": "plan",
+                "thinking_blocks": [signed, redacted, unsigned],
+            },
+            {"role": "user", "content": "and?"},
+        ]
+    )
+    assert body["messages"][1]["content"] == [
+        signed,
+        redacted,
+        {"type": "text", "text": "Hello."},
+    ]
+
+
 def test_an_untranslatable_body_is_a_bad_request() -> None:
     with pytest.raises(BadRequest):
         messages_body({"messages": raw("nope")}, "m", False)
@@ -271,6 +310,9 @@ def test_reply_with_thinking_text_tools_and_cache_usage() -> None:
                     "role": "assistant",
                     "content": "Checking.",
                     "reasoning_content": "hmm",
+                    "thinking_blocks": [
+                        {"type": "thinking", "thinking": "hmm", "signature": "sig"}
+                    ],
                     "tool_calls": [
                         {
                             "id": "toolu_1",
@@ -456,7 +498,7 @@ def test_parallel_tool_blocks_get_consecutive_tool_call_indexes() -> None:
     assert [c["index"] for c in calls] == [0, 0, 1, 1]
 
 
-def test_thinking_streams_as_reasoning_content_and_signatures_are_dropped() -> None:
+def test_thinking_streams_as_reasoning_content_then_whole_with_its_signature() -> None:
     chunks = chunks_of(
         [
             START,
@@ -477,7 +519,10 @@ def test_thinking_streams_as_reasoning_content_and_signatures_are_dropped() -> N
             ),
         ]
     )
-    assert [c["choices"][0]["delta"] for c in chunks[1:]] == [{"reasoning_content": "hmm"}]
+    assert [c["choices"][0]["delta"] for c in chunks[1:]] == [
+        {"reasoning_content": "hmm"},
+        {"thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "sig"}]},
+    ]
 
 
 def test_an_error_event_raises_the_status_it_stands_for() -> None:

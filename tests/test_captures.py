@@ -3,7 +3,9 @@ dashboard's panel in headless Chromium."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -11,6 +13,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.captures.redact import MASK, Redactor
+from gateway.cli import main
 from gateway.config.observability import Capture
 from gateway.errors import ConfigError
 from gateway.pipeline.call import Call
@@ -132,6 +135,36 @@ async def test_only_listed_models_are_captured_and_the_ring_keeps_the_newest(
     assert newest["request_bytes"] > 40
 
 
+async def test_refused_and_failed_requests_are_captured_with_their_status(
+    fake: FakeOpenAI,
+) -> None:
+    """A body the gateway could not read and an unknown model are refused before admission;
+    an upstream's 500 after it: all three are captured, with what the client sent."""
+    raw = routing(fake, capture={"enabled": True})
+    raw["models"].append({"name": "broken", "targets": [{"provider": "up", "model": "error-500"}]})
+    async with running_gateway(config_of(raw)) as gw:
+        headers = {"Authorization": f"Bearer {ADMIN}", "content-type": "application/json"}
+        async with aiohttp.ClientSession() as session:
+            for body in (
+                b'{"model": "chat", "messages": [',
+                b'{"model": "nowhere", "messages": [{"role": "user", "content": "hi"}]}',
+                b'{"model": "broken", "messages": [{"role": "user", "content": "hi"}]}',
+            ):
+                async with session.post(
+                    gw.v1 + "/chat/completions", data=body, headers=headers
+                ) as response:
+                    assert response.status >= 400
+        _, listing = await get(gw, "/v1/captures")
+        details = [(await get(gw, f"/v1/captures/{c['id']}"))[1] for c in listing["data"]]
+    broken, unknown, unreadable = details
+    assert unreadable["status"] == 400 and unreadable["request"]["body"].endswith('"messages": [')
+    assert unknown["status"] == 404 and '"nowhere"' in unknown["request"]["body"]
+    assert broken["model"] == "broken" and broken["status"] >= 500
+    for detail in details:
+        assert detail["done"] and '"error"' in detail["response"]["body"]
+        assert detail["request"]["headers"]["authorization"] == MASK
+
+
 def test_keys_select_captures_as_models_do() -> None:
     from gateway.captures.ring import Captures
     from gateway.identity import Identity
@@ -192,3 +225,32 @@ async def test_dashboard_shows_captures_and_one_exchange(
     assert "chat" in cells and "200" in cells
     assert "echo: hello there" in answer
     assert errors == []
+
+
+def test_turnout_check_names_the_bad_capture_and_telemetry_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    database = tmp_path / "t.db"
+    cases = {
+        "capture: {enabled: true, max_bytes: 0}": "capture.max_bytes: expected a number",
+        "capture: {enable: true}": "capture: unknown key `enable`",
+        "capture: {models: coder}": "capture.models",
+        "telemetry: {otlp: {endpoint: 'collector:4317'}}": "telemetry.otlp.endpoint",
+        "telemetry: {otlp: {endpoint: http://c:4318, header: {}}}": "telemetry.otlp: unknown key `header`",
+    }
+    for section, named in cases.items():
+        path = tmp_path / "routing.yaml"
+        path.write_text(f"server: {{database: {database}}}\n{section}\n")
+        assert main(["check", str(path)]) != 0, section
+        assert named in capsys.readouterr().err, section
+    path.write_text(
+        f"server: {{database: {database}}}\n"
+        "capture: {enabled: true, models: [coder], keys: [k1], max_entries: 5, max_bytes: 1024}\n"
+        "telemetry: {otlp: {endpoint: http://c:4318, headers: {x: y}}, service_name: gw}\n"
+    )
+    assert main(["check", str(path)]) == 0
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    assert main(["check", str(path)]) != 0
+    assert "OTEL_TRACES_EXPORTER" in capsys.readouterr().err

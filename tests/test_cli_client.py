@@ -233,6 +233,26 @@ def test_usage_reads_the_url_and_admin_key_from_the_config_file(
     assert table.returncode == 0 and table.stdout.splitlines()[0].split()[0] == "model"
 
 
+def test_usage_takes_the_admin_key_as_admin_key_like_every_command(
+    served: Served, tmp_path: Path
+) -> None:
+    """Issue 16: `usage --key` meant the admin key while `--key` elsewhere is the API key.
+    `--admin-key` is the flag now; the old `--key` still works, with one deprecation line."""
+    env = cli_env(tmp_path, TURNOUT_URL=served.url)
+    now = turnout("usage", "--json", "--admin-key", ADMIN_KEY, env=env)
+    assert "totals" in json_of(now) and now.stderr == ""
+    old = turnout("usage", "--json", "--key", ADMIN_KEY, env=env)
+    assert "totals" in json_of(old)
+    [warning] = old.stderr.splitlines()
+    assert warning.startswith("warning: `turnout usage --key` is deprecated")
+    assert "--admin-key" in warning
+    # Both given: each means what it means in every other command; nothing is deprecated.
+    both = turnout("usage", "--json", "--key", "sk-not-admin", "--admin-key", ADMIN_KEY, env=env)
+    assert "totals" in json_of(both) and both.stderr == ""
+    wrong = turnout("usage", "--admin-key", "not-the-admin-key", env=env)
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+
+
 # --- errors -------------------------------------------------------------------------------------
 
 

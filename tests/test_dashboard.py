@@ -8,8 +8,11 @@ tmp dir; the engine scenario also copies its busiest one to /tmp/turnout-dashboa
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -17,14 +20,16 @@ from typing import Any
 
 import aiohttp
 import openai
+import psutil
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.api.events import bucket_width
 from tests.engines.engines import HELLO_TEXT
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.gateway_server import RunningGateway, config_of, running_gateway
+from tests.gateway_server import RunningGateway, config_of, free_port, running_gateway
 from tests.test_engines import role
+from tests.test_peers import peer_process
 
 CHROMIUM = shutil.which("chromium")  # Debian's package: /usr/bin/chromium
 CHROMIUM_ARGS = [
@@ -425,3 +430,71 @@ async def test_dashboard_shows_a_role_change_from_engine_events_while_polling_is
 async def post_json(gw: RunningGateway, path: str) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as session, session.post(gw.url + path) as response:
         return response.status, await response.json()
+
+
+# --- issue 17 item 2: the whole fleet -------------------------------------------------------------
+
+
+@pytest.mark.engine
+async def test_dashboard_shows_a_peers_role_loading_then_the_peer_going_down(
+    browser: Any, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    peer_raw = {"roles": {"fast": role(tiny_models["tiny-hello"])}, "engines": {}}
+    gone = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    errors: list[str] = []
+    # The box in a process of its own, so that it can go down the way a machine does.
+    async with peer_process(peer_raw, tmp_path, "box") as (box_url, box_process):
+        front_raw = {
+            "routing": {"retries": 0},
+            "peers": {
+                name: {"url": url, "roles": ["fast"], "poll_seconds": 0.5}
+                for name, url in {"box": box_url, "gone": gone}.items()
+            },
+        }
+        async with running_gateway(config_of(front_raw)) as front:
+            page = await open_dashboard(browser, front, errors)
+            await page.locator("[data-peer=box][data-role=fast][data-state=stopped]").wait_for()
+            assert await page.locator("#fleet-card").is_visible()
+            box_row = page.locator("[data-peer=box][data-role=fast]")
+            assert await box_row.locator("[data-reachable=yes]").count() == 1
+            assert await box_row.locator("[data-queue]").inner_text() == "0"
+            down = page.locator("[data-peer=gone]")
+            await down.locator("[data-reachable=no]").wait_for()
+            assert await down.get_attribute("data-state") == "unknown"
+            assert "connect" in (await down.locator(".engine-error").inner_text()).lower()
+            summary = page.locator("#fleet-summary")
+            assert await summary.inner_text() == "1 of 2 peers reachable"
+
+            # A swap on the box: the front learns it from the box's events, the page from
+            # the front's status.
+            async with aiohttp.ClientSession() as session:
+                response = await session.post(box_url + "/engine/switch/fast?wait=true")
+                assert response.status == 200
+                response.release()
+            ready = page.locator("[data-peer=box][data-role=fast][data-state=ready]")
+            await ready.wait_for(timeout=20000)
+            assert "ready" in await ready.locator(".badge").inner_text()
+            await page.screenshot(path=tmp_path / "fleet.png", full_page=True)
+
+            # The box goes down, its engine with it: the row says so, and no longer shows its
+            # last state as current.
+            engines = psutil.Process(box_process.pid).children()
+            os.killpg(box_process.pid, signal.SIGKILL)
+            for engine in engines:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    engine.kill()
+            await page.locator("[data-peer=box] [data-reachable=no]").wait_for()
+            await page.locator("[data-peer=box][data-state=unknown]").wait_for()
+            title = await box_row.locator(".badge").get_attribute("title")
+            await summary.filter(has_text=exactly("0 of 2 peers reachable")).wait_for()
+    assert title == "last seen ready"
+    assert errors == []
+
+
+async def test_the_fleet_panel_stays_hidden_without_peers(browser: Any, fake: FakeOpenAI) -> None:
+    errors: list[str] = []
+    async with with_fake(fake) as gw:
+        page = await open_dashboard(browser, gw, errors)
+        await page.locator("#providers .chip").first.wait_for()
+        assert await page.locator("#fleet-card").is_hidden()
+    assert errors == []

@@ -48,6 +48,8 @@ IMAGE_UID = 10001
 PORT = 8080
 # Kubernetes versions the manifests must validate against: an old supported one and the newest.
 K8S_VERSIONS = ("1.27.0", "latest")
+# The compose profile "replicated": a second turnout and the stores the two share.
+REPLICATED_SERVICES = ("turnout-replica", "postgres", "redis")
 # Values a committed secret may hold.
 PLACEHOLDERS = {"", "change-me"}
 # Grafana variables, replaced to turn a panel query into plain PromQL.
@@ -360,7 +362,13 @@ def test_grafana_provisioning_matches_compose() -> None:
 
 def test_compose_services_are_healthchecked_pinned_and_published_on_loopback_only() -> None:
     services = compose()["services"]
-    assert set(services) == {"turnout", "llamacpp", "prometheus", "grafana"}
+    assert set(services) == {
+        "turnout",
+        "llamacpp",
+        "prometheus",
+        "grafana",
+        *REPLICATED_SERVICES,
+    }
     for name, service in services.items():
         assert service["healthcheck"]["test"][0] == "CMD", name
         image = service["image"].rsplit("/", 1)[-1]
@@ -370,7 +378,10 @@ def test_compose_services_are_healthchecked_pinned_and_published_on_loopback_onl
         for source in bind_mounts(service):
             if source.startswith("./"):
                 assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
-    assert "ports" not in services["llamacpp"], "the engine is for turnout only"
+    for name in ("llamacpp", "postgres", "redis"):
+        assert "ports" not in services[name], f"{name} is for turnout only"
+    for name in REPLICATED_SERVICES:
+        assert services[name]["profiles"] == ["replicated"], name
 
 
 def test_compose_turnout_is_built_from_deploy_dockerfile_and_finds_its_engine() -> None:
@@ -417,6 +428,40 @@ def test_docker_compose_accepts_the_file() -> None:
     build = rendered["services"]["turnout"]["build"]
     assert Path(build["context"]) == ROOT
     assert (Path(build["context"]) / build["dockerfile"]).resolve() == DOCKERFILE
+
+
+def test_the_replicated_profile_runs_two_turnouts_on_its_postgresql_and_redis() -> None:
+    """``docker compose --env-file replicated.env.example config``: both turnouts' routing file
+    loads with the environment compose gives them, and names the profile's own services."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    rendered = json.loads(
+        run(
+            *compose_binary(),
+            "--env-file",
+            str(DEPLOY / "replicated.env.example"),
+            "-f",
+            str(COMPOSE),
+            "config",
+            "--format",
+            "json",
+            cwd=DEPLOY,
+            env=env,
+        )
+    )
+    services = rendered["services"]
+    assert set(REPLICATED_SERVICES) <= set(services), "the env file turns the profile on"
+    password = services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    user = services["postgres"]["environment"]["POSTGRES_USER"]
+    database = services["postgres"]["environment"]["POSTGRES_DB"]
+    routing = documents(DEPLOY / "docker" / "routing.yaml")[0]
+    for name in ("turnout", "turnout-replica"):
+        config = from_mapping(routing, name, services[name]["environment"])
+        assert config.server.database == (
+            f"postgresql://{user}:{password}@postgres:5432/{database}"
+        ), name
+        assert config.limits.backend == "redis://redis:6379/0", name
+        assert {"postgres", "redis"} <= set(services[name]["depends_on"]), name
+    assert "5432" in services["postgres"]["expose"] and "6379" in services["redis"]["expose"]
 
 
 def test_container_routing_file_loads_and_matches_the_image() -> None:
@@ -693,9 +738,28 @@ def test_configmap_routing_file_loads_in_turnout_with_redis_limits() -> None:
     assert (config.server.host, config.server.port) == ("0.0.0.0", PORT)
     assert config.auth.admin_key == "change-me", "the admin key comes from the Secret"
     assert not config.roles, "pods start no engines: readiness is the process being up"
-    database = config.server.database
-    mounts = [m["mountPath"] for m in container(deployment, "turnout")["volumeMounts"]]
-    assert any(database.startswith(m + "/") for m in mounts), database
+    # Keys, budgets and usage shared by every replica: the PostgreSQL these manifests run,
+    # with the password both read from the Secret.
+    store = re.fullmatch(r"postgresql://(\w+):([^@]*)@([\w-]+):(\d+)/(\w+)", config.server.database)
+    assert store, config.server.database
+    user, password, host, port, name = store.groups()
+    assert password == secret["stringData"]["POSTGRES_PASSWORD"]
+    postgres_service = manifest("Service", host)
+    assert int(port) in {p["port"] for p in postgres_service["spec"]["ports"]}
+    postgres = manifest("StatefulSet", host)
+    assert selects(
+        postgres_service["spec"]["selector"], postgres["spec"]["template"]["metadata"]["labels"]
+    )
+    postgres_env = {e["name"]: e for e in container(postgres, "postgres")["env"]}
+    assert (postgres_env["POSTGRES_USER"]["value"], postgres_env["POSTGRES_DB"]["value"]) == (
+        user,
+        name,
+    )
+    assert postgres_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": secret["metadata"]["name"],
+        "key": "POSTGRES_PASSWORD",
+    }
+    assert postgres["spec"]["volumeClaimTemplates"], "the store outlives its pod"
 
     # More than one replica: limits must be shared, through the Redis these manifests run.
     hpa = manifest("HorizontalPodAutoscaler", "turnout")
@@ -736,8 +800,20 @@ def test_services_autoscaler_and_budgets_select_the_right_pods() -> None:
     assert selects(policy["spec"]["podSelector"]["matchLabels"], redis_labels)
     (allowed,) = policy["spec"]["ingress"][0]["from"]
     assert selects(allowed["podSelector"]["matchLabels"], labels)
-    for name in ("turnout", "turnout-redis"):
-        pod = manifest("Deployment", name)["spec"]["template"]["spec"]
+    policy = manifest("NetworkPolicy", "turnout-postgres")
+    postgres = manifest("StatefulSet", "turnout-postgres")
+    assert selects(
+        policy["spec"]["podSelector"]["matchLabels"],
+        postgres["spec"]["template"]["metadata"]["labels"],
+    )
+    (allowed,) = policy["spec"]["ingress"][0]["from"]
+    assert selects(allowed["podSelector"]["matchLabels"], labels)
+    for kind, name in (
+        ("Deployment", "turnout"),
+        ("Deployment", "turnout-redis"),
+        ("StatefulSet", "turnout-postgres"),
+    ):
+        pod = manifest(kind, name)["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         for c in pod["containers"]:
             image = c["image"]
@@ -819,3 +895,29 @@ def test_systemd_unit_exposure_is_low(tmp_path: Path) -> None:
     assert found, out
     level = float(found.group(1))
     assert level <= 3.0, out
+
+
+# --- peers: several GPU boxes ----------------------------------------------------------------------
+
+PEERS = DEPLOY / "peers"
+
+
+def test_the_peers_example_front_routes_to_roles_its_gpu_boxes_serve() -> None:
+    keys = {"TURNOUT_ADMIN_KEY": "front", "BOX1_ADMIN_KEY": "one", "BOX2_ADMIN_KEY": "two"}
+    front = from_mapping(documents(PEERS / "front.yaml")[0], "peers/front.yaml", keys)
+    box = from_mapping(documents(PEERS / "gpu-box.yaml")[0], "peers/gpu-box.yaml", keys)
+    assert box.roles and box.server.host == "0.0.0.0" and box.auth.admin_key
+    assert not front.roles, "the front runs no engines: the boxes do"
+    assert len(front.peers) >= 2
+    for name, peer in front.peers.items():
+        assert set(peer.roles) <= set(box.roles), name
+        assert peer.url.endswith(f":{box.server.port}") and not peer.url.endswith("/v1")
+        assert peer.key == keys[f"{name.upper()}_ADMIN_KEY"], "the box's admin key, from env"
+    # Each peer role is a model of the front: alone, or joining one with a cloud last resort.
+    models = {m.name: m for m in front.models}
+    for role in {r for peer in front.peers.values() for r in peer.roles}:
+        peered = [t.provider for t in models[role].targets if t.provider.startswith("peer:")]
+        assert sorted(peered) == sorted(
+            f"peer:{n}" for n, p in front.peers.items() if role in p.roles
+        ), role
+    assert front.peers["box1"].failures.body_timeout == "fail"

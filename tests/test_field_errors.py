@@ -27,6 +27,11 @@ def plugins_config(database: Path) -> dict[str, Any]:
                     "id": "weather.get",
                     "executor": "python",
                     "target": "tests.tools_fixtures.functions:get_weather",
+                    "input_schema": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string"}},
+                        "required": ["city"],
+                    },
                 }
             ]
         },
@@ -103,6 +108,68 @@ async def test_a_body_of_the_wrong_json_type_is_refused_without_a_param(
     status, error = await post(gateway, "/v1/memory/store", [1])
     assert status == 400 and error["param"] is None
     assert error["message"] == "invalid request body: Expected `object`, got `array`"
+
+
+async def test_memory_query_names_the_unknown_kind_by_its_index(gateway: RunningGateway) -> None:
+    status, error = await post(gateway, "/v1/memory/query", {"kinds": ["kb", "notes"]})
+    assert status == 400 and error["param"] == "kinds[1]"
+    assert error["message"].startswith("unknown kind 'notes' in 'kinds[1]'")
+
+
+async def test_memory_store_names_the_item_whose_kind_is_unknown(gateway: RunningGateway) -> None:
+    body = {"content": "first", "items": [{"content": "a"}, {"content": "b", "kind": "x"}]}
+    status, error = await post(gateway, "/v1/memory/store", body)
+    assert status == 400 and error["param"] == "items[1].kind"
+    assert error["message"].startswith("items[1].kind: expected one of")
+    status, error = await post(gateway, "/v1/memory/store", {"content": "a", "kind": "x"})
+    assert status == 400 and error["param"] == "kind"
+
+
+async def test_memory_store_names_the_item_whose_content_is_empty(gateway: RunningGateway) -> None:
+    status, error = await post(gateway, "/v1/memory/store", {"items": [{"content": "  "}]})
+    assert status == 400 and error["param"] == "items[0].content"
+    assert error["message"] == "items[0].content is empty"
+
+
+async def test_seed_memory_query_and_delete_name_an_unknown_kind(gateway: RunningGateway) -> None:
+    status, error = await post(gateway, "/internal/agent-memory/query", {"kind": "notes"})
+    assert status == 400 and error["param"] == "kind"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.delete(gateway.url + "/v1/memory?kind=notes") as response,
+    ):
+        error = (await response.json())["error"]
+    assert response.status == 400 and error["param"] == "kind"
+
+
+async def test_tools_call_names_the_argument_the_schema_refuses(gateway: RunningGateway) -> None:
+    """A tool call answers seed 004's {ok, result, error, code}; a 400 adds ``param``."""
+    body = {"tool": "weather.get", "arguments": {"city": 7}}
+    status, answer = await post_raw(gateway, "/v1/tools/call", body)
+    assert (status, answer["code"], answer["param"]) == (400, "invalid_arguments", "arguments.city")
+    status, answer = await post_raw(gateway, "/v1/tools/call", {"tool": "weather.get"})
+    assert (status, answer["param"]) == (400, "arguments.city"), "a missing required property"
+    assert "'city' is a required property" in answer["error"]
+    body = {"tool_id": "weather.get", "args": {"town": "Paris"}}
+    status, answer = await post_raw(gateway, "/internal/tools/call", body)
+    assert (status, answer["param"]) == (400, "args.city")
+    body = {"tool": "weather.get", "arguments": "[1]"}
+    status, answer = await post_raw(gateway, "/v1/tools/call", body)
+    assert (status, answer["param"]) == (400, "arguments")
+
+
+async def test_a_tool_call_that_ran_keeps_seed_004s_shape(gateway: RunningGateway) -> None:
+    body = {"tool": "weather.get", "arguments": {"city": "Paris"}}
+    status, answer = await post_raw(gateway, "/v1/tools/call", body)
+    assert status == 200 and sorted(answer) == ["code", "error", "ok", "result"]
+
+
+async def post_raw(gw: RunningGateway, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gw.url + path, json=body) as response,
+    ):
+        return response.status, await response.json()
 
 
 def test_a_missing_field_inside_a_nested_object_is_named_by_its_full_path() -> None:

@@ -69,9 +69,17 @@ RELEASED = [
     (4, "m004_budget_periods"),
     (5, "m005_stored_responses"),
     (6, "m006_reasoning_tokens"),
+    (7, "m007_budget_spend"),
 ]
 # The number a test's extra migration gets: after every released one.
 NEXT = len(MIGRATIONS) + 1
+BUDGET_SPEND_SCHEMA = [
+    ("scope", "TEXT", True),
+    ("name", "TEXT", True),
+    ("period_start", "REAL", True),
+    ("spent_usd", "REAL", True),
+    ("updated_at", "REAL", True),
+]
 ENGINE_MEMORY_SCHEMA = [
     ("role", "TEXT", True),
     ("model", "TEXT", True),
@@ -149,6 +157,9 @@ async def test_a_new_database_gets_the_usage_table_its_indexes_and_wal(tmp_path:
         stored_indexes = [r[1] for r in conn.execute("PRAGMA index_list(stored_responses)")]
     assert stored == STORED_RESPONSES_SCHEMA
     assert "stored_responses_created" in stored_indexes
+    with sqlite3.connect(path) as conn:
+        spend = [(r[1], r[2], bool(r[3])) for r in conn.execute("PRAGMA table_info(budget_spend)")]
+    assert spend == BUDGET_SPEND_SCHEMA
 
 
 async def test_running_the_migrations_again_changes_nothing(tmp_path: Path) -> None:

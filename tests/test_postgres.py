@@ -315,7 +315,10 @@ async def test_postgresql_stopped_for_seconds_under_load_fails_no_request_and_lo
     with PostgresServer() as server:
         database = server.new_database()
         async with running_gateway(gateway_config(fake, database)) as gw:
-            status, created = await call(gw, "POST", "/v1/keys", body={"agent": "steady"})
+            # A budget, so admission asks the shared spend too, which must not hold it up.
+            status, created = await call(
+                gw, "POST", "/v1/keys", body={"agent": "steady", "budget": 1000.0}
+            )
             assert status == 201
             secret = created["key"]
             writer: UsageWriter = gw.app.state.gateway.usage
@@ -329,7 +332,8 @@ async def test_postgresql_stopped_for_seconds_under_load_fails_no_request_and_lo
 
             await load(0.5)
             await asyncio.to_thread(server.stop)
-            await load(4.0)  # the key cache, the admission path and the writer ride it out
+            # The key cache, the admission path, the budget ledger and the writer ride it out.
+            await load(10.0)
             assert writer.depth() > 0, "rows wait in memory while the database is down"
             await asyncio.to_thread(server.start)
             await load(0.5)
@@ -340,6 +344,14 @@ async def test_postgresql_stopped_for_seconds_under_load_fails_no_request_and_lo
             metrics = gw.app.state.gateway.metrics.registry
             assert metrics.get_sample_value("turnout_usage_write_errors_total", {"reason": "io"})
             assert metrics.get_sample_value("turnout_usage_writer_healthy") == 1
+            # The charges made while it was down reached the shared spend when it came back.
+            ((logged,),) = pg_rows(
+                database, f"SELECT SUM(cost_usd) FROM usage WHERE key_id = '{created['id']}'"
+            )
+            await wait_until(
+                lambda: ledger_usd(database, created["id"]) == pytest.approx(float(logged)),
+                seconds=15,
+            )
 
 
 async def test_past_max_pending_during_an_outage_the_oldest_rows_are_dropped_and_counted() -> None:
@@ -382,3 +394,125 @@ async def test_a_budget_spent_through_one_gateway_holds_on_a_gateway_started_lat
         await drained(first.app.state.gateway.usage)
     async with running_gateway(gateway_config(fake, database)) as second:
         assert await chat(second, secret) == 429  # its spend, read back from the shared log
+
+
+# --- budgets shared by replicas ----------------------------------------------------------------
+
+
+def ledger_usd(url: str, key_id: str) -> float:
+    rows = pg_rows(url, f"SELECT spent_usd FROM budget_spend WHERE name = '{key_id}'")
+    return float(rows[0][0]) if rows else 0.0
+
+
+async def known_everywhere(replicas: list[RunningGateway], secret: str) -> None:
+    """Until every replica has refreshed its keys and knows ``secret`` (asking ``/v1/models``,
+    which costs nothing)."""
+    for gw in replicas:
+        for _ in range(60):
+            status, _ = await call(gw, "GET", "/v1/models", secret)
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("a replica never learned the key")
+
+
+async def cost_of_one_chat(gw: RunningGateway) -> float:
+    """What one ``chat`` costs (the fake answers every ping alike), from the priced usage row."""
+    assert await chat(gw, ADMIN) == 200
+    await drained(gw.app.state.gateway.usage)
+    (usd,) = pg_rows(gw.config.server.database, "SELECT MAX(cost_usd) FROM usage")[0]
+    assert usd and usd > 0
+    return float(usd)
+
+
+async def test_a_budget_spent_through_two_replicas_in_turn_stops_at_the_limit_exactly(
+    fake: FakeOpenAI, database: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        replicas = [
+            await stack.enter_async_context(running_gateway(gateway_config(fake, database)))
+            for _ in range(2)
+        ]
+        usd = await cost_of_one_chat(replicas[0])
+        # Five chats fit: the fifth starts with 4 spent, under 4.5, and ends over the budget.
+        status, created = await call(
+            replicas[0], "POST", "/v1/keys", body={"agent": "shared", "budget": 4.5 * usd}
+        )
+        assert status == 201, created
+        secret, key_id = created["key"], created["id"]
+        await known_everywhere(replicas, secret)
+        statuses = []
+        for i in range(8):
+            # Each replica alone would count half the spend and admit about ten.
+            statuses.append(await chat(replicas[i % 2], secret))
+            if statuses[-1] == 200:
+                # The charge is applied just after the answer; the next request, on the
+                # other replica, must find it (a client faster than that is the overshoot
+                # that concurrent requests may also cause: at most those in flight).
+                charged = statuses.count(200) * usd * 0.999
+                await wait_until(lambda: ledger_usd(database, key_id) >= charged)  # noqa: B023
+        assert statuses == [200] * 5 + [429] * 3, statuses
+        assert ledger_usd(database, key_id) == pytest.approx(5 * usd)
+        # Either replica's admin API shows what both spent.
+        for gw in replicas:
+            await drained(gw.app.state.gateway.usage)
+        for gw in replicas:
+            _, listing = await call(gw, "GET", "/v1/keys")
+            (view,) = [k for k in listing["data"] if k["id"] == key_id]
+            assert view["spent_usd"] == pytest.approx(5 * usd), view
+
+
+async def test_concurrent_charges_through_two_replicas_add_up_to_the_usage_log(
+    fake: FakeOpenAI, database: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        replicas = [
+            await stack.enter_async_context(running_gateway(gateway_config(fake, database)))
+            for _ in range(2)
+        ]
+        status, created = await call(
+            replicas[1], "POST", "/v1/keys", body={"agent": "busy", "budget": 1000.0}
+        )
+        assert status == 201, created
+        secret, key_id = created["key"], created["id"]
+        await known_everywhere(replicas, secret)
+        statuses = await asyncio.gather(*(chat(replicas[i % 2], secret) for i in range(40)))
+        assert set(statuses) == {200}
+        for gw in replicas:
+            await drained(gw.app.state.gateway.usage)
+        ((logged, requests),) = pg_rows(
+            database, f"SELECT SUM(cost_usd), COUNT(*) FROM usage WHERE key_id = '{key_id}'"
+        )
+        assert requests == 40
+        # No increment lost to another: the shared row is the usage log's sum.
+        await wait_until(lambda: ledger_usd(database, key_id) == pytest.approx(float(logged)))
+
+
+async def test_two_replicas_on_postgresql_and_redis_share_a_keys_limit_and_one_usage_log(
+    fake: FakeOpenAI, database: str
+) -> None:
+    from tests.redis_server import RedisServer
+
+    with RedisServer() as redis:
+        async with AsyncExitStack() as stack:
+            replicas = [
+                await stack.enter_async_context(
+                    running_gateway(gateway_config(fake, database, limits={"backend": redis.url}))
+                )
+                for _ in range(2)
+            ]
+            status, created = await call(
+                replicas[0], "POST", "/v1/keys", body={"agent": "paced", "rpm": 4}
+            )
+            assert status == 201, created
+            await known_everywhere(replicas, created["key"])
+            # Clients alternating between the replicas: one minute's four requests in all.
+            statuses = [await chat(replicas[i % 2], created["key"]) for i in range(6)]
+            assert statuses == [200] * 4 + [429] * 2, statuses
+            for gw in replicas:
+                await drained(gw.app.state.gateway.usage)
+            for gw in replicas:
+                status, listing = await call(gw, "GET", "/v1/usage?agent=paced&limit=0")
+                assert status == 200, listing
+                assert sorted(row["status"] for row in listing["data"]) == [200] * 4 + [429] * 2

@@ -17,7 +17,8 @@ from anthropic import AsyncAnthropic
 from anthropic.types import MessageParam, ThinkingConfigEnabledParam
 
 from gateway.translate.reasoning import TURNOUT_SIGNATURE
-from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.anthropic_upstream import THOUGHT as CLAUDE_THOUGHT
+from tests.fakes.anthropic_upstream import FakeAnthropic, signature_for
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import RunningGateway, config_of, running_gateway
 
@@ -289,7 +290,7 @@ async def test_anthropic_signatures_pass_untouched_and_unsigned_thinking_never_r
         await client.close()
     for message in (whole, final):
         block: Any = message.content[0]
-        assert block.type == "thinking" and block.signature == "EqQBCkYIBxgCKkDsig"
+        assert block.type == "thinking" and block.signature == signature_for(CLAUDE_THOUGHT)
     sent = last_post(claude)["messages"]
     assert sent[1]["content"][0] == signed
     assert sent[3]["content"] == [{"type": "text", "text": "Local answer."}]

@@ -18,6 +18,7 @@ from anthropic import AsyncAnthropic
 from anthropic.types import MessageParam, ThinkingConfigEnabledParam
 
 from gateway.translate.reasoning import TURNOUT_SIGNATURE
+from gateway.translate.reasoning_seal import text_of, unseal
 from tests.engines.engines import LlamaServer, engine_dir
 from tests.gateway_server import config_of, running_gateway
 
@@ -78,3 +79,50 @@ async def test_a_thinking_engine_through_both_sdks_and_back(thinker: LlamaServer
     with sqlite3.connect(config.server.database) as db:
         rows = db.execute("SELECT reasoning_tokens, completion_tokens FROM usage").fetchall()
     assert len(rows) == 3 and all(0 < r <= c for r, c in rows)
+
+
+async def test_codex_stateless_turns_carry_sealed_thinking_back_to_a_real_engine(
+    thinker: LlamaServer,
+) -> None:
+    """Codex's way: store false, include reasoning.encrypted_content, the whole conversation
+    sent each turn with the reasoning item as it came (summary and encrypted_content)."""
+    provider = {
+        "kind": "llamacpp",
+        "base_url": thinker.url + "/v1",
+        "reasoning": {"think_tags": True},
+    }
+    raw = {
+        "providers": {"engine": provider},
+        "models": [{"name": "local", "targets": [{"provider": "engine", "model": "tiny-think"}]}],
+    }
+    include: Any = ["reasoning.encrypted_content"]
+    async with running_gateway(config_of(raw)) as gw:
+        client = gw.openai()
+        stream = await client.responses.create(
+            model="local",
+            input="hi",
+            store=False,
+            include=include,
+            reasoning={"summary": "auto"},
+            stream=True,
+        )
+        first: Any = None
+        async for event in stream:
+            if event.type == "response.completed":
+                first = event.response
+        reasoning = first.output[0]
+        assert reasoning.type == "reasoning" and reasoning.encrypted_content
+        history = [item.model_dump(exclude_none=True) for item in first.output]
+        again = await client.responses.create(
+            model="local",
+            input=[
+                {"role": "user", "content": "hi"},
+                *history,
+                {"role": "user", "content": "and?"},
+            ],
+            store=False,
+            include=include,
+        )
+    assert again.output_text == "Hi there!"
+    assert unseal(reasoning.encrypted_content) is not None
+    assert text_of(unseal(reasoning.encrypted_content) or []) == "Plan a greeting."

@@ -187,6 +187,7 @@ def test_responses_settings_are_checked_naming_the_key() -> None:
     for responses, expected in (
         ({"summariser": "nope"}, "responses.summariser: unknown model 'nope'"),
         ({"max_bytes": 0}, "responses.max_bytes: expected a number > 0"),
+        ({"max_pending_bytes": 0}, "responses.max_pending_bytes: expected a number > 0"),
     ):
         with pytest.raises(ConfigError, match=re.escape(expected)):
             from_mapping({**raw, "responses": responses}, "routing.yaml", {})

@@ -4,10 +4,13 @@ receiver on loopback that decodes each export with the official opentelemetry-pr
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import openai
@@ -20,11 +23,12 @@ from gateway.engines.inbox import Lease
 from gateway.pipeline.call import Call
 from gateway.telemetry.settings import Export, export_of, problems, traces_url
 from gateway.telemetry.spans import RequestSpans
-from gateway.wire import Usage
+from gateway.wire import CompletionDetails, PromptDetails, Usage
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.gateway_server import config_of, running_gateway
+from tests.gateway_server import RunningGateway, config_of, running_gateway
 from tests.test_agent_loop import WEATHER, tools_section
+from tests.test_engines import role
 
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
 SERVER, CLIENT = 2, 3  # OTLP's SpanKind numbers
@@ -204,6 +208,35 @@ async def test_engine_queue_and_load_become_child_spans(receiver: OtlpReceiver) 
     }
 
 
+async def test_cached_and_reasoning_tokens_are_usage_attributes(receiver: OtlpReceiver) -> None:
+    spans = RequestSpans(Export(endpoint=traces_url(receiver.url)), {})
+    call = Call("req-2")
+    call.model = "thinker"
+    call.status = 200
+    call.usage = Usage(
+        prompt_tokens=1200,
+        completion_tokens=300,
+        total_tokens=1500,
+        prompt_tokens_details=PromptDetails(cached_tokens=1024),
+        completion_tokens_details=CompletionDetails(reasoning_tokens=250),
+    )
+    spans.record("chat", call)
+    call = Call("req-3")  # an upstream that reports no reasoning: no reasoning attribute
+    call.model = "plain"
+    call.usage = Usage(prompt_tokens=5, completion_tokens=2, total_tokens=7)
+    spans.record("chat", call)
+    await spans.close()
+    received = receiver.spans()
+    attributes = by_name(received, "chat thinker").attributes
+    assert attributes["gen_ai.usage.input_tokens"] == 1200
+    assert attributes["gen_ai.usage.output_tokens"] == 300
+    assert attributes["gen_ai.usage.cache_read.input_tokens"] == 1024
+    assert attributes["gen_ai.usage.reasoning.output_tokens"] == 250
+    plain = by_name(received, "chat plain").attributes
+    assert plain["gen_ai.usage.cache_read.input_tokens"] == 0
+    assert "gen_ai.usage.reasoning.output_tokens" not in plain
+
+
 async def test_a_sampler_that_keeps_none_sends_nothing(receiver: OtlpReceiver) -> None:
     spans = RequestSpans(Export(endpoint=traces_url(receiver.url), sample_ratio=0.0), {})
     for n in range(50):
@@ -309,3 +342,97 @@ def test_unsupported_protocol_exporter_and_values_are_named() -> None:
     assert problems(OFF, {"OTEL_TRACES_SAMPLER": "jaeger_remote"})[0].startswith(
         "OTEL_TRACES_SAMPLER:"
     )
+
+
+# --- a real engine swap -------------------------------------------------------------------------
+
+
+@pytest.mark.engine
+async def test_a_swap_between_real_engines_is_a_queue_wait_with_the_load_inside(
+    receiver: OtlpReceiver, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two llama-server roles, one loaded at a time: a streamed request loads the first, a plain
+    one swaps to the second; each root span has a queue wait whose child is the engine's load."""
+    roles = {"fast": role(tiny_models["tiny-hello"]), "coder": role(tiny_models["tiny-toolcall"])}
+    raw = {
+        "roles": roles,
+        "engines": {"max_wait_seconds": 2, "wait_timeout_seconds": 60, "log_dir": str(tmp_path)},
+        "routing": {"retries": 0},
+        "telemetry": {"otlp": {"endpoint": receiver.url}},
+    }
+    async with running_gateway(config_of(raw)) as gw:
+        client = gw.openai()
+        stream = await client.chat.completions.create(
+            model="fast", messages=USER, max_tokens=8, stream=True
+        )
+        async for _ in stream:
+            pass
+        await client.chat.completions.create(model="coder", messages=USER, max_tokens=8)
+    spans = receiver.spans()
+    for model, kind, stopped in (("fast", "engine load", None), ("coder", "engine swap", "fast")):
+        root = by_name(spans, f"chat {model}")
+        assert root.attributes["gen_ai.request.model"] == model
+        assert root.attributes["gen_ai.request.stream"] is (model == "fast")
+        assert root.attributes["gen_ai.usage.output_tokens"] > 0
+        assert root.attributes["turnout.provider"] == f"role:{model}"
+        assert root.attributes["gen_ai.provider.name"]
+        children = {s.name: s for s in children_of(spans, root)}
+        assert {"queue wait", "upstream call"} <= children.keys()
+        queue = children["queue wait"]
+        assert queue.attributes["turnout.engine.role"] == model
+        assert queue.end_ns <= children["upstream call"].start_ns
+        (load,) = children_of(spans, queue)
+        assert load.name == kind
+        assert "starting" in str(load.attributes["turnout.engine.stages"]).split(",")
+        assert load.attributes.get("turnout.engine.stopped") == stopped
+        # The engines' events carry wall-clock times, the request's spans monotonic ones: a
+        # millisecond of leeway between the two clocks.
+        assert queue.start_ns - 1_000_000 <= load.start_ns < load.end_ns
+    assert "gen_ai.response.time_to_first_chunk" in by_name(spans, "chat fast").attributes
+
+
+# --- cost when off ------------------------------------------------------------------------------
+
+OBSERVABILITY = (
+    f"{os.sep}gateway{os.sep}telemetry{os.sep}",
+    f"{os.sep}gateway{os.sep}captures{os.sep}",
+)
+
+
+async def observability_functions_run(gw: RunningGateway) -> set[str]:
+    """The functions of gateway/telemetry/ and gateway/captures/ that ran while a plain and a
+    streamed request were served (after a first request, so nothing is first-time setup)."""
+    client = gw.openai()
+    await client.chat.completions.create(model="chat-model", messages=USER)
+    ran: set[str] = set()
+
+    def profile(frame: FrameType, event: str, _: object) -> None:
+        if event == "call" and frame.f_code.co_filename.endswith(".py"):
+            path = frame.f_code.co_filename
+            if any(part in path for part in OBSERVABILITY):
+                ran.add(f"{Path(path).name}:{frame.f_code.co_name}")
+
+    sys.setprofile(profile)
+    try:
+        await client.chat.completions.create(model="chat-model", messages=USER)
+        stream = await client.chat.completions.create(
+            model="chat-model", messages=USER, stream=True
+        )
+        async for _ in stream:
+            pass
+    finally:
+        sys.setprofile(None)
+    return ran
+
+
+async def test_when_off_no_telemetry_or_capture_code_runs_per_request(
+    receiver: OtlpReceiver, fake: FakeOpenAI
+) -> None:
+    """Zero cost when off, shown rather than timed: with traces and captures off (the default)
+    a request runs not one function of either; the same watch with both on sees them run."""
+    async with running_gateway(config_of(routing(fake))) as gw:
+        assert await observability_functions_run(gw) == set()
+    on = routing(fake, telemetry={"otlp": {"endpoint": receiver.url}}, capture={"enabled": True})
+    async with running_gateway(config_of(on)) as gw:
+        ran = await observability_functions_run(gw)
+    assert {"spans.py:record", "ring.py:watch", "recording.py:write"} <= ran

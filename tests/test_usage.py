@@ -203,8 +203,9 @@ async def test_a_locked_database_never_blocks_requests_and_its_rows_land_after_t
         assert sample(metrics, "turnout_usage_lag_seconds") > 0.05
         assert rows(path) == 0
     await wait_until(lambda: rows(path) == 1000)
+    # The gauges follow the commit from the writer thread's callback: a moment later.
+    await wait_until(lambda: sample(metrics, "turnout_usage_queue_depth") == 0)
     assert sample(metrics, "turnout_usage_writer_healthy") == 1
-    assert sample(metrics, "turnout_usage_queue_depth") == 0
     assert sample(metrics, "turnout_usage_lag_seconds") == 0
     await writer.stop()
     messages = [r.getMessage() for r in caplog.records]

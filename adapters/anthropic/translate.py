@@ -13,7 +13,9 @@ from typing import Any
 
 import msgspec
 
-from gateway.errors import BadRequest, UpstreamProtocolError, UpstreamStatus
+from adapters.anthropic.errors import stream_error
+from adapters.anthropic.thinking import Thinking, carried_block, signed_blocks, with_thinking
+from gateway.errors import BadRequest, UpstreamProtocolError
 from gateway.translate import encode, parse_arguments, sse_fields
 
 # Anthropic requires max_tokens; OpenAI clients often leave it out.
@@ -54,6 +56,8 @@ class _Message(msgspec.Struct):
     content: str | list[_Part] | None = None
     tool_calls: list[_Call] | None = None
     tool_call_id: str | None = None
+    # Anthropic's own thinking, carried through chat (``chat_reply``), going back unchanged.
+    thinking_blocks: list[dict[str, Any]] | None = None
 
 
 class _FunctionDef(msgspec.Struct):
@@ -88,6 +92,10 @@ class ChatRequest(msgspec.Struct):
     parallel_tool_calls: bool | None = None
     user: str | None = None
     response_format: _ResponseFormat | None = None
+    # Responses' reasoning.effort arrives as this (gateway/translate/request_fields.py).
+    reasoning_effort: str | None = None
+    # Anthropic's own thinking setting, sent in a chat body (LiteLLM's clients do): kept as is.
+    thinking: dict[str, Any] | None = None
 
 
 _CHAT_REQUEST = msgspec.json.Decoder(ChatRequest)
@@ -129,6 +137,7 @@ def messages_body(fields: Mapping[str, msgspec.Raw], model: str, stream: bool) -
         body["output_config"] = {
             "format": {"type": "json_schema", "schema": fmt.json_schema.schema}
         }
+    with_thinking(body, chat.reasoning_effort, chat.thinking)
     return encode(body)
 
 
@@ -151,7 +160,9 @@ def _turns(messages: list[_Message]) -> tuple[list[dict[str, Any]], list[dict[st
         elif message.role == "assistant":
             add(
                 "assistant",
-                _blocks(message.content) + [_tool_use(c) for c in message.tool_calls or ()],
+                signed_blocks(message.thinking_blocks)
+                + _blocks(message.content)
+                + [_tool_use(c) for c in message.tool_calls or ()],
             )
         elif message.role in ("tool", "function"):
             add("user", [_tool_result(message)])
@@ -252,6 +263,8 @@ class _Content(msgspec.Struct):
     name: str | None = None
     input: Any = None
     thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None
 
 
 class _AnthropicMessage(msgspec.Struct):
@@ -267,6 +280,7 @@ class _Delta(msgspec.Struct):
     text: str | None = None
     partial_json: str | None = None
     thinking: str | None = None
+    signature: str | None = None
     stop_reason: str | None = None
 
 
@@ -290,18 +304,6 @@ _FINISH = {
     "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
-}
-_STATUS = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
 }
 
 
@@ -346,6 +348,9 @@ def chat_reply(body: bytes, created: int) -> bytes:
     reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
     if thoughts:
         reply["reasoning_content"] = "".join(thoughts)
+    carried = [b for b in (carried_block(c) for c in message.content) if b is not None]
+    if carried:
+        reply["thinking_blocks"] = carried
     if calls:
         reply["tool_calls"] = calls
     choice = {
@@ -366,18 +371,6 @@ def chat_reply(body: bytes, created: int) -> bytes:
     )
 
 
-def stream_error(data: bytes) -> UpstreamStatus:
-    """An in-stream ``error`` event, as the HTTP error it stands for (overloaded: 529)."""
-    try:
-        value = msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        value = None
-    error = value.get("error") if isinstance(value, dict) else None
-    kind = error.get("type") if isinstance(error, dict) else None
-    status = _STATUS.get(kind, 500) if isinstance(kind, str) else 500
-    return UpstreamStatus(status, data)
-
-
 class ChatChunks:
     """Anthropic stream events in, OpenAI chat chunks (complete SSE events) out."""
 
@@ -389,6 +382,7 @@ class ChatChunks:
         self._start_usage: _Usage | None = None
         self._usage = _Usage()
         self._stop: str | None = None
+        self._thinking = Thinking()
 
     def feed(self, event: bytes) -> list[bytes]:
         name, data = sse_fields(event)
@@ -438,9 +432,11 @@ class ChatChunks:
             return [self._chunk({"tool_calls": [head]})]
         if block.type == "text" and block.text:
             return [self._chunk({"content": block.text})]
-        if block.type == "thinking" and block.thinking:
-            return [self._chunk({"reasoning_content": block.thinking})]
-        return []
+        if block.type == "thinking":
+            self._thinking.start(index, block.thinking)
+            return [self._chunk({"reasoning_content": block.thinking})] if block.thinking else []
+        carried = carried_block(block)
+        return [self._chunk({"thinking_blocks": [carried]})] if carried else []
 
     def _block_delta(self, index: int, delta: _Delta) -> list[bytes]:
         if delta.type == "text_delta" and delta.text:
@@ -449,7 +445,11 @@ class ChatChunks:
             call = {"index": self._tools[index], "function": {"arguments": delta.partial_json}}
             return [self._chunk({"tool_calls": [call]})]
         if delta.type == "thinking_delta" and delta.thinking:
+            self._thinking.add(index, delta.thinking)
             return [self._chunk({"reasoning_content": delta.thinking})]
+        if delta.type == "signature_delta" and delta.signature:
+            signed = self._thinking.signed(index, delta.signature)
+            return [self._chunk({"thinking_blocks": [signed]})]
         return []
 
     def _message_delta(self, event: _Event) -> list[bytes]:

@@ -23,6 +23,8 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from gateway.draining import ON_SHUTDOWN
 from gateway.engines.events import EngineEvents
 
+# The comment that ends the snapshot of current states.
+SUBSCRIBED = "subscribed"
 # Seconds between comments on a quiet stream.
 KEEPALIVE_SECONDS = 15.0
 
@@ -38,6 +40,9 @@ async def _feed(
         scope[ON_SHUTDOWN] = reader.close
         for current in events.snapshot():
             yield ServerSentEventMessage(data=msgspec.json.encode(current))
+        # Everything after this comment happened after the subscription: a client that asks
+        # for a switch once it sees it (turnout switch) misses none of that switch's stages.
+        yield ServerSentEventMessage(comment=SUBSCRIBED, data=None)
         while True:
             try:
                 async with asyncio.timeout(KEEPALIVE_SECONDS):

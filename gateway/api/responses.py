@@ -9,7 +9,11 @@ skips; errors use OpenAI's envelope before the stream starts and ``response.fail
 ``previous_response_id`` replays the stored conversation as chat history on whichever upstream
 answers it: another model, another provider, another protocol. Even for an OpenAI target the
 history is replayed rather than the id passed through: turnout's ids mean nothing to OpenAI,
-and a conversation that moved between providers has no one upstream that holds it.
+and a conversation that moved between providers has no one upstream that holds it. The one
+exception: a provider with ``responses_api`` (OpenAI itself) is sent the client's body as it
+came and answers in its own Responses (gateway/translate/responses_native.py); a continuation
+of such an answer that goes to the same provider passes the id on (the id is that provider's),
+while any other target still replays.
 
 Compaction: ``POST /v1/responses/compact``, and a Responses request whose input ends in a
 ``compaction_trigger`` item (Codex's remote compaction), are both answered by the summariser
@@ -20,12 +24,14 @@ The same path also takes WebSocket upgrades (gateway/api/responses_socket.py).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import msgspec
 
 from gateway.api.responses_socket import SOCKET_STORE, ResponsesSocket
 from gateway.asgi import Receive, Scope, Send
 from gateway.auth import Authenticator, speaking_for
+from gateway.contract import Native
 from gateway.errors import BadRequest, GatewayError, openai_envelope
 from gateway.pipeline.call import Dialect, Exchange
 from gateway.pipeline.endpoint import EndpointFactory, IngressEndpoint
@@ -37,6 +43,7 @@ from gateway.streaming import KEEPALIVE
 from gateway.translate import encode, responses
 from gateway.translate.responses_compact import prepare_compact
 from gateway.translate.responses_compact_stream import TRIGGER
+from gateway.translate.responses_native import native_request
 
 _NOT_STORED = (
     "previous_response_id is not supported: this gateway stores no responses "
@@ -74,6 +81,11 @@ def input_json(request: responses.ResponsesRequest, fields: dict[str, msgspec.Ra
     )
 
 
+def _sealed(request: responses.ResponsesRequest) -> Iterator[str | None]:
+    items = request.input
+    return (item.encrypted_content for item in items) if isinstance(items, list) else iter(())
+
+
 class StatefulResponses:
     """The Responses requests of one running gateway: its store, its auth, its summariser."""
 
@@ -92,6 +104,15 @@ class StatefulResponses:
             raise BadRequest(_NOT_STORED, param="previous_response_id")
         return self._store.conversation(owner, previous)
 
+    def _answered_by(self, owner: Owner, previous: str, scope: Scope) -> str | None:
+        """The provider that answered ``previous`` in its own Responses API, if one did."""
+        local: ResponseStore | None = scope.get(SOCKET_STORE)
+        record = None
+        for store in (local, self._store):
+            if store is not None and record is None:
+                record = store.get(owner, previous)
+        return record.upstream if record is not None else None
+
     def prepare(self, body: bytes, scope: Scope) -> Exchange:
         request, fields = responses.decode(body)
         store = self._store
@@ -103,10 +124,13 @@ class StatefulResponses:
         now = int(time.time())
         if not keep and not previous and local is None:
             # Codex's way over HTTP (store: false, the whole conversation each time): no state.
-            return self._answer(request, fields, now)
+            native = native_request(body, False, _sealed(request), None)
+            return self._answer(request, fields, now, native=native)
         owner = owner_of(self._auth, scope)
         history = self._history(owner, previous, scope) if previous else None
-        exchange = self._answer(request, fields, now, history, keep)
+        only = self._answered_by(owner, previous, scope) if previous else None
+        native = native_request(body, bool(previous), _sealed(request), only)
+        exchange = self._answer(request, fields, now, history, keep, native)
         keeping = self._keeping(request, fields, owner, keep, local)
         return exchange if keeping is None else StoringExchange(exchange, keeping)
 
@@ -123,7 +147,14 @@ class StatefulResponses:
         if not stores:
             return None
         previous = request.previous_response_id
-        return Keeping(stores, owner, previous, request.model, input_json(request, fields))
+        return Keeping(
+            stores,
+            owner,
+            previous,
+            request.model,
+            input_json(request, fields),
+            upstream_keeps=request.store is not False,
+        )
 
     def _answer(
         self,
@@ -132,10 +163,13 @@ class StatefulResponses:
         now: int,
         history: list[responses.Item] | None = None,
         keep: bool = False,
+        native: Native | None = None,
     ) -> Exchange:
         """The exchange for a Responses request: a model's answer, or (Codex's remote
         compaction, an input ending in a ``compaction_trigger`` item) the summariser's."""
-        exchange = responses.translate(request, fields, now, history=history, stored=keep)
+        exchange = responses.translate(
+            request, fields, now, history=history, stored=keep, native=native
+        )
         items = request.input
         if isinstance(items, list) and items and items[-1].type == TRIGGER:
             summariser = self._summariser or request.model

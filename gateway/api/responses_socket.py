@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from gateway.api.socket_client import SocketClient
 from gateway.api.websocket import error_object, sse_data
 from gateway.asgi import Headers, Receive, Scope, Send
 from gateway.config.responses import Responses
 from gateway.db import MEMORY
-from gateway.errors import BadRequest, BodyTooLarge, GatewayError
+from gateway.errors import BadRequest, GatewayError, Unfetched
 from gateway.nesting import check_depth
 from gateway.pipeline.call import new_request_id
 from gateway.responses_store.store import ResponseStore
@@ -173,7 +174,11 @@ class ResponsesSocket:
         on the model would cost a whole generation, and its answer would then be replayed as a
         turn of the conversation that never happened."""
         try:
-            response = self._warm_up(body, self.scope)
+            try:
+                response = self._warm_up(body, self.scope)
+            except Unfetched as unfetched:
+                await unfetched.fetch()
+                response = self._warm_up(body, self.scope)
         except GatewayError as exc:
             await self.write(_error_event(exc))
             return
@@ -198,36 +203,14 @@ class ResponsesSocket:
             self.closed = True
 
 
-class Turn:
+class Turn(SocketClient):
     """One response on a socket, as the pipeline's ``Client``: a body in, frames out."""
 
-    __slots__ = (
-        "_body",
-        "_buffer",
-        "_cancelled",
-        "_socket",
-        "_watched",
-        "scope",
-        "started",
-        "task",
-    )
+    __slots__ = ("_socket",)
 
     def __init__(self, socket: ResponsesSocket, body: bytes) -> None:
+        super().__init__(socket.scope, body, socket.body_limit)
         self._socket = socket
-        self.scope: Scope = socket.scope
-        self._body = body
-        self._buffer = b""
-        self._cancelled = False
-        self._watched = False
-        self.started = False
-        self.task: asyncio.Task[None] | None = None
-
-    def cancel(self) -> None:
-        if self._cancelled:
-            return
-        self._cancelled = True
-        if self._watched and self.task is not None:
-            self.task.cancel()
 
     async def run(self, pipeline: Pipeline) -> None:
         try:
@@ -238,27 +221,6 @@ class Turn:
             self._socket.ended(self)
 
     # --- the pipeline's side (gateway/pipeline/client.py) ------------------------------------
-
-    async def body(self) -> bytes:
-        body, self._body = self._body, b""
-        if len(body) > self._socket.body_limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {self._socket.body_limit} bytes")
-        return body
-
-    def watch(self) -> None:
-        self._watched = True
-        if self._cancelled and self.task is not None:
-            self.task.cancel()
-
-    def settle(self) -> None:
-        self._watched = False
-
-    def departed(self) -> bool:
-        if not self._cancelled:
-            return False
-        if self.task is not None:
-            self.task.uncancel()
-        return True
 
     async def answer(self, status: int, body: bytes, headers: Headers) -> None:
         if status >= 400:

@@ -11,6 +11,7 @@ A response is its caller's alone: another key (or another agent of a trusted key
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -22,7 +23,7 @@ from gateway.api.responses import owner_of
 from gateway.errors import NotFound
 from gateway.responses_store.listing import page, with_ids
 from gateway.responses_store.records import Owner, StoredResponse
-from gateway.responses_store.store import ResponseStore
+from gateway.responses_store.store import ResponseStore, settled
 from gateway.state import GatewayState
 from gateway.tokens import from_message_parts
 from gateway.translate import responses
@@ -39,12 +40,13 @@ def _not_found(response_id: str) -> NotFound:
     return NotFound(f"no response found with id {response_id!r}", param="response_id")
 
 
-def _stored(
+async def _stored(
     state: GatewayState, request: Request[Any, Any, Any], response_id: str
 ) -> tuple[ResponseStore, Owner, StoredResponse]:
     owner = _owner(state, request)
     store = state.responses
-    record = store.get(owner, response_id) if store is not None else None
+    # A replica on PostgreSQL may have to read it first (gateway/responses_store/store.py).
+    record = await settled(partial(store.get, owner, response_id)) if store is not None else None
     if store is None or record is None:
         raise _not_found(response_id)
     return store, owner, record
@@ -53,29 +55,29 @@ def _stored(
 class StoredResponsesController(Controller):
     path = "/v1/responses"
 
-    @get("/{response_id:str}", sync_to_thread=False)
-    def retrieve(
+    @get("/{response_id:str}")
+    async def retrieve(
         self,
         request: Request[Any, Any, Any],
         gateway: NamedDependency[GatewayState],
         response_id: FromPath[str],
     ) -> Response[bytes]:
-        _, _, record = _stored(gateway, request, response_id)
+        _, _, record = await _stored(gateway, request, response_id)
         return Response(record.response, media_type=_JSON)
 
-    @delete("/{response_id:str}", status_code=200, sync_to_thread=False)
-    def remove(
+    @delete("/{response_id:str}", status_code=200)
+    async def remove(
         self,
         request: Request[Any, Any, Any],
         gateway: NamedDependency[GatewayState],
         response_id: FromPath[str],
     ) -> dict[str, Any]:
-        store, owner, _ = _stored(gateway, request, response_id)
+        store, owner, _ = await _stored(gateway, request, response_id)
         store.delete(owner, response_id)
         return {"id": response_id, "object": "response", "deleted": True}
 
-    @get("/{response_id:str}/input_items", sync_to_thread=False)
-    def input_items(
+    @get("/{response_id:str}/input_items")
+    async def input_items(
         self,
         request: Request[Any, Any, Any],
         gateway: NamedDependency[GatewayState],
@@ -84,7 +86,7 @@ class StoredResponsesController(Controller):
         limit: FromQuery[int] = 20,
         order: FromQuery[str] = "desc",
     ) -> dict[str, Any]:
-        _, _, record = _stored(gateway, request, response_id)
+        _, _, record = await _stored(gateway, request, response_id)
         return page(with_ids(record.id, record.input), after, limit, order)
 
     @post("/input_tokens", status_code=200)
@@ -101,7 +103,8 @@ class StoredResponsesController(Controller):
                     f"previous response with id {previous!r} not found",
                     param="previous_response_id",
                 )
-            history = store.conversation(_owner(gateway, request), previous)
+            owner = _owner(gateway, request)
+            history = await settled(partial(store.conversation, owner, previous))
         items = [*history, *responses.input_items(decoded)]
         conversation = msgspec.structs.replace(decoded, input=items)
         messages = responses.chat_messages(conversation)

@@ -63,8 +63,9 @@ from litestar.handlers import WebsocketRouteHandler
 from litestar.types import WebSocketResponseBodyEvent, WebSocketResponseStartEvent
 from msgspec import UNSET, UnsetType
 
+from gateway.api.socket_client import SocketClient
 from gateway.asgi import Headers, Message, Scope
-from gateway.errors import BadRequest, BodyTooLarge, GatewayError, Unauthorized, openai_envelope
+from gateway.errors import BadRequest, GatewayError, Unauthorized, openai_envelope
 from gateway.nesting import check_depth
 from gateway.pipeline.call import new_request_id
 from gateway.pipeline.run import Pipeline
@@ -304,43 +305,17 @@ def streaming_by_default(body: bytes) -> bytes:
     return _encode(fields)
 
 
-class Chat:
+class Chat(SocketClient):
     """One chat on a socket, as the pipeline's ``Client``: a body in, socket messages out."""
 
-    __slots__ = (
-        "_body",
-        "_buffer",
-        "_cancelled",
-        "_socket",
-        "_watched",
-        "ended",
-        "id",
-        "request_id",
-        "scope",
-        "started",
-        "task",
-    )
+    __slots__ = ("_socket", "ended", "id", "request_id")
 
     def __init__(self, socket: ChatSocket, chat_id: str, scope: Scope, body: bytes) -> None:
+        super().__init__(scope, body, socket.body_limit)
         self._socket = socket
         self.id = chat_id
-        self.scope = scope
-        self._body = body
-        self._buffer = b""
-        self._cancelled = False
-        self._watched = False
-        self.started = False
         self.request_id: str | None = None
         self.ended = False
-        self.task: asyncio.Task[None] | None = None
-
-    def cancel(self) -> None:
-        """The client's cancel (or the socket closing): as an HTTP client that disconnects."""
-        if self._cancelled:
-            return
-        self._cancelled = True
-        if self._watched and self.task is not None:
-            self.task.cancel()
 
     async def run(self, pipeline: Pipeline) -> None:
         try:
@@ -358,28 +333,6 @@ class Chat:
             await self._socket.error(self.id, error)
 
     # --- the pipeline's side (gateway/pipeline/client.py) -------------------------------------
-
-    async def body(self) -> bytes:
-        body, self._body = self._body, b""
-        limit = self._socket.body_limit
-        if len(body) > limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        return body
-
-    def watch(self) -> None:
-        self._watched = True
-        if self._cancelled and self.task is not None:
-            self.task.cancel()  # cancelled before the pipeline could be
-
-    def settle(self) -> None:
-        self._watched = False
-
-    def departed(self) -> bool:
-        if not self._cancelled:
-            return False
-        if self.task is not None:
-            self.task.uncancel()
-        return True
 
     async def answer(self, status: int, body: bytes, headers: Headers) -> None:
         self._note_request_id(headers)

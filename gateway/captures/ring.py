@@ -57,6 +57,13 @@ class Captures:
         self._entries.append(entry)
         return RecordingClient(client, entry)
 
+    def refused(self, call: Call, body: bytes, client: Client) -> Client:
+        """``client`` of a request that failed: recording already, or now if it is wanted
+        (one refused before admission has no entry yet)."""
+        if isinstance(client, RecordingClient):
+            return client
+        return self.watch(call, body, client)
+
     def entries(self) -> list[Entry]:
         """Newest first."""
         return list(reversed(self._entries))

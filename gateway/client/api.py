@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -144,11 +145,16 @@ class EventStream:
 
     def __init__(self, response: HTTPResponse) -> None:
         self._response = response
+        # Set at the gateway's ": subscribed" comment, which follows the current states: the
+        # events after it are new (a gateway before it never sets it).
+        self.subscribed = threading.Event()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
             for line in self._response:
                 line = line.strip()
+                if line == b": subscribed":
+                    self.subscribed.set()
                 if not line.startswith(b"data:"):
                     continue  # comments (keep-alives) and blank separators
                 try:

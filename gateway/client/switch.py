@@ -82,9 +82,23 @@ def follow(
 ) -> dict[str, Any]:
     """Switch to ``role`` and wait for the verdict; ``report(elapsed, stage)`` with each stage
     the gateway publishes for it. Raises ``ClientError`` when the gateway refuses the switch."""
-    from gateway.client.api import ClientError
 
     started = time.monotonic()
+    # Followed before the switch is asked for: a fast engine's first stages come within
+    # milliseconds of the ask, before a stream opened after it would see them.
+    stages = _Stages(client, role, report, started) if report is not None else None
+    try:
+        return _switch(client, role, timeout, started, stages)
+    finally:
+        if stages is not None:
+            stages.close()
+
+
+def _switch(
+    client: GatewayClient, role: str, timeout: float, started: float, stages: _Stages | None
+) -> dict[str, Any]:
+    from gateway.client.api import ClientError
+
     # Asked once without waiting first: a wrong role or key fails at once, a role that is
     # already the loaded one needs no following, and one refused outright needs no waiting.
     status, first = client.switch(role, wait=False)
@@ -101,25 +115,24 @@ def follow(
 
     asking = threading.Thread(target=ask, name="turnout-switch", daemon=True)
     asking.start()
-    stages = _Stages(client, role, report, started) if report is not None else None
-    try:
-        while asking.is_alive():
-            if time.monotonic() - started > timeout:
-                raise ClientError(f"{role} was not ready after {timeout:g} s")
-            if stages is not None:
-                stages.show()
-            asking.join(POLL_SECONDS)
+    while asking.is_alive():
+        if time.monotonic() - started > timeout:
+            raise ClientError(f"{role} was not ready after {timeout:g} s")
         if stages is not None:
-            stages.show()  # the stages that arrived with the verdict ("ready")
-    finally:
-        if stages is not None:
-            stages.close()
+            stages.show()
+        asking.join(POLL_SECONDS)
+    if stages is not None:
+        stages.show()  # the stages that arrived with the verdict ("ready")
     if problem:
         raise problem[0]
     status, body = answer[0]
     # "from" as it was before the switch began (the second ask sees a stopping engine).
     body = {**body, "from": first.get("from")}
     return verdict(role, status, body, time.monotonic() - started)
+
+
+# How long `turnout switch` waits for the event stream's first state before asking.
+SUBSCRIBE_SECONDS = 2.0
 
 
 class _Stages:
@@ -140,12 +153,18 @@ class _Stages:
         except ClientError:
             return
         threading.Thread(target=self._read, name="turnout-events", daemon=True).start()
+        # The stream starts with every role's current state, then says it is subscribed: from
+        # then on no stage of the switch can be missed. Not waited for long (an older gateway).
+        if not self._stream.subscribed.wait(SUBSCRIBE_SECONDS):
+            self._stream.subscribed.set()
 
     def _read(self) -> None:
         stream = self._stream
         assert stream is not None
         for item in stream:
-            self._queue.put(item)
+            # The states before the switch was asked for are not its stages.
+            if stream.subscribed.is_set():
+                self._queue.put(item)
 
     def show(self) -> None:
         """Reports each new stage of the role (a fallback's once the role falls back), and the

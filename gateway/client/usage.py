@@ -8,19 +8,14 @@ from typing import Any
 
 
 def add_parser(commands: Any) -> None:
+    from gateway.client.settings import add_arguments
+
     usage = commands.add_parser(
         "usage", help="show the usage log of a running gateway (GET /v1/usage)"
     )
-    usage.add_argument(
-        "--url",
-        help="the gateway (default: $TURNOUT_URL, the CLI config file or http://127.0.0.1:8080)",
-    )
-    usage.add_argument(
-        "--key",
-        "--admin-key",
-        dest="admin_key",
-        help="admin key (default: $TURNOUT_ADMIN_KEY or the CLI config file)",
-    )
+    # The same --url/--key/--admin-key as every client command: --key is the API key there,
+    # --admin-key the admin key /v1/usage needs (issue 16: here --key once meant the admin key).
+    add_arguments(usage)
     usage.add_argument("--agent", help="only this agent")
     usage.add_argument("--model", help="only this logical model")
     usage.add_argument("--key-id", help="only this virtual key")
@@ -38,6 +33,12 @@ def add_parser(commands: Any) -> None:
     output.add_argument("--csv", action="store_true", help="print CSV")
     output.add_argument("--json", action="store_true", help="print the JSON answer")
     usage.set_defaults(handler=run)
+
+
+DEPRECATED_KEY = (
+    "warning: `turnout usage --key` is deprecated: it means the API key in every command, and "
+    "/v1/usage needs the admin key: pass it as --admin-key (used as the admin key this time)"
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,9 +70,15 @@ def run(args: argparse.Namespace) -> int:
         "format": "csv" if args.csv else None,
     }
     query = urllib.parse.urlencode({k: v for k, v in filters.items() if v is not None})
+    admin_key = args.admin_key
+    if args.key and not admin_key:
+        # What `usage --key` did before the flags matched the other commands: still honoured
+        # (it wins over $TURNOUT_ADMIN_KEY as it did), with a line saying what to write now.
+        print(DEPRECATED_KEY, file=sys.stderr)
+        admin_key = args.key
     try:
         # --model filters the log here; it is not a default model, so it is not passed on.
-        settings = resolve({"url": args.url, "admin_key": args.admin_key})
+        settings = resolve({"url": args.url, "key": args.key, "admin_key": admin_key})
         client = GatewayClient(
             settings.url, key=settings.api_key, admin_key=settings.admin, timeout=60
         )

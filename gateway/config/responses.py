@@ -17,6 +17,9 @@ class Responses(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_bytes: int = 512 * 1024 * 1024
     # Recent responses kept decoded in memory, so continuing a conversation reads no database.
     cache_bytes: int = 64 * 1024 * 1024
+    # Responses waiting for the database (down, or behind): past this the oldest are dropped
+    # unwritten, counted and logged. Requests never wait for the database.
+    max_pending_bytes: int = 64 * 1024 * 1024
     # The logical model (a local role is one too) that writes /v1/responses/compact's summary;
     # "" uses the model the request names.
     summariser: str = ""

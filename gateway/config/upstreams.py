@@ -62,6 +62,10 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # keeping the client's prefix (adapters.base.AdapterRegistry).
     strip_volatile_prefix: bool | None = None
     reasoning: Reasoning = Reasoning()
+    # Send Responses requests (Codex, the openai SDK's ``responses``) to the upstream's own
+    # ``/responses`` as they came, and relay its answer unchanged, instead of translating to
+    # chat. None: on for kind openai at api.openai.com, off elsewhere.
+    responses_api: bool | None = None
     # Filled by the loader: environment variables named in this provider but not set.
     missing_env: tuple[str, ...] = ()
 

@@ -58,7 +58,7 @@ def _responses_problems(config: Config) -> list[str]:
     settings = config.responses
     problems = [
         f"responses.{key}: expected a number > 0"
-        for key in ("retention_hours", "max_bytes", "cache_bytes")
+        for key in ("retention_hours", "max_bytes", "cache_bytes", "max_pending_bytes")
         if not getattr(settings, key) > 0
     ]
     names = {name for model in config.models for name in (model.name, *model.aliases)}

@@ -47,6 +47,9 @@ async def admit(
         raise Forbidden(f"this key may not use model {model.name!r}", param="model")
     if identity.key_id is not None or identity.project is not None:
         refusal = budgets.refusal(identity.key_id, identity.project)
+        if refusal is None and budgets.ledger is not None:
+            # Replicas on PostgreSQL: what the others spent too (a read per budgeted caller).
+            refusal = await budgets.shared_refusal(identity.key_id, identity.project)
         if refusal is not None:
             raise BudgetExceeded(refusal)
     scopes = limiter.scopes(identity, model.name)

@@ -10,7 +10,7 @@ from gateway.asgi import header
 from gateway.auth import speaking_for
 from gateway.config.peers import HOP_HEADER
 from gateway.contract import Operation
-from gateway.errors import ClientGone, GatewayError
+from gateway.errors import ClientGone, GatewayError, Unfetched
 from gateway.pipeline import accounting
 from gateway.pipeline.admission import admit, before_upstream, resolve
 from gateway.pipeline.call import Call
@@ -61,11 +61,18 @@ class Pipeline:
         call = Call(request_id)
         translator: StreamTranslator | None = None
         relay = self._relay
+        body = b""
         try:
             call.identity = state.auth.identify(client.scope)
             body = await client.body()
             call.body_bytes = len(body)
-            exchange = self._dialect.prepare(body, client.scope)
+            try:
+                exchange = self._dialect.prepare(body, client.scope)
+            except Unfetched as unfetched:
+                # A stored response another replica wrote (gateway/responses_store/postgres.py):
+                # read off the loop, then prepare again. Free on the path that does not raise.
+                await unfetched.fetch()
+                exchange = self._dialect.prepare(body, client.scope)
             request = exchange.request
             call.stream = request.stream
             model = resolve(state.models, request)
@@ -99,6 +106,10 @@ class Pipeline:
             else:
                 call.status = await relay.complete(call, model, exchange, client)
         except GatewayError as exc:
+            if state.captures is not None:
+                # Refused before it was admitted (a bad body, an unknown model): the requests
+                # most worth a look when debugging a client.
+                client = state.captures.refused(call, body, client)
             call.status = await relay.fail(call, exc, client, translator)
         except ClientGone:
             call.status = 499

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from gateway.contract import WireProtocol
 from gateway.responses_store.records import Owner, StoredResponse, response_head
+from gateway.translate.responses_stream import ResponseStream
 
 if TYPE_CHECKING:
-    from gateway.contract import WireProtocol
     from gateway.errors import GatewayError
     from gateway.pipeline.call import Exchange
     from gateway.responses_store.store import ResponseStore
@@ -44,9 +45,13 @@ class Keeping:
     model: str
     # The request's own input items, as JSON.
     input: bytes
+    # The request asked the upstream to store it too (``store`` not false): only then can a
+    # continuation pass a natively answered response's id on to its provider.
+    upstream_keeps: bool = True
 
-    def keep(self, response: bytes) -> None:
-        """Store one Response object; a failure to is logged, never the request's failure."""
+    def keep(self, response: bytes, upstream: str | None = None) -> None:
+        """Store one Response object; a failure to is logged, never the request's failure.
+        ``upstream``: the provider that answered it natively (``StoredResponse.upstream``)."""
         try:
             response_id, status = response_head(response)
         except msgspec.DecodeError:
@@ -55,7 +60,14 @@ class Keeping:
         if status == "failed":
             return
         record = StoredResponse(
-            response_id, self.owner, time.time(), self.previous_id, self.model, self.input, response
+            response_id,
+            self.owner,
+            time.time(),
+            self.previous_id,
+            self.model,
+            self.input,
+            response,
+            upstream=upstream if self.upstream_keeps else None,
         )
         for store in self.stores:
             store.put(record)
@@ -73,11 +85,19 @@ class StoringExchange:
 
     def reply(self, body: bytes, protocol: WireProtocol) -> tuple[bytes, Usage | None]:
         answer, usage = self._inner.reply(body, protocol)
-        self._keeping.keep(answer)
+        self._keeping.keep(answer, _upstream(self.request, protocol))
         return answer, usage
 
     def stream(self) -> StoringStream:
-        return StoringStream(self._inner.stream(), self._keeping)
+        return StoringStream(self._inner.stream(), self._keeping, self.request)
+
+
+def _upstream(request: ClientRequest, protocol: WireProtocol) -> str | None:
+    """The provider that answered in Responses' own protocol, or None (a translated answer)."""
+    native = request.native
+    if native is None or protocol is not WireProtocol.RESPONSES:
+        return None
+    return native.taker
 
 
 class StoringStream:
@@ -86,15 +106,18 @@ class StoringStream:
     Per event it adds one attribute read and a call: the work is in ``finish``, once.
     """
 
-    __slots__ = ("_inner", "_keeping", "usage")
+    __slots__ = ("_inner", "_keeping", "_protocol", "_request", "usage")
 
-    def __init__(self, inner: StreamTranslator, keeping: Keeping) -> None:
+    def __init__(self, inner: StreamTranslator, keeping: Keeping, request: ClientRequest) -> None:
         self._inner = inner
         self._keeping = keeping
+        self._request = request
+        self._protocol = WireProtocol.OPENAI
         # The inner stream's, copied when it closes (the only time a Response stream sets it).
         self.usage: Usage | None = None
 
     def begin(self, protocol: WireProtocol) -> None:
+        self._protocol = protocol
         self._inner.begin(protocol)
 
     def feed(self, event: bytes) -> bytes:
@@ -104,8 +127,10 @@ class StoringStream:
         pieces = self._inner.finish()
         self.usage = self._inner.usage
         response = final_response(pieces)
+        if response is None and isinstance(self._inner, ResponseStream):
+            response = self._inner.native_final  # relayed as the upstream sent it
         if response is not None:
-            self._keeping.keep(response)
+            self._keeping.keep(response, _upstream(self._request, self._protocol))
         return pieces
 
     def fail(self, error: GatewayError) -> bytes:

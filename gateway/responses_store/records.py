@@ -49,6 +49,10 @@ class StoredResponse:
     input: bytes
     response: bytes
     _items: list[Item] | None = field(default=None, repr=False)
+    # The provider that answered natively, in its own Responses API (its id is the
+    # provider's): a continuation sent there passes the id on instead of replaying. Kept in
+    # memory only; a response read back from the database is replayed.
+    upstream: str | None = None
 
     @property
     def size(self) -> int:

@@ -1,14 +1,20 @@
-"""Stored responses: recent ones in memory, all of them in SQLite, written off the request path.
+"""Stored responses: recent ones in memory, all of them in a database, written off the request path.
 
 The request path only ever touches memory: ``put`` is a dict store and a deque append, and a
-continuation finds the turns before it in the cache (``conversation``). The database is
-written by one task in batches on aiosqlite's thread, like the usage log (gateway/usage.py),
-and read only on a cache miss (a conversation older than the cache holds, or one from before
-a restart): one primary-key read per turn on a connection of its own, tens of microseconds,
-cheaper than a hop to a thread.
+continuation finds the turns before it in the cache (``conversation``). The database (a
+``Backend``: SQLite on this machine, or PostgreSQL shared by replicas) is written by one task
+in batches, and read only on a cache miss (a conversation older than the cache holds, one from
+before a restart, or one another replica stored). SQLite is read inline (tens of
+microseconds); PostgreSQL off the loop: a miss raises ``Unfetched``, whose ``fetch`` the
+async caller awaits before it tries again (``settled``).
 
-With ``server.database: ":memory:"`` there is no shared database to keep them in: the cache is
-the store, bounded by ``responses.cache_bytes``.
+Writes wait in memory while the database is down, up to ``responses.max_pending_bytes``;
+past that the oldest are dropped, counted (``lost``, ``turnout_stored_responses_dropped_total``)
+and logged. A miss while it is down is a 503 (``StoreUnavailable``); what the cache holds is
+still answered.
+
+With ``server.database: ":memory:"`` there is no database to keep them in: the cache is the
+store, bounded by ``responses.cache_bytes``.
 """
 
 from __future__ import annotations
@@ -16,72 +22,102 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
-from typing import Any
-
-import aiosqlite
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway import db
 from gateway.config.responses import Responses
-from gateway.errors import NotFound
-from gateway.migrations import migrate
+from gateway.dialect import is_postgres, redacted
+from gateway.errors import NotFound, StoreUnavailable, Unfetched
+from gateway.responses_store.backend import Backend
 from gateway.responses_store.records import Owner, StoredResponse
 from gateway.translate.responses import Item
 
-log = logging.getLogger("turnout.responses")
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
-_COLUMNS = "id, key_id, agent_id, created_at, previous_id, model, input, response, bytes"
-_INSERT = f"INSERT OR REPLACE INTO stored_responses ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
-_SELECT = f"SELECT {_COLUMNS} FROM stored_responses WHERE id = ?"
-_DELETE = "DELETE FROM stored_responses WHERE id = ?"
-# Past the size cap: every row older than the newest one that still fits.
-_OVER_CAP = """
-DELETE FROM stored_responses WHERE created_at <= (
-    SELECT created_at FROM (
-        SELECT created_at, SUM(bytes) OVER (ORDER BY created_at DESC) AS running
-        FROM stored_responses
-    ) WHERE running > ? ORDER BY created_at DESC LIMIT 1
-)
-"""
+log = logging.getLogger("turnout.responses")
+T = TypeVar("T")
+
 # How often the writer deletes what retention and the size cap no longer keep.
 PRUNE_SECONDS = 60.0
 FLUSH_SECONDS = 0.1
+# A cache miss waits this long for the shared database before it answers 503.
+FETCH_SECONDS = 5.0
+# A response not found is looked for once more after this: another replica's write may land.
+LANDING_SECONDS = 5 * FLUSH_SECONDS
+# Ids a fetch found missing, remembered for the retry that follows it (not longer: another
+# replica's write may land a moment later).
+_ABSENT_MAX = 1024
+
+
+def backend_for(database: str) -> Backend | None:
+    """``server.database``'s backend; None for ``:memory:`` (the cache is the store)."""
+    if database == db.MEMORY:
+        return None
+    opener: Callable[[str], Backend]
+    if is_postgres(database):
+        # Imported only here: psycopg is an optional extra (``turnout[postgres]``).
+        from gateway.responses_store.postgres import PostgresBackend
+
+        opener = PostgresBackend
+    else:
+        from gateway.responses_store.sqlite import SqliteBackend
+
+        opener = SqliteBackend
+    return opener(database)
+
+
+async def settled(call: Callable[[], T]) -> T:
+    """``call()``, once more after fetching what it found missing from memory."""
+    try:
+        return call()
+    except Unfetched as unfetched:
+        await unfetched.fetch()
+        return call()
 
 
 class ResponseStore:
-    """Owns the cache, the pending writes, the writer task and the database connections."""
+    """Owns the cache, the pending writes, the writer task and the database backend."""
 
-    def __init__(self, settings: Responses, path: str) -> None:
-        self._path = path
+    def __init__(self, settings: Responses, database: str, dropped: Counter | None = None) -> None:
+        self._database = database
+        self._dropped = dropped
         self._retention = settings.retention_hours * 3600
         self._max_bytes = settings.max_bytes
         self._cache_bytes = settings.cache_bytes
+        self._max_pending = settings.max_pending_bytes
         self._cache: OrderedDict[str, StoredResponse] = OrderedDict()
         self._cached = 0
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: sqlite3.Connection | None = None
+        self._backend: Backend | None = None
         # Written in order by the task: a record to insert, or an id to delete.
         self._pending: deque[StoredResponse | str] = deque()
+        self._pending_bytes = 0
+        # How many of ``_pending``'s first entries the writer is committing now.
+        self._writing = 0
         # Not yet committed: what a cache miss must not read from (or miss in) the database.
         self._unwritten: dict[str, StoredResponse] = {}
         self._deleted: set[str] = set()
+        self._absent: OrderedDict[str, None] = OrderedDict()
+        # Moves on every delete another replica announced (``forget``), for ``_fetch``.
+        self._forgets = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._pruned_at = 0.0
+        # Responses dropped unwritten: the database was down longer than the bound allows.
+        self.lost = 0
 
     async def start(self) -> None:
         """Open ``server.database``, bring its schema up to date and start the writer."""
-        if self._path == db.MEMORY:
+        backend = backend_for(self._database)
+        if backend is None:
             return
-        self._writer = await db.connect(self._path)
-        await migrate(self._writer)
-        reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        reader.execute("PRAGMA query_only = ON")
-        self._reader = reader
+        await backend.open(self)
+        self._backend = backend
         self._task = asyncio.get_running_loop().create_task(self._run(), name="responses-writer")
 
     # --- the request path ------------------------------------------------------------------------
@@ -96,13 +132,17 @@ class ResponseStore:
             )
             return
         self._remember(record)
-        if self._writer is not None:
+        if self._backend is not None:
             self._unwritten[record.id] = record
             self._pending.append(record)
+            self._pending_bytes += record.size
+            if self._pending_bytes > self._max_pending:
+                self._shed()
 
     def get(self, owner: Owner, response_id: str) -> StoredResponse | None:
         """The stored response ``response_id`` if ``owner`` may see it; None otherwise, alike
-        for another caller's and for one that never existed."""
+        for another caller's and for one that never existed. Raises ``Unfetched`` where it is
+        only in a shared database."""
         record = self._cache.get(response_id)
         if record is not None:
             self._cache.move_to_end(response_id)
@@ -144,12 +184,24 @@ class ResponseStore:
         record = self._cache.pop(response_id, None)
         if record is not None:
             self._cached -= record.size
-        if self._writer is not None:
+        if self._backend is not None:
             self._unwritten.pop(response_id, None)
             self._deleted.add(response_id)
             self._pending.append(response_id)
             self._wake.set()
         return True
+
+    # --- what a shared database says other replicas deleted (``Listener``) -----------------------
+
+    def forget(self, response_ids: list[str]) -> None:
+        self._forgets += 1
+        for response_id in response_ids:
+            record = self._cache.pop(response_id, None)
+            if record is not None:
+                self._cached -= record.size
+
+    def cached(self) -> list[str]:
+        return list(self._cache)
 
     def _remember(self, record: StoredResponse) -> None:
         cache = self._cache
@@ -168,14 +220,102 @@ class ResponseStore:
         return record.created_at < time.time() - self._retention
 
     def _read(self, response_id: str) -> StoredResponse | None:
-        if self._reader is None or response_id in self._deleted:
+        backend = self._backend
+        if backend is None or response_id in self._deleted:
             return None
-        row = self._reader.execute(_SELECT, (response_id,)).fetchone()
-        return None if row is None else _record(row)
+        if backend.inline:
+            return backend.read(response_id)
+        if response_id in self._absent:
+            del self._absent[response_id]
+            return None
+        raise Unfetched(
+            f"response {response_id!r} is not in this replica's memory",
+            partial(self._fetch, response_id),
+        )
+
+    async def _fetch(self, response_id: str) -> None:
+        """Read ``response_id`` and the turns before it into memory; what is missing is marked
+        absent for the retry. Raises ``StoreUnavailable`` when the database does not answer."""
+        found = await self._chain(response_id)
+        if self._missing(response_id, found) is not None:
+            # Another replica may have answered it a moment ago, its write still on its way
+            # (a writer flushes every FLUSH_SECONDS): one more look before it is a 404.
+            await asyncio.sleep(LANDING_SECONDS)
+            found = await self._chain(response_id)
+        missing = self._missing(response_id, found, remember=True)
+        if missing is not None:
+            self._absent[missing] = None
+            if len(self._absent) > _ABSENT_MAX:
+                self._absent.popitem(last=False)
+
+    async def _chain(self, response_id: str) -> dict[str, StoredResponse]:
+        backend = self._backend
+        assert backend is not None
+        failures: tuple[type[BaseException], ...] = (TimeoutError, *backend.errors)
+        try:
+            async with asyncio.timeout(FETCH_SECONDS):
+                # A delete heard while the read was on its way may be of a row it returned:
+                # read again rather than cache what is gone (deletes are rare; twice at most).
+                for _ in range(3):
+                    forgets = self._forgets
+                    found = await backend.chain(response_id)
+                    if forgets == self._forgets:
+                        break
+        except failures as exc:
+            log.warning("stored responses: cannot read %s (%s)", response_id, exc)
+            raise StoreUnavailable(
+                f"the database of stored responses ({redacted(self._database)}) is unreachable "
+                f"and response {response_id!r} is not in this replica's memory; try again",
+                param="previous_response_id",
+            ) from exc
+        return {record.id: record for record in found}
+
+    def _missing(
+        self, response_id: str, found: dict[str, StoredResponse], remember: bool = False
+    ) -> str | None:
+        """The first turn back from ``response_id`` neither memory nor ``found`` holds."""
+        next_id: str | None = response_id
+        while next_id is not None:
+            record = self._cache.get(next_id) or self._unwritten.get(next_id)
+            if record is None:
+                record = found.get(next_id)
+                if record is None or next_id in self._deleted:
+                    return next_id
+                if remember:
+                    self._remember(record)
+            next_id = record.previous_id
+        return None
 
     # --- the writer task: the only code that takes from ``_pending`` -----------------------------
 
+    def _shed(self) -> None:
+        """Drop the oldest unwritten responses past the bound (the database is down)."""
+        # The batch being written stays: ``_write`` takes it off the front when it commits.
+        writing = [self._pending.popleft() for _ in range(self._writing)]
+        kept: deque[StoredResponse | str] = deque()
+        while self._pending_bytes > self._max_pending and self._pending:
+            entry = self._pending.popleft()
+            if isinstance(entry, str):
+                kept.append(entry)
+                continue
+            self._pending_bytes -= entry.size
+            if self._unwritten.get(entry.id) is entry:
+                del self._unwritten[entry.id]
+            self.lost += 1
+            if self._dropped is not None:
+                self._dropped.inc()
+            log.error(
+                "stored responses: the database is behind by over responses.max_pending_bytes; "
+                "response %s dropped unwritten (%d so far)",
+                entry.id,
+                self.lost,
+            )
+        self._pending.extendleft(reversed(kept))
+        self._pending.extendleft(reversed(writing))
+
     async def _run(self) -> None:
+        backend = self._backend
+        assert backend is not None
         while not self._closing or self._pending:
             if not self._closing:
                 with contextlib.suppress(TimeoutError):
@@ -184,49 +324,36 @@ class ResponseStore:
             self._wake.clear()
             try:
                 if self._pending:
-                    await self._write()
+                    await self._write(backend)
                 if time.monotonic() - self._pruned_at >= PRUNE_SECONDS:
-                    await self._prune()
-            except sqlite3.Error as exc:
+                    self._pruned_at = time.monotonic()
+                    await backend.prune(time.time() - self._retention, self._max_bytes)
+            except backend.errors as exc:
                 # Kept in memory and retried next tick: a locked or briefly full database
-                # must not lose what the cache still answers from.
+                # (or one that is down) must not lose what the cache still answers from.
                 log.error("stored responses: write failed (%s); retrying", exc)
                 if self._closing:
                     return
                 await asyncio.sleep(FLUSH_SECONDS)
 
-    async def _write(self) -> None:
-        writer = self._writer
-        assert writer is not None
+    async def _write(self, backend: Backend) -> None:
         batch = list(self._pending)
+        self._writing = len(batch)
         # Inserts before deletes: ids are never reused, so a delete can only follow its insert.
-        rows = [_row(entry) for entry in batch if not isinstance(entry, str)]
-        gone = [(entry,) for entry in batch if isinstance(entry, str)]
-        await writer.execute("BEGIN IMMEDIATE")
+        records = [entry for entry in batch if not isinstance(entry, str)]
+        gone = [entry for entry in batch if isinstance(entry, str)]
         try:
-            if rows:
-                await writer.executemany(_INSERT, rows)
-            if gone:
-                await writer.executemany(_DELETE, gone)
-            await writer.execute("COMMIT")
-        except BaseException:
-            if writer.in_transaction:
-                await writer.execute("ROLLBACK")
-            raise
+            await backend.write(records, gone)
+        finally:
+            self._writing = 0
         for _ in batch:
             entry = self._pending.popleft()
             if isinstance(entry, str):
                 self._deleted.discard(entry)
-            elif self._unwritten.get(entry.id) is entry:
+                continue
+            self._pending_bytes -= entry.size
+            if self._unwritten.get(entry.id) is entry:
                 del self._unwritten[entry.id]
-
-    async def _prune(self) -> None:
-        writer = self._writer
-        assert writer is not None
-        self._pruned_at = time.monotonic()
-        cutoff = time.time() - self._retention
-        await writer.execute("DELETE FROM stored_responses WHERE created_at < ?", (cutoff,))
-        await writer.execute(_OVER_CAP, (self._max_bytes,))
 
     async def stop(self) -> None:
         """Write what is pending, then close. Safe to call twice."""
@@ -238,36 +365,6 @@ class ResponseStore:
                 await asyncio.wait_for(task, 5.0)
             except Exception:
                 log.exception("stored responses: writer failed at shutdown")
-        if self._writer is not None:
-            await self._writer.close()
-            self._writer = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-
-
-def _row(record: StoredResponse) -> Sequence[Any]:
-    owner = record.owner
-    return (
-        record.id,
-        owner.key_id,
-        owner.agent_id,
-        record.created_at,
-        record.previous_id,
-        record.model,
-        record.input,
-        record.response,
-        record.size,
-    )
-
-
-def _record(row: Sequence[Any]) -> StoredResponse:
-    return StoredResponse(
-        id=row[0],
-        owner=Owner(row[1], row[2]),
-        created_at=row[3],
-        previous_id=row[4],
-        model=row[5],
-        input=bytes(row[6]),
-        response=bytes(row[7]),
-    )
+        if self._backend is not None:
+            backend, self._backend = self._backend, None
+            await backend.close()

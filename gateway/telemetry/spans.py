@@ -183,7 +183,9 @@ class RequestSpans:
         lease = trace_.lease
         if lease is not None and lease.waited > 0 and trace_.upstream_started:
             granted = trace_.upstream_started
-            queued = granted - lease.waited
+            # The gate's own clock starts later than the request's wait (its owner task takes
+            # the request in its next turn): the forwarder's mark is where the wait began.
+            queued = trace_.gated or granted - lease.waited
             queue_id = self._span_id()
             attributes = {
                 "turnout.engine.role": lease.role,
@@ -200,22 +202,33 @@ class RequestSpans:
             spans.append(pb.span(trace_id, self._span_id(), root_id, ns(began), ns(finished), head))
 
     def _load(self, role: str, queued: float) -> tuple[int, int, bytes] | None:
-        """The swap or load this request waited through, from the engine's own events."""
+        """The swap or load this request waited through, from the engines' own events.
+
+        A swap is the stop of other roles made to give ``role`` room, then its load: the
+        engines stopping while this request waited, before ``role`` was ready, are named in
+        ``turnout.engine.stopped`` and the span is called "engine swap".
+        """
         if self._events is None:
             return None
-        events = [e for e in self._events.since(queued) if role in (e.role, e.subject)]
-        loading = [e for e in events if e.stage in _LOADING]
+        recent = self._events.since(queued)
+        own = [e for e in recent if role in (e.role, e.subject)]
+        loading = [e for e in own if e.stage in _LOADING]
         if not loading:
             return None
-        ready = next((e for e in events if e.stage == "ready" and e.at >= loading[0].at), None)
+        ready = next((e for e in own if e.stage == "ready" and e.at >= loading[0].at), None)
         end = ready.at if ready is not None else loading[-1].at
-        stages = ",".join(dict.fromkeys(e.stage for e in events))
-        head = pb.span_head(
-            "engine load",
-            pb.INTERNAL,
-            {"turnout.engine.role": role, "turnout.engine.stages": stages},
-        )
-        return int(loading[0].at * 1e9), int(end * 1e9), head
+        stopped = [e for e in recent if e.role != role and e.stage == "stopping" and e.at <= end]
+        stages = ",".join(dict.fromkeys(e.stage for e in own))
+        attributes: dict[str, pb.AttributeValue] = {
+            "turnout.engine.role": role,
+            "turnout.engine.stages": stages,
+        }
+        if stopped:
+            attributes["turnout.engine.stopped"] = ",".join(dict.fromkeys(e.role for e in stopped))
+        name = "engine swap" if stopped else "engine load"
+        start = min(loading[0].at, stopped[0].at) if stopped else loading[0].at
+        head = pb.span_head(name, pb.INTERNAL, attributes)
+        return int(start * 1e9), int(end * 1e9), head
 
     async def close(self) -> None:
         await self._exporter.close()

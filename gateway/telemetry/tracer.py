@@ -1,4 +1,4 @@
-"""The gateway's tracer, when tracing is on: the one place the OpenTelemetry SDK is imported."""
+"""The gateway's tracer, when tracing is on; nothing that builds or sends spans is imported when off."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class Tracer(Protocol):
-    """What the request path sees of tracing (``spans.RequestSpans``, which needs the SDK)."""
+    """What the request path sees of tracing (``spans.RequestSpans``)."""
 
     def record(self, route: str, call: Call) -> None:
         """The spans of ``call``, which ended now."""
@@ -32,11 +32,11 @@ def open_tracer(
     providers: Mapping[str, Provider],
     events: EngineEvents | None,
 ) -> Tracer | None:
-    """The tracer routing.yaml and the OTEL_* variables ask for; None (and no SDK) when off."""
+    """The tracer routing.yaml and the OTEL_* variables ask for; None when off."""
     export = export_of(section, env)
     if export is None:
         return None
-    # Imported only now: a gateway that does not trace never loads the SDK.
+    # Imported only now: a gateway that does not trace never loads the span builder or exporter.
     from gateway.telemetry.spans import RequestSpans
 
     return RequestSpans(export, providers, events)

@@ -54,10 +54,14 @@ class Translated(dict[str, msgspec.Raw]):
     body (``native``) and that the answer is translated (``translated``).
     """
 
-    __slots__ = ("reasoning_history", "volatile_prefix")
+    __slots__ = ("reasoning_history", "thinking_blocks", "volatile_prefix")
 
     def __init__(
-        self, fields: Fields, volatile_prefix: bool = False, reasoning_history: bool = False
+        self,
+        fields: Fields,
+        volatile_prefix: bool = False,
+        reasoning_history: bool = False,
+        thinking_blocks: bool = False,
     ) -> None:
         super().__init__(fields)
         # The client opened its system prompt with per-request text (Claude Code's billing
@@ -66,6 +70,9 @@ class Translated(dict[str, msgspec.Raw]):
         # Some assistant message carries reasoning_content (thinking the client sent back):
         # an adapter whose server does not read it removes it (adapters/reasoning_history.py).
         self.reasoning_history = reasoning_history
+        # Some assistant message carries Anthropic's signed thinking (``thinking_blocks``):
+        # only Anthropic reads it; every other adapter removes it (adapters/reasoning_history.py).
+        self.thinking_blocks = thinking_blocks
 
 
 # --- OpenAI chat as the translators read it ----------------------------------------------------
@@ -95,6 +102,9 @@ class ChatMessage(msgspec.Struct):
     reasoning: str | None = None
     tool_calls: list[ToolCall] | None = None
     refusal: str | None = None
+    # Anthropic's signed or redacted thinking, carried through chat (gateway.translate.
+    # reasoning_seal): what goes back to Anthropic unchanged on the next turn.
+    thinking_blocks: list[dict[str, Any]] | None = None
 
     @property
     def thought(self) -> str | None:

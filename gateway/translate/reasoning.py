@@ -15,6 +15,10 @@ certifies nothing and only says "turnout made this block". When a history goes b
 - Anthropic, natively: blocks with Anthropic's signatures go byte for byte as the client sent
   them; blocks with turnout's marker, or with no signature, are removed first, because
   Anthropic refuses a request with a thinking block it did not sign.
+
+Through OpenAI's shapes (a chat or Responses client of an Anthropic upstream), signed thinking
+travels whole as ``thinking_blocks`` in chat (adapters/anthropic/thinking.py) and sealed in a
+reasoning item's ``encrypted_content`` in Responses (gateway/translate/reasoning_seal.py).
 """
 
 from __future__ import annotations
@@ -63,16 +67,30 @@ def joined(thoughts: list[str]) -> str | None:
     return text or None
 
 
-def attach(messages: list[dict[str, Any]], thoughts: list[str], added: bool) -> None:
+def attach(
+    messages: list[dict[str, Any]],
+    thoughts: list[str],
+    added: bool,
+    blocks: list[dict[str, Any]] | None = None,
+) -> None:
     """Thinking from Responses reasoning items onto the assistant message that followed them.
 
     ``added``: the item after them made or extended that message. Otherwise (a user message
-    came first) the thinking belongs to no answer and is dropped. ``thoughts`` is emptied.
+    came first) the thinking belongs to no answer and is dropped. ``blocks``: Anthropic's
+    signed thinking among it, carried whole as ``thinking_blocks`` (adapters/anthropic/
+    thinking.py). ``thoughts`` and ``blocks`` are emptied.
     """
     last = messages[-1] if messages else None
     text = joined(thoughts)
     thoughts.clear()
-    if not added or last is None or last.get("role") != "assistant" or text is None:
+    signed = list(blocks or ())
+    if blocks:
+        blocks.clear()
+    if not added or last is None or last.get("role") != "assistant":
+        return
+    if signed:
+        last.setdefault("thinking_blocks", []).extend(signed)
+    if text is None:
         return
     before = last.get("reasoning_content")
     last["reasoning_content"] = f"{before}\n\n{text}" if before else text

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.contract import Operation, WireProtocol
+from gateway.contract import Native, Operation, WireProtocol
 from gateway.errors import BadRequest
 from gateway.translate import (
     FIELDS,
@@ -28,6 +28,7 @@ from gateway.translate import (
     raw,
 )
 from gateway.translate.reasoning import attach
+from gateway.translate.reasoning_seal import BLOCKS, carried, text_of, unseal, wants_encrypted
 from gateway.translate.request_fields import (
     affinity_key,
     responses_extras,
@@ -35,6 +36,7 @@ from gateway.translate.request_fields import (
 )
 from gateway.translate.responses_compaction import compaction_messages
 from gateway.translate.responses_items import ResponseTemplate, ToolName
+from gateway.translate.responses_native import native_usage
 from gateway.translate.responses_render import render_response
 from gateway.translate.responses_stream import ResponseStream
 from gateway.wire import ClientRequest, Usage
@@ -146,7 +148,8 @@ class ResponsesExchange:
     def reply(
         self, body: bytes, protocol: WireProtocol = WireProtocol.OPENAI
     ) -> tuple[bytes, Usage | None]:
-        # Responses requests carry no native body: the answer is always OpenAI chat.
+        if protocol is WireProtocol.RESPONSES:
+            return body, native_usage(body)  # the upstream's own Response, as it is
         return render_response(body, self.template)
 
     def stream(self) -> ResponseStream:
@@ -192,9 +195,11 @@ def translate(
     ids: IdFactory = new_id,
     history: list[Item] | None = None,
     stored: bool = False,
+    native: Native | None = None,
 ) -> ResponsesExchange:
     """The chat request for a decoded Responses request; ``history``: the items of the stored
-    conversation it continues (``previous_response_id``), replayed before its own input."""
+    conversation it continues (``previous_response_id``), replayed before its own input;
+    ``native``: the body as it came, for an upstream that speaks Responses itself."""
     if history:
         request = msgspec.structs.replace(request, input=[*history, *input_items(request)])
     tools, names = chat_tools(request.tools or ())
@@ -224,7 +229,12 @@ def translate(
         request.model,
         bool(request.stream),
         True,
-        Translated(chat, reasoning_history=any("reasoning_content" in m for m in messages)),
+        Translated(
+            chat,
+            reasoning_history=any("reasoning_content" in m for m in messages),
+            thinking_blocks=any(BLOCKS in m for m in messages),
+        ),
+        native,
         translated=True,
         ignored=ignored,
         affinity=affinity_key(fields),
@@ -234,6 +244,7 @@ def translate(
         request.model, created_at, echo, names, ids, stored, request.previous_response_id
     )
     template.reasoning_summary = wants_reasoning_summary(fields)
+    template.encrypted_reasoning = wants_encrypted(fields)
     return ResponsesExchange(client, template)
 
 
@@ -246,11 +257,18 @@ def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
     if isinstance(items, str):
         items = [Item(role="user", content=items)]
     thoughts: list[str] = []
+    blocks: list[dict[str, Any]] = []
     for item in items or ():
         kind = item.type or "message"
         if kind == "reasoning":
-            # Goes on as reasoning_content of the answer that follows (gateway.translate.reasoning).
-            thoughts.append(_text(item.content) or _text(item.summary))
+            # Goes on as reasoning_content of the answer that follows (gateway.translate.reasoning),
+            # with Anthropic's signed blocks when turnout sealed some (gateway.translate.reasoning_seal).
+            sealed = unseal(item.encrypted_content)
+            if sealed is None:
+                thoughts.append(_text(item.content) or _text(item.summary))
+            else:
+                thoughts.append(text_of(sealed))
+                blocks.extend(carried(sealed))
             continue
         count = len(messages)
         if kind == "message":
@@ -265,8 +283,8 @@ def chat_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
         elif kind == "compaction":
             messages.extend(compaction_messages(item.encrypted_content))
         # web_search_call, item_reference...: nothing a chat upstream can use.
-        if thoughts:
-            attach(messages, thoughts, len(messages) > count or kind in _CALLS)
+        if thoughts or blocks:
+            attach(messages, thoughts, len(messages) > count or kind in _CALLS, blocks)
     text = "\n\n".join(s for s in system if s)
     if text:
         messages.insert(0, {"role": "system", "content": text})

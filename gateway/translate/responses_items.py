@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from gateway.translate import ChatUsage, IdFactory, new_id
+from gateway.translate.reasoning_seal import seal, seal_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,17 @@ class ResponseTemplate:
     previous_response_id: str | None = None
     # The client asked for a reasoning summary (``reasoning.summary``): thinking goes there.
     reasoning_summary: bool = False
+    # The client asked for ``reasoning.encrypted_content`` (``include``): its thinking sealed.
+    encrypted_reasoning: bool = False
+
+    def sealed(self, text: Text | None, blocks: list[dict[str, Any]] | None) -> str | None:
+        """A reasoning item's ``encrypted_content`` (gateway.translate.reasoning_seal): always
+        for Anthropic's signed thinking, which must come back; a local model's when asked."""
+        if blocks:
+            return seal(blocks)
+        if self.encrypted_reasoning and isinstance(text, str) and text:
+            return seal_text(text)
+        return None
 
     def response(
         self,
@@ -153,17 +165,25 @@ def message_item(item_id: str, status: str, text: Text | None) -> dict[str, Any]
     }
 
 
-def reasoning_item(item_id: str, text: Text | None, summary: bool = False) -> dict[str, Any]:
+def reasoning_item(
+    item_id: str, text: Text | None, summary: bool = False, encrypted: str | None = None
+) -> dict[str, Any]:
     """A reasoning item: the thinking as its content, or as its summary when the client asked
-    for one (gateway.translate.responses_stream.ResponseStream)."""
+    for one (gateway.translate.responses_stream.ResponseStream); ``encrypted``: its
+    ``encrypted_content``."""
+    item: dict[str, Any]
     if summary:
-        return {
+        item = {
             "id": item_id,
             "type": "reasoning",
             "summary": [] if text is None else [summary_part(text)],
         }
-    content = [] if text is None else [{"type": "reasoning_text", "text": text}]
-    return {"id": item_id, "type": "reasoning", "summary": [], "content": content}
+    else:
+        content = [] if text is None else [{"type": "reasoning_text", "text": text}]
+        item = {"id": item_id, "type": "reasoning", "summary": [], "content": content}
+    if encrypted is not None:
+        item["encrypted_content"] = encrypted
+    return item
 
 
 def summary_part(text: Text) -> dict[str, Any]:

@@ -22,8 +22,11 @@ def render_response(body: bytes, template: ResponseTemplate) -> tuple[bytes, Usa
     ids = template.ids
     response_id = ids("resp_")
     output: list[dict[str, Any]] = []
-    if message.thought:
-        output.append(reasoning_item(ids("rs_"), message.thought, template.reasoning_summary))
+    blocks = message.thinking_blocks
+    if message.thought or blocks:
+        sealed = template.sealed(message.thought, blocks)
+        summary = template.reasoning_summary
+        output.append(reasoning_item(ids("rs_"), message.thought, summary, sealed))
     text = message.content or message.refusal
     if text:
         output.append(message_item(ids("msg_"), "completed", text))

@@ -31,6 +31,7 @@ from gateway.translate.responses_items import (
     summary_part,
     text_part,
 )
+from gateway.translate.responses_native import NativeEvents
 from gateway.wire import Usage
 
 _ARGUMENTS_DELTA = b"response.function_call_arguments.delta"
@@ -110,6 +111,8 @@ class ResponseStream:
         self._items: list[dict[str, Any]] = []
         self._message: _Open | None = None
         self._reasoning: _Open | None = None
+        # Anthropic's signed or redacted thinking of the open reasoning item, to seal at its end.
+        self._blocks: list[dict[str, Any]] = []
         self._calls: dict[int, _Call] = {}
         self._finish: str | None = None
         self._chat_usage: ChatUsage | None = None
@@ -129,12 +132,25 @@ class ResponseStream:
         self._ended = False
         self.done = False
         self.failed = False
+        # Set when the upstream answers in Responses' own events (``begin``).
+        self._native: NativeEvents | None = None
 
     def begin(self, protocol: WireProtocol) -> None:
-        """Responses requests carry no native body: the upstream always answers OpenAI chat."""
+        """An upstream that speaks Responses itself answers in its own events: relayed as they
+        are (gateway/translate/responses_native.py); any other answers OpenAI chat."""
+        if protocol is WireProtocol.RESPONSES:
+            self._native = NativeEvents()
+
+    @property
+    def native_final(self) -> bytes | None:
+        """The final Response of a relayed native stream (None when translated)."""
+        return self._native.final if self._native is not None else None
 
     def feed(self, event: bytes) -> bytes:
         """Responses events for one upstream event; raises ``UpstreamError`` on in-band errors."""
+        native = self._native
+        if native is not None:
+            return native.feed(event)
         if self.done or self._ended:
             return b""  # nothing may follow response.completed
         data = chunk_data(event)
@@ -176,6 +192,9 @@ class ResponseStream:
         return b"".join(out)
 
     def finish(self) -> list[bytes]:
+        if self._native is not None:
+            self.usage = self._native.usage
+            return []
         if self.done or self.failed:
             return []
         if self._finish is None and not self._ended:
@@ -185,6 +204,9 @@ class ResponseStream:
     def fail(self, error: GatewayError) -> bytes:
         """``response.failed``: the client learns what failed and keeps what was said so far."""
         self.failed = True
+        if self._native is not None:
+            self.usage = self._native.usage
+            return self._native.fail(error)
         out: list[bytes] = []
         if not self._started:
             self._start(out)
@@ -264,6 +286,11 @@ class ResponseStream:
                 self._open_reasoning(out)
             assert self._reasoning is not None
             self._text_delta(out, self._reasoning_delta, self._reasoning, thought)
+        if delta.thinking_blocks:
+            if self._reasoning is None:
+                self._close_message(out)
+                self._open_reasoning(out)
+            self._blocks.extend(delta.thinking_blocks)
         text = delta.content or delta.refusal
         if text:
             self._close_reasoning(out)
@@ -326,6 +353,7 @@ class ResponseStream:
         item, self._reasoning = self._reasoning, None
         if item is None:
             return
+        sealed = self._sealed(item)
         text = self._slot(item)
         summary = self._template.reasoning_summary
         if summary:
@@ -336,7 +364,15 @@ class ResponseStream:
         else:
             where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
             self._emit(out, "response.reasoning_text.done", {**where, "text": text})
-        self._done_item(out, item.index, reasoning_item(item.id, text, summary))
+        self._done_item(out, item.index, reasoning_item(item.id, text, summary, sealed))
+
+    def _sealed(self, item: _Open) -> str | None:
+        """The closing reasoning item's ``encrypted_content``, if it gets one."""
+        blocks, self._blocks = self._blocks, []
+        template = self._template
+        if not blocks and not (template.encrypted_reasoning and item.escaped):
+            return None
+        return template.sealed(msgspec.json.decode(b'"' + item.escaped + b'"'), blocks)
 
     def _call(self, delta: ToolCall, out: list[bytes]) -> None:
         key = delta.index if delta.index is not None else self._implicit_index(delta)

@@ -26,6 +26,7 @@ request's ``model`` if it names one, else ``ok``):
                         or one call of the request's first tool with ``{"city":"Paris"}``,
                         after a short text block; streamed input arrives in many fragments.
 ``thinking``            A thinking block (with a signature), then the ``ok`` text.
+``redacted-thinking``   A thinking block, a ``redacted_thinking`` block, then the ``ok`` text.
 ``error-<NNN>``         Status NNN with Anthropic's error body (429 adds ``retry-after``,
                         529 is ``overloaded_error``).
 ``error-mid-stream``    ``fake.mid_stream_after`` events, then ``event: error``
@@ -35,6 +36,11 @@ request's ``model`` if it names one, else ``ok``):
                         too long: N tokens > M maximum", M being ``fake.context_window`` and N
                         M plus the request's input tokens.
 ======================  ======================================================================
+
+Signatures: the fake signs its thinking (``signature_for``: an HMAC of the text under the fake's
+own key, ``fake-sig.`` first) and its redacted thinking's data likewise, and refuses, as the real
+API does, a request with one of its signed blocks whose text or signature was changed. Blocks
+with signatures of another shape (tests' own literals) are not checked.
 
 Usage always reports ``fake.cache_read`` and ``fake.cache_creation`` cache tokens.
 
@@ -46,6 +52,8 @@ Usage always reports ``fake.cache_read`` and ``fake.cache_creation`` cache token
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import random
 import re
 import string
@@ -61,10 +69,16 @@ from tests.fakes.server import LoopbackServer, serve
 OK = "ok"
 TOOLS = "tools"
 THINKING = "thinking"
+REDACTED_THINKING = "redacted-thinking"
+THOUGHT = "The user wants an echo."
+_SIGNING_KEY = b"turnout fake anthropic"
+_SIGNED = "fake-sig."
 ERROR_MID_STREAM = "error-mid-stream"
 DROP_MID_STREAM = "drop-mid-stream"
 PROMPT_TOO_LONG = "prompt-too-long"
-SCENARIOS = frozenset({OK, TOOLS, THINKING, ERROR_MID_STREAM, DROP_MID_STREAM, PROMPT_TOO_LONG})
+SCENARIOS = frozenset(
+    {OK, TOOLS, THINKING, REDACTED_THINKING, ERROR_MID_STREAM, DROP_MID_STREAM, PROMPT_TOO_LONG}
+)
 
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 _ALNUM = string.ascii_letters + string.digits
@@ -96,6 +110,27 @@ _BLOCK_TYPES = frozenset(
         "web_search_tool_result",
     }
 )
+
+
+def signature_for(text: str) -> str:
+    """The signature the fake gives a thinking block (or redacted data) with this text."""
+    return _SIGNED + hmac.new(_SIGNING_KEY, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _check_signature(block: dict[str, Any], where: str) -> None:
+    if block["type"] == "redacted_thinking":
+        data = block.get("data")
+        if not isinstance(data, str) or not data.startswith(_SIGNED):
+            return
+        head, _, tag = data.removeprefix(_SIGNED).rpartition(".")
+        valid = hmac.compare_digest(signature_for(head), _SIGNED + tag)
+    else:
+        signature, text = block.get("signature"), block.get("thinking")
+        if not isinstance(signature, str) or not signature.startswith(_SIGNED):
+            return
+        valid = isinstance(text, str) and hmac.compare_digest(signature_for(text), signature)
+    if not valid:
+        raise Invalid(f"{where}: Invalid `signature` in `{block['type']}` block")
 
 
 def _rid(prefix: str, n: int = 24) -> str:
@@ -238,6 +273,8 @@ def _check_blocks(blocks: list[Any], where: str) -> None:
             raise Invalid(f"{where}.{j}.tool_use_id: Field required")
         if kind == "thinking" and not block.get("signature"):
             raise Invalid(f"{where}.{j}.signature: Field required")
+        if kind in ("thinking", "redacted_thinking"):
+            _check_signature(block, f"{where}.{j}")
         if kind == "image":
             source = block.get("source")
             if not isinstance(source, dict) or source.get("type") not in ("base64", "url", "file"):
@@ -425,12 +462,16 @@ class FakeAnthropic(LoopbackServer):
         if body["max_tokens"] < len(chunks):
             chunks, stop = chunks[: body["max_tokens"]], "max_tokens"
         blocks, pieces = [{"type": "text", "text": "".join(chunks)}], [chunks]
-        if scenario == THINKING:
-            thought = "The user wants an echo."
-            blocks.insert(
-                0, {"type": "thinking", "thinking": thought, "signature": "EqQBCkYIBxgCKkDsig"}
-            )
+        if scenario in (THINKING, REDACTED_THINKING):
+            thought = THOUGHT
+            signed = {"type": "thinking", "thinking": thought, "signature": signature_for(thought)}
+            blocks.insert(0, signed)
             pieces.insert(0, [thought[:10], thought[10:]])
+        if scenario == REDACTED_THINKING:
+            secret = "opaque"
+            data = _SIGNED + secret + "." + signature_for(secret)[len(_SIGNED) :]
+            blocks.insert(1, {"type": "redacted_thinking", "data": data})
+            pieces.insert(1, [])
         return blocks, pieces, stop
 
     def _message(self, scenario: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -463,6 +504,8 @@ class FakeAnthropic(LoopbackServer):
             if block["type"] == "text":
                 head: dict[str, Any] = {"type": "text", "text": ""}
                 deltas = [{"type": "text_delta", "text": f} for f in fragments]
+            elif block["type"] == "redacted_thinking":
+                head, deltas = block, []
             elif block["type"] == "thinking":
                 head = {"type": "thinking", "thinking": "", "signature": ""}
                 deltas = [{"type": "thinking_delta", "thinking": f} for f in fragments]

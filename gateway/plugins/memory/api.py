@@ -26,6 +26,15 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from gateway.auth import Authenticator, speaking_for
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.identity import Identity
+from gateway.plugins.memory.bodies import (
+    QueryBody,
+    SeedQuery,
+    SeedStore,
+    SeedSummarize,
+    StoreBody,
+    StoreItem,
+    SummarizeBody,
+)
 from gateway.plugins.memory.items import KINDS, Hit, MemoryItem, NewItem, Scope, kind_of
 from gateway.plugins.memory.service import MemoryService
 from gateway.plugins.memory.summary import timestamp
@@ -34,84 +43,6 @@ MAX_LIMIT = 100
 MAX_ITEMS = 1000
 ID_PREFIX = "mem-"
 _encode = msgspec.json.Encoder().encode
-
-
-class QueryBody(msgspec.Struct, forbid_unknown_fields=True):
-    query: str = ""
-    agent_id: str | None = None
-    project: str | None = None
-    channel: str | None = None
-    session_id: str | None = None
-    kinds: list[str] = []
-    limit: int | None = None
-    # A query vector computed elsewhere (same embedder as the store's); skips embedding.
-    embedding: list[float] | None = None
-
-
-class StoreItem(msgspec.Struct, forbid_unknown_fields=True):
-    # Text, or seed 004's {"user_message": ..., "agent_reply": ...}.
-    content: str | dict[str, Any]
-    kind: str = "kb"
-    project: str | None = None
-    channel: str | None = None
-    session_id: str | None = None
-    meta: dict[str, Any] = {}
-    embedding: list[float] | None = None
-
-
-class StoreBody(msgspec.Struct, forbid_unknown_fields=True):
-    """One item (``content`` and the rest) or several (``items``); scope fields are defaults."""
-
-    agent_id: str | None = None
-    project: str | None = None
-    channel: str | None = None
-    session_id: str | None = None
-    items: list[StoreItem] = []
-    content: str | dict[str, Any] | None = None
-    kind: str = "kb"
-    meta: dict[str, Any] = {}
-    embedding: list[float] | None = None
-
-
-class SummarizeBody(msgspec.Struct, forbid_unknown_fields=True):
-    agent_id: str | None = None
-    project: str | None = None
-    channel: str | None = None
-    session_id: str | None = None
-    # A logical chat model; default: memory.summarize.model.
-    model: str | None = None
-    limit: int | None = None
-
-
-class SeedQuery(msgspec.Struct):
-    """Seed 004's /internal/agent-memory/query request."""
-
-    query: str = ""
-    agent_id: str | None = None
-    microdao_id: str | None = None
-    channel_id: str | None = None
-    limit: int = 5
-    kind: str | None = None
-
-
-class SeedStore(msgspec.Struct):
-    """Seed 004's /internal/agent-memory/store request."""
-
-    content: str | dict[str, Any]
-    kind: str = "conversation"
-    agent_id: str | None = None
-    microdao_id: str | None = None
-    channel_id: str | None = None
-    session_id: str | None = None
-    meta: dict[str, Any] = {}
-
-
-class SeedSummarize(msgspec.Struct):
-    agent_id: str | None = None
-    microdao_id: str | None = None
-    channel_id: str | None = None
-    model: str | None = None
-    limit: int | None = None
 
 
 class MemoryController(Controller):
@@ -131,7 +62,7 @@ class MemoryController(Controller):
             data.project,
             data.channel,
             data.session_id,
-            _kinds(data.kinds),
+            _kinds(data.kinds, "kinds", indexed=True),
         )
         limit = _limit(data.limit, memory.settings.default_limit)
         if data.query or data.embedding is not None:
@@ -149,11 +80,14 @@ class MemoryController(Controller):
         data: JSONBody[StoreBody],
     ) -> dict[str, Any]:
         agent = _writer(_identity(auth, request), data.agent_id)
+        # Each entry with where it sits in the body, for a 400 to name its field.
+        fields = [f"items[{i}]." for i in range(len(data.items))]
         entries = list(data.items)
         if data.content is not None:
             entries.insert(
                 0, StoreItem(data.content, data.kind, meta=data.meta, embedding=data.embedding)
             )
+            fields.insert(0, "")
         if not entries:
             raise BadRequest("nothing to store: give content, or items", param="content")
         if len(entries) > MAX_ITEMS:
@@ -167,8 +101,9 @@ class MemoryController(Controller):
                 entry.channel or data.channel,
                 entry.session_id or data.session_id,
                 entry.meta,
+                field,
             )
-            for entry in entries
+            for entry, field in zip(entries, fields, strict=True)
         ]
         embeddings = [e.embedding for e in entries]
         if any(e is not None for e in embeddings):
@@ -232,7 +167,9 @@ class MemoryController(Controller):
         all: FromQuery[bool] = False,
     ) -> dict[str, Any]:
         identity = _identity(auth, request)
-        scope = Scope(_reader(identity, agent_id), project, channel, session_id, _kinds(kind or []))
+        scope = Scope(
+            _reader(identity, agent_id), project, channel, session_id, _kinds(kind or [], "kind")
+        )
         narrowed = any((project, channel, session_id, kind))
         if not narrowed and not all:
             raise BadRequest(
@@ -257,7 +194,7 @@ class InternalMemoryController(Controller):
         data: JSONBody[SeedQuery],
     ) -> dict[str, Any]:
         identity = _identity(auth, request)
-        kinds = _kinds([data.kind] if data.kind else [])
+        kinds = _kinds([data.kind] if data.kind else [], "kind")
         scope = Scope(
             _reader(identity, data.agent_id), data.microdao_id, data.channel_id, None, kinds
         )
@@ -339,12 +276,18 @@ def _writer(identity: Identity, agent_id: str | None) -> str:
     return _named(identity, agent_id) or identity.agent_id
 
 
-def _kinds(names: list[str]) -> tuple[str, ...]:
+def _kinds(names: list[str], field: str, *, indexed: bool = False) -> tuple[str, ...]:
+    """Known kinds of ``names``; a 400 names ``field`` (``kinds[1]`` when ``indexed``: a body's
+    list, where the index finds the entry; a repeated query parameter has none)."""
     kinds: list[str] = []
-    for name in names:
+    for index, name in enumerate(names):
         kind = kind_of(name)
         if kind is None:
-            raise BadRequest(f"unknown kind {name!r}; expected one of {', '.join(KINDS)}")
+            where = f"{field}[{index}]" if indexed else field
+            raise BadRequest(
+                f"unknown kind {name!r} in '{where}'; expected one of {', '.join(KINDS)}",
+                param=where,
+            )
         kinds.append(kind)
     return tuple(kinds)
 
@@ -417,13 +360,17 @@ def _new_item(
     channel: str | None,
     session: str | None,
     meta: dict[str, Any],
+    field: str = "",
 ) -> NewItem:
+    """The item to store; a 400 names its field after ``field`` (``items[2].``, or "")."""
     known = kind_of(kind)
     if known is None:
-        raise BadRequest(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}", param="kind")
+        raise BadRequest(
+            f"{field}kind: expected one of {', '.join(KINDS)}, got {kind!r}", param=f"{field}kind"
+        )
     text, extra = _content(content)
     if not text.strip():
-        raise BadRequest("content is empty", param="content")
+        raise BadRequest(f"{field}content is empty", param=f"{field}content")
     return NewItem(
         agent_id=agent,
         kind=known,

@@ -123,7 +123,9 @@ class MemoryService:
         """Store items; with ``vectors`` given (one per item) nothing is embedded."""
         for item in items:
             if item.kind not in KINDS:
-                raise BadRequest(f"kind: expected one of {', '.join(KINDS)}, got {item.kind!r}")
+                raise BadRequest(
+                    f"kind: expected one of {', '.join(KINDS)}, got {item.kind!r}", param="kind"
+                )
         if vectors is None:
             vectors = await self.embed([item.content for item in items])
         else:
@@ -175,7 +177,7 @@ class MemoryService:
     async def summarize(self, scope: Scope, model: str, limit: int) -> Summary:
         """Summarise the newest ``limit`` items of the scope (earlier summaries left out)."""
         if scope.agent_id is None:
-            raise BadRequest("summaries belong to an agent: name one (agent_id)")
+            raise BadRequest("summaries belong to an agent: name one (agent_id)", param="agent_id")
         if self._complete is None:
             raise BadRequest("summaries need a chat model, and none can be called here")
         kinds = scope.kinds or tuple(k for k in KINDS if k != "summary")

@@ -50,12 +50,16 @@ class InternalCallBody(msgspec.Struct):
 
 
 class ToolCallResult(msgspec.Struct):
-    """Seed 004's ToolCallResult, plus a machine-readable ``code`` when ``ok`` is false."""
+    """Seed 004's ToolCallResult, plus a machine-readable ``code`` when ``ok`` is false, and,
+    on a 400, ``param``: the request field that is wrong (``arguments.city``), as in every
+    other 400's envelope."""
 
     ok: bool
     result: Any = None
     error: str | None = None
     code: str | None = None
+    # Left out of the answer unless set (msgspec omits UNSET fields): seed 004's shape stays.
+    param: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class ToolsController(Controller):
@@ -90,7 +94,7 @@ class ToolsController(Controller):
                     f"arguments are not valid JSON: {exc}", param="arguments"
                 ) from None
         caller = Caller.of(identity, _request_id(request), data.context)
-        return await _call(tools, data.tool, arguments, caller)
+        return await _call(tools, data.tool, arguments, caller, "arguments")
 
 
 class InternalToolsController(Controller):
@@ -125,7 +129,7 @@ class InternalToolsController(Controller):
         caller = Caller.of(identity, _request_id(request), data.context)
         if data.microdao_id:
             caller = replace(caller, project=data.microdao_id)
-        return await _call(tools, data.tool_id, data.args, caller)
+        return await _call(tools, data.tool_id, data.args, caller, "args")
 
 
 def tool_controllers() -> list[type[Controller]]:
@@ -134,10 +138,13 @@ def tool_controllers() -> list[type[Controller]]:
 
 
 async def _call(
-    tools: ToolRegistry, name: str, arguments: Any, caller: Caller
+    tools: ToolRegistry, name: str, arguments: Any, caller: Caller, field: str
 ) -> Response[ToolCallResult]:
+    """``field`` is the body's name for the arguments, which a 400 names (``args.city``)."""
     outcome: Outcome = await call_tool(tools, name, arguments, caller, tools.metrics)
     body = ToolCallResult(outcome.ok, outcome.result, outcome.error, outcome.code)
+    if outcome.where is not None:
+        body.param = field + outcome.where
     status = _REFUSALS.get(outcome.code or "", 200)
     return Response(body, status_code=status)
 

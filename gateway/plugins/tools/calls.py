@@ -40,10 +40,15 @@ class Outcome:
     error: str | None = None
     code: Code | None = None
     seconds: float = 0.0
+    # Invalid arguments: where in them the first problem is (".city", "" for the whole), for
+    # the API's 400 to name the field as every other 400 does.
+    where: str | None = None
 
     @classmethod
-    def failed(cls, code: Code, error: str, seconds: float = 0.0) -> Outcome:
-        return cls(ok=False, error=error, code=code, seconds=seconds)
+    def failed(
+        cls, code: Code, error: str, seconds: float = 0.0, where: str | None = None
+    ) -> Outcome:
+        return cls(ok=False, error=error, code=code, seconds=seconds, where=where)
 
 
 async def call_tool(
@@ -92,12 +97,14 @@ def _refusal(entry: Entry, arguments: Any, caller: Caller) -> Outcome | None:
             "permission_denied", f"agent {caller.agent_id!r} may not use tool {spec.id!r}"
         )
     if not isinstance(arguments, dict):
-        return Outcome.failed("invalid_arguments", "arguments must be a JSON object")
-    problems = entry.arguments.errors(arguments)
+        return Outcome.failed("invalid_arguments", "arguments must be a JSON object", where="")
+    problems = entry.arguments.problems(arguments)
     if problems:
+        listed = "; ".join(problem.text for problem in problems)
         return Outcome.failed(
             "invalid_arguments",
-            f"arguments do not match the tool's input_schema: {'; '.join(problems)}",
+            f"arguments do not match the tool's input_schema: {listed}",
+            where=problems[0].field,
         )
     return None
 

@@ -8,7 +8,7 @@ which also keeps schemas from becoming a way to make the gateway open URLs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
@@ -40,14 +40,34 @@ class Schema:
 
     def errors(self, instance: Any) -> list[str]:
         """Every way ``instance`` misses the schema, each led by where (``$.city``)."""
+        return [problem.text for problem in self.problems(instance)]
+
+    def problems(self, instance: Any) -> list[Problem]:
         found = sorted(
             self._validator.iter_errors(instance), key=lambda e: [str(p) for p in e.path]
         )
-        return [f"{_path(e.absolute_path)}: {e.message}" for e in found[:_MAX_ERRORS]]
+        return [_problem(e) for e in found[:_MAX_ERRORS]]
+
+
+class Problem(NamedTuple):
+    # "$.city: 7 is not of type 'string'"
+    text: str
+    # The path below the instance that is wrong (".city", "[0].name", "" for the instance), a
+    # missing required property named itself rather than the object lacking it.
+    field: str
+
+
+def _problem(error: Any) -> Problem:
+    at = _path(error.absolute_path)
+    field = at
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [name for name in error.validator_value if name not in error.instance]
+        field += _path(missing[:1])
+    return Problem(f"${at}: {error.message}", field)
 
 
 def _path(parts: Any) -> str:
-    text = "$"
+    text = ""
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else f".{part}"
     return text

@@ -1,12 +1,13 @@
 // The turnout dashboard: polls the admin API and draws engines, usage charts and live requests.
 //   /engine/events            each role's state change as it happens (SSE), when roles exist
-//   /engine/status            engines, their states, providers          every 2 s (0.5 s while
+//   /engine/status            engines, their states, providers, peers   every 2 s (0.5 s while
 //                             swapping and the event stream is down; 10 s while it is up)
 //   /v1/requests/recent       the live table, in-flight count, rate-limit refusals   every 2 s
 //   /v1/requests/series       the charts and the totals above them (the usage log)   every 5 s
 // When the API answers 401/403 the page asks for the admin key and keeps it in sessionStorage.
 
 import { compact, drawChart, drawLegend, duration, durationTick, el } from "./charts.js";
+import { renderFleet } from "./fleet.js";
 
 const KEY_STORAGE = "turnout.adminKey";
 const RANGES = { "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800 };
@@ -139,6 +140,7 @@ async function refreshEngines() {
   renderEngines(status);
   renderProviders(status.providers || {});
   renderGpus(status.gpus || []);
+  renderFleet(status.peers || {});
   // Only with local roles: without, /engine/events answers 404 and polling is all there is.
   if (!state.following && Object.keys(status.engines || {}).length) followEngineEvents();
 }
@@ -497,7 +499,9 @@ let refreshEnginesNow = () => {};
 
 function enginePollInterval() {
   // While the event stream is up it says what changes; the poll only keeps pid and uptime fresh.
-  if (state.live) return slowWhenHidden(10000)();
+  // Peers' changes are not in this gateway's stream: with peers the status stays the feed.
+  const peers = Object.keys(state.engines?.peers || {}).length > 0;
+  if (state.live && !peers) return slowWhenHidden(10000)();
   const busy = Date.now() < state.fastUntil || state.engines?.state === "loading" || state.engines?.state === "switching";
   return busy ? 500 : slowWhenHidden(2000)();
 }
