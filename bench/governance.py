@@ -40,17 +40,16 @@ import json
 import sqlite3
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench import instructions as callgrind
-from bench import wrk
 from bench.cells import log, write_scripts
 from bench.pair import CONNECTIONS, Pair, side_by_side_line, summary
 from bench.payloads import chat_body
-from bench.procs import Processes, exit_on_sigterm, wait_ready
-from bench.report import RESULTS, machine, write_results
+from bench.procs import Processes, wait_ready
+from bench.report import RESULTS, machine
+from bench.runner import run_benchmark
 from bench.stacks import UPSTREAM_MODEL, Stack, start_upstream, working_tree_build
 from tests.gateway_server import free_port
 
@@ -273,18 +272,8 @@ def main() -> int:
         help="requests counted under callgrind (at least usage.batch_size, 2000); 0: skip",
     )
     args = parser.parse_args()
-    exit_on_sigterm()
-    wrk.require_wrk()
-    if args.instructions:
-        callgrind.require_valgrind()
-    with tempfile.TemporaryDirectory(prefix="turnout-governance-") as tmp:
-        result = run(args, Path(tmp))
-    path = write_results(
-        "governance" if args.headers == "refusals" else "governance-headers", result
-    )
-    print(report(result))
-    print(f"results: {path}")
-    return 0
+    name = "governance" if args.headers == "refusals" else "governance-headers"
+    return run_benchmark(name, args, run, report, valgrind=bool(args.instructions))
 
 
 if __name__ == "__main__":

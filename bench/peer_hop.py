@@ -25,14 +25,14 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench import wrk
 from bench.cells import NOISY, log, write_scripts
-from bench.procs import Processes, exit_on_sigterm, wait_quiet
-from bench.report import RESULTS, machine, write_results
+from bench.procs import Processes, wait_quiet
+from bench.report import RESULTS, machine
+from bench.runner import run_benchmark
 from bench.stacks import (
     Stack,
     start_mini_proxy,
@@ -152,15 +152,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5, help="per wrk run")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per kind")
     args = parser.parse_args()
-    exit_on_sigterm()
-    wrk.require_wrk()
-    with tempfile.TemporaryDirectory(prefix="turnout-peer-hop-") as tmp:
-        result = run(args, Path(tmp))
-    path = write_results("peer_hop", result)
-    log(f"results: {path}")
-    print(report(result))
-    print(f"results: {path}")
-    return 0
+    return run_benchmark("peer_hop", args, run, report)
 
 
 if __name__ == "__main__":

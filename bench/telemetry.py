@@ -20,17 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench import instructions as callgrind
-from bench import wrk
 from bench.cells import log, write_scripts
 from bench.pair import CONNECTIONS, Pair, side_by_side_line, summary
 from bench.payloads import chat_body
-from bench.procs import Processes, exit_on_sigterm, wait_ready
-from bench.report import RESULTS, machine, write_results
+from bench.procs import Processes, wait_ready
+from bench.report import RESULTS, machine
+from bench.runner import run_benchmark
 from bench.stacks import ROOT, UPSTREAM_MODEL, Stack, start_upstream, working_tree_build
 from tests.gateway_server import free_port
 
@@ -171,16 +170,7 @@ def main() -> int:
         "--instructions", type=int, default=1000, help="requests counted under callgrind; 0: skip"
     )
     args = parser.parse_args()
-    exit_on_sigterm()
-    wrk.require_wrk()
-    if args.instructions:
-        callgrind.require_valgrind()
-    with tempfile.TemporaryDirectory(prefix="turnout-telemetry-") as tmp:
-        result = run(args, Path(tmp))
-    path = write_results("telemetry", result)
-    print(report(result))
-    print(f"results: {path}")
-    return 0
+    return run_benchmark("telemetry", args, run, report, valgrind=bool(args.instructions))
 
 
 if __name__ == "__main__":

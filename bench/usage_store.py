@@ -20,15 +20,15 @@ import argparse
 import json
 import sqlite3
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench import governance, wrk
-from bench.cells import log, write_scripts
+from bench import governance
+from bench.cells import write_scripts
 from bench.pair import CONNECTIONS, Pair, side_by_side_line, summary
-from bench.procs import Processes, exit_on_sigterm, wait_ready
-from bench.report import RESULTS, machine, write_results
+from bench.procs import Processes, wait_ready
+from bench.report import RESULTS, machine
+from bench.runner import run_benchmark
 from bench.stacks import Stack, start_upstream, working_tree_build
 from tests.gateway_server import free_port
 
@@ -143,15 +143,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per kind")
     parser.add_argument("--together-rounds", type=int, default=4, help="side-by-side rounds")
     args = parser.parse_args()
-    exit_on_sigterm()
-    wrk.require_wrk()
-    with tempfile.TemporaryDirectory(prefix="turnout-usage-store-") as tmp:
-        result = run(args, Path(tmp))
-    path = write_results("usage_store", result)
-    log(f"results: {path}")
-    print(report(result))
-    print(f"results: {path}")
-    return 0
+    return run_benchmark("usage_store", args, run, report)
 
 
 if __name__ == "__main__":
