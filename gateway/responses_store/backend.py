@@ -9,6 +9,7 @@ delete so none answers from a stale cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.responses_store.records import StoredResponse
@@ -27,19 +28,19 @@ class Listener(Protocol):
         ...
 
 
+# One response by primary key, cheap enough to run on the event loop (a local file).
+Read = Callable[[str], StoredResponse | None]
+
+
 class Backend(Protocol):
-    # True: ``read`` is cheap enough to run on the event loop (a local file). False: a miss
-    # is fetched with ``chain`` off the loop, and the request waits for it.
-    inline: bool
+    # Set by a backend read on the loop (SQLite); None: a miss is fetched with ``chain`` off
+    # the loop, and the request waits for it (PostgreSQL).
+    read_inline: Read | None
     # What a failed write raises: the batch stays pending and is retried.
     errors: tuple[type[BaseException], ...]
 
     async def open(self, listener: Listener) -> None:
         """Bring the schema up to date and connect; the database must answer at start."""
-        ...
-
-    def read(self, response_id: str) -> StoredResponse | None:
-        """One response by primary key, on the loop (``inline`` backends only)."""
         ...
 
     async def chain(self, response_id: str) -> list[StoredResponse]:

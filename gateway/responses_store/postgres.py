@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from gateway.dialect import postgres_params
 from gateway.migrations import MIGRATIONS
 from gateway.postgres import open_raw, prepare
-from gateway.responses_store.backend import Listener
+from gateway.responses_store.backend import Listener, Read
 from gateway.responses_store.records import StoredResponse
 from gateway.responses_store.sqlite import COLUMNS, record_of, row_of
 
@@ -124,7 +124,8 @@ class _Worker:
 
 
 class PostgresBackend:
-    inline = False
+    # Shared by replicas, so never read on the loop: a miss goes through ``chain``.
+    read_inline: Read | None = None
 
     def __init__(self, url: str) -> None:
         import psycopg
@@ -147,9 +148,6 @@ class PostgresBackend:
             daemon=True,
         )
         self._listening.start()
-
-    def read(self, response_id: str) -> StoredResponse | None:
-        raise NotImplementedError("PostgreSQL is read off the loop: chain()")
 
     async def chain(self, response_id: str) -> list[StoredResponse]:
         return await self._reader.run(lambda c: _chain(c, response_id))

@@ -13,7 +13,7 @@ import aiosqlite
 
 from gateway import db
 from gateway.migrations import migrate
-from gateway.responses_store.backend import Listener
+from gateway.responses_store.backend import Listener, Read
 from gateway.responses_store.records import Owner, StoredResponse
 
 COLUMNS = "id, key_id, agent_id, created_at, previous_id, model, input, response, bytes"
@@ -32,13 +32,13 @@ DELETE FROM stored_responses WHERE created_at <= (
 
 
 class SqliteBackend:
-    inline = True
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._writer: aiosqlite.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self.read_inline: Read | None = self.read
 
     async def open(self, listener: Listener) -> None:
         # One machine, one store: nothing else deletes behind this gateway's back.

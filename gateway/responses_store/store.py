@@ -223,8 +223,8 @@ class ResponseStore:
         backend = self._backend
         if backend is None or response_id in self._deleted:
             return None
-        if backend.inline:
-            return backend.read(response_id)
+        if backend.read_inline is not None:
+            return backend.read_inline(response_id)
         if response_id in self._absent:
             del self._absent[response_id]
             return None
