@@ -157,20 +157,26 @@ def test_memory_without_numpy_is_refused_by_check_and_serve_alike(tmp_path: Path
     assert "Traceback" not in served.output
 
 
-def test_a_problem_only_the_start_finds_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    """What the start-up checks cannot see (a plugin's startup refusing its settings) still
-    ends serve with one line, not Litestar's traceback of the lifespan."""
-    # Tool executor kinds are registered by plugins with the running gateway (register_tools
-    # takes its context): an unknown one is found at startup only.
+def test_an_unknown_tool_executor_is_refused_by_check_and_serve_alike(tmp_path: Path) -> None:
+    """Executor kinds are registered at startup (register_tools takes the running gateway),
+    but with only the built-in plugins enabled check knows them all: both refuse alike, serve
+    in one line, not Litestar's traceback of the lifespan."""
     config = tmp_path / "routing.yaml"
     config.write_text(
         "server: {database: ':memory:'}\n"
         "plugins: {enabled: [tools]}\n"
         "tools: {registry: [{id: x, executor: no-such-executor, target: y}]}\n"
     )
-    served = serve(Case(str(config), _env()))
+    case = Case(str(config), _env())
+    check = turnout("check", case.path, env=case.env)
+    assert check.returncode == 1, check.stdout
+    line = _error_line(check.stderr)
+    assert line.endswith(
+        "tools.registry[0] (x): unknown executor 'no-such-executor' (known: http, mcp, python)"
+    )
+    served = serve(case)
     assert not served.started and served.returncode == 2, served.output
-    assert "unknown executor 'no-such-executor'" in _error_line(served.output)
+    assert _error_line(served.output) == line
     assert "Traceback" not in served.output
 
 

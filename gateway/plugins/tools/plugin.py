@@ -35,6 +35,11 @@ from gateway.plugins.tools.registry import ToolRegistry
 from gateway.plugins.tools.settings import AgentLoop, section_problems, settings_of
 from gateway.wire import ClientRequest
 
+# The executor kinds this plugin registers itself (register_tools below).
+OWN_KINDS = frozenset(("http", "python", "mcp"))
+# Plugins shipped with turnout: none of them adds tool executor kinds.
+BUILTIN_PLUGINS = frozenset(("memory", "tools"))
+
 
 class ToolsPlugin:
     # Its own hook (register_tools), for other plugins to implement.
@@ -55,13 +60,22 @@ class ToolsPlugin:
         # other kinds reach out (HTTP, MCP servers) only when they run.
         static = ToolRegistry()
         static.register_kind("python", python_kind(ToolThreads(1)))
+        # Another enabled plugin may add executor kinds at startup (register_tools); with none
+        # but the built-ins, an executor outside this plugin's own kinds is refused here too.
+        others = [name for name in config.plugins.enabled if name not in BUILTIN_PLUGINS]
         problems: list[str] = []
         for i, definition in enumerate(settings_of(config).registry):
+            where = f"tools.registry[{i}] ({definition.id})"
             if definition.executor in static.kinds():
                 try:
                     static.build(definition)
                 except ValueError as exc:
-                    problems.append(f"tools.registry[{i}] ({definition.id}): {exc}")
+                    problems.append(f"{where}: {exc}")
+            elif definition.executor not in OWN_KINDS and not others:
+                known = ", ".join(sorted(OWN_KINDS))
+                problems.append(
+                    f"{where}: unknown executor {definition.executor!r} (known: {known})"
+                )
         return problems
 
     @hookimpl
