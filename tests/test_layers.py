@@ -36,6 +36,7 @@ ADAPTER_INFRASTRUCTURE = frozenset(
         "adapters.base",
         "adapters.builtin",
         "adapters.http",
+        "adapters.h1",
         "adapters.connections",
         "adapters.streams",
     }

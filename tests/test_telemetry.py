@@ -4,12 +4,15 @@ receiver on loopback that decodes each export with the official opentelemetry-pr
 
 from __future__ import annotations
 
+import asyncio
 import os
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from subprocess import DEVNULL
 from types import FrameType
 from typing import Any
 
@@ -26,7 +29,7 @@ from gateway.telemetry.spans import RequestSpans
 from gateway.wire import CompletionDetails, PromptDetails, Usage
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.gateway_server import RunningGateway, config_of, running_gateway
+from tests.gateway_server import RunningGateway, config_of, free_port, running_gateway
 from tests.test_agent_loop import WEATHER, tools_section
 from tests.test_engines import role
 
@@ -243,6 +246,78 @@ async def test_a_sampler_that_keeps_none_sends_nothing(receiver: OtlpReceiver) -
         spans.record("chat", Call(f"r{n}"))
     await spans.close()
     assert receiver.span_count == 0 and spans.exporter.sent == 0
+
+
+def finished_call(request_id: str, prompt_tokens: int = 300) -> Call:
+    call = Call(request_id)
+    call.model = "coder"
+    call.status = 200
+    call.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=20, total_tokens=320)
+    call.trace.upstream_started = time.perf_counter()
+    call.trace.upstream_last = 0.002
+    return call
+
+
+async def test_many_requests_go_out_in_full_batches_each_span_once(
+    receiver: OtlpReceiver,
+) -> None:
+    """Encoded in batches after the fact: every request's two spans arrive, in posts of at most
+    max_batch spans, with the values each request had (token counts of every varint size)."""
+    export = Export(endpoint=traces_url(receiver.url), max_batch=64, schedule_delay_seconds=60)
+    spans = RequestSpans(export, {})
+    sizes = [0, 1, 127, 128, 16383, 16384, 2_000_000]
+    for n in range(300):
+        spans.record("chat", finished_call(f"req-{n}", sizes[n % len(sizes)]))
+    await spans.close()
+    assert spans.exporter.sent == 600 and receiver.span_count == 600
+    assert receiver.export_count >= 600 // 64
+    received = receiver.spans()
+    roots = {s.attributes["turnout.request_id"]: s for s in received if s.name == "chat coder"}
+    assert len(roots) == 300
+    for n in range(300):
+        assert roots[f"req-{n}"].attributes["gen_ai.usage.input_tokens"] == sizes[n % len(sizes)]
+    assert len({s.span_id for s in received}) == 600
+    assert all(s.trace_id != bytes(16) and s.span_id != bytes(8) for s in received)
+
+
+async def test_gzip_export_reaches_the_collector(receiver: OtlpReceiver) -> None:
+    spans = RequestSpans(Export(endpoint=traces_url(receiver.url), gzip=True), {})
+    spans.record("chat", finished_call("req-gz"))
+    await spans.close()
+    assert receiver.headers[0]["Content-Encoding"] == "gzip"
+    assert by_name(receiver.spans(), "chat coder").attributes["turnout.request_id"] == "req-gz"
+
+
+async def test_https_collector_with_its_own_ca(tmp_path: Path) -> None:
+    """An https endpoint goes through aiohttp with the CA named by the certificate setting."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    request += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+    request += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    made = await asyncio.create_subprocess_exec(*request, stdout=DEVNULL, stderr=DEVNULL)
+    assert await made.wait() == 0
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    async with OtlpReceiver(ssl_context=context) as tls:
+        assert tls.url.startswith("https://")
+        export = Export(endpoint=traces_url(tls.url), certificate=str(cert))
+        spans = RequestSpans(export, {})
+        spans.record("chat", finished_call("req-tls"))
+        await spans.close()
+        assert spans.exporter.sent == 2 and tls.span_count == 2
+        # Without the CA the collector's certificate is refused: counted, never raised.
+        untrusted = RequestSpans(Export(endpoint=traces_url(tls.url)), {})
+        untrusted.record("chat", finished_call("req-untrusted"))
+        await untrusted.close()
+        assert untrusted.exporter.failed == 2 and tls.span_count == 2
+
+
+async def test_a_collector_that_is_down_costs_spans_not_requests() -> None:
+    spans = RequestSpans(Export(endpoint=f"http://127.0.0.1:{free_port()}/v1/traces"), {})
+    for n in range(5):
+        spans.record("chat", finished_call(f"req-{n}"))
+    await spans.close()
+    assert spans.exporter.failed == 10 and spans.exporter.sent == 0
 
 
 def test_tracing_off_loads_no_tracing_code() -> None:

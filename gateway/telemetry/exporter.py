@@ -1,11 +1,18 @@
-"""Encoded spans, batched and posted to the OTLP/HTTP endpoint from the event loop.
+"""Finished requests' spans, encoded in batches and posted to the OTLP/HTTP endpoint.
 
 As the SDK's BatchSpanProcessor does: a batch goes every ``schedule_delay_seconds``, or as soon
 as ``max_batch`` spans wait; past ``max_queue`` waiting spans, new ones are dropped (counted,
-and logged). The post is one aiohttp request per batch, a few hundred microseconds for up to
-512 spans, on the loop that also serves requests: nothing here holds it longer than joining the
-bytes. A batch the endpoint refuses, or that fails to arrive, is dropped with a log line (at
-most one a minute): traces must never slow or stop the gateway.
+and logged). A batch the endpoint refuses, or that fails to arrive, is dropped with a log line
+(at most one a minute): traces must never slow or stop the gateway.
+
+What waits is each request's raw values, not its bytes: the tracer's ``encode`` turns them into
+spans here, many at a time. Measured (issue 16): encoding a request's spans as it ended cost
+about 8.5 µs in the middle of the request path, against 3.7 µs for the same code run over a
+batch, whose instructions and data stay in the CPU's caches; on a gateway whose whole request
+costs ~160 µs of event-loop time that difference is most of the 5% tracing may cost. Encoding
+goes in slices with a turn of the loop between them, so a full batch never holds requests up
+for more than a slice. The post is one request per batch: over the lean HTTP/1.1 client
+(adapters/h1.py) to a plain-http endpoint, over aiohttp to an https one.
 """
 
 from __future__ import annotations
@@ -16,9 +23,14 @@ import gzip
 import logging
 import ssl
 import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from adapters.h1 import H1Pool
+from gateway.errors import UpstreamError
 from gateway.telemetry.protobuf import export_request
 from gateway.telemetry.settings import Export
 
@@ -26,15 +38,26 @@ log = logging.getLogger("turnout.telemetry")
 
 SCOPE = ("turnout", "0.1.0")
 _WARN_EVERY_SECONDS = 60.0
+# Requests encoded per turn of the event loop (about 0.25 ms of work).
+_ENCODE_SLICE = 64
+# A collector's answer to an export is a few bytes; more is not read.
+_ANSWER_LIMIT = 1 << 20
+
+Item = TypeVar("Item")
 
 
-class BatchExporter:
+class BatchExporter(Generic[Item]):
     __slots__ = (
         "_closing",
+        "_encode",
         "_export",
+        "_headers",
         "_last_warning",
+        "_lean",
         "_pending",
+        "_queued",
         "_session",
+        "_spans",
         "_ssl",
         "_task",
         "_wake",
@@ -43,28 +66,38 @@ class BatchExporter:
         "sent",
     )
 
-    def __init__(self, export: Export) -> None:
+    def __init__(self, export: Export, encode: Callable[[list[Item]], list[bytes]]) -> None:
         self._export = export
-        self._pending: list[bytes] = []
+        self._encode = encode
+        # Requests not yet encoded; their encoded spans, each framed for an export request;
+        # and how many spans both hold.
+        self._pending: list[Item] = []
+        self._spans: list[bytes] = []
+        self._queued = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ssl = _ssl_context(export)
+        self._headers = {**export.headers, "Content-Type": "application/x-protobuf"}
+        if export.gzip:
+            self._headers["Content-Encoding"] = "gzip"
+        self._lean = _lean_client(export.endpoint, self._headers)
         self._last_warning = 0.0
         self._closing = False
         self.sent = self.dropped = self.failed = 0
 
-    def add(self, spans: list[bytes]) -> None:
-        pending = self._pending
-        if len(pending) >= self._export.max_queue:
-            self.dropped += len(spans)
+    def add(self, item: Item, spans: int) -> None:
+        """One request's raw values, which ``encode`` makes into ``spans`` spans."""
+        if self._queued >= self._export.max_queue:
+            self.dropped += spans
             self._warn(f"{self.dropped} spans dropped so far: the export queue is full")
             return
-        pending.extend(spans)
+        self._pending.append(item)
+        self._queued += spans
         if self._task is None:
             if not self._closing:
                 self._task = asyncio.get_running_loop().create_task(self._run())
-        elif len(pending) >= self._export.max_batch:
+        elif self._queued >= self._export.max_batch:
             self._wake.set()
 
     async def _run(self) -> None:
@@ -85,38 +118,66 @@ class BatchExporter:
         fill a batch: draining until empty instead sent a stream of small posts under load
         (measured: 189 posts of ~13 spans where 5 would do), each costing a whole request.
         """
+        await self._encode_pending()
         size = self._export.max_batch
-        pending = self._pending
-        owed = len(pending) if everything else 0
-        while len(pending) >= size or owed > 0:
-            batch = pending[:size]
-            del pending[:size]
+        spans = self._spans
+        owed = len(spans) if everything else 0
+        while len(spans) >= size or owed > 0:
+            batch = spans[:size]
+            del spans[:size]
             owed -= len(batch)
+            self._queued -= len(batch)
             await self._post(batch)
+
+    async def _encode_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            items = pending[:_ENCODE_SLICE]
+            del pending[:_ENCODE_SLICE]
+            self._spans += self._encode(items)
+            if pending:
+                await asyncio.sleep(0)
 
     async def _post(self, spans: list[bytes]) -> None:
         export = self._export
         body = export_request(export.resource, SCOPE, spans)
-        headers = {**export.headers, "Content-Type": "application/x-protobuf"}
         if export.gzip:
             body = gzip.compress(body)
-            headers["Content-Encoding"] = "gzip"
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=export.timeout_seconds)
-            )
         try:
-            async with self._session.post(
-                export.endpoint, data=body, headers=headers, ssl=self._ssl
-            ) as response:
-                await response.read()
-                if response.status >= 300:
-                    raise OSError(f"{export.endpoint} answered {response.status}")
-        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+            if self._lean is not None:
+                status = await self._send_lean(self._lean, body)
+            else:
+                status = await self._send(body)
+            if status >= 300:
+                raise OSError(f"{export.endpoint} answered {status}")
+        except (OSError, aiohttp.ClientError, UpstreamError, TimeoutError) as exc:
             self.failed += len(spans)
             self._warn(f"{len(spans)} spans not exported ({self.failed} so far): {exc}")
             return
         self.sent += len(spans)
+
+    async def _send_lean(self, lean: tuple[H1Pool, bytes], body: bytes) -> int:
+        """Over the lean HTTP/1.1 client (a plain-http endpoint, the usual local collector):
+        a post costs about a third of aiohttp's CPU (measured: 0.08 against 0.2-0.27 ms for
+        512 spans), which is CPU the event loop's requests get back."""
+        pool, head = lean
+        async with asyncio.timeout(self._export.timeout_seconds):
+            response = await pool.post(head, body, _ANSWER_LIMIT)
+            await response.read()
+        return response.status
+
+    async def _send(self, body: bytes) -> int:
+        """Over aiohttp: https endpoints (TLS, client certificates)."""
+        export = self._export
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=export.timeout_seconds)
+            )
+        async with self._session.post(
+            export.endpoint, data=body, headers=self._headers, ssl=self._ssl
+        ) as response:
+            await response.read()
+            return response.status
 
     def _warn(self, text: str) -> None:
         now = time.monotonic()
@@ -132,11 +193,25 @@ class BatchExporter:
             # Woken, it sends everything that waits (a post under way included), then ends.
             self._wake.set()
             await task
-        while self._pending:
+        while self._pending or self._spans:
             await self._flush(everything=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._lean is not None:
+            self._lean[0].close()
+
+
+def _lean_client(endpoint: str, headers: dict[str, str]) -> tuple[H1Pool, bytes] | None:
+    """A pool and request head for a plain-http endpoint the lean client can carry, else None."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "http" or not parts.hostname or parts.username or parts.password:
+        return None
+    if any(c in text for item in headers.items() for text in item for c in "\r\n\0"):
+        return None
+    pool = H1Pool(parts.hostname, parts.port or 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return pool, pool.head(path, headers)
 
 
 def _ssl_context(export: Export) -> ssl.SSLContext | bool:

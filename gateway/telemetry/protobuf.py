@@ -15,7 +15,7 @@ the official generated messages.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 # Span.kind (trace.proto SpanKind)
 INTERNAL, SERVER, CLIENT = 1, 2, 3
@@ -26,17 +26,22 @@ AttributeValue = str | bool | int | float | list[str]
 
 _FIXED64 = struct.Struct("<Q").pack
 _DOUBLE = struct.Struct("<d").pack
-# A span's ids and times in one pack: trace_id (two random halves), span_id, [parent_span_id],
-# start and end, each behind its tag (little-endian H: the two tag bytes in wire order).
-_ROOT = struct.Struct("<HQQHQBQBQ")
-_CHILD = struct.Struct("<HQQHQHQBQBQ")
+# A span's ids and times in one pack: trace_id, span_id, [parent_span_id], start and end, each
+# behind its tag (little-endian H: the two tag bytes in wire order). The ids are random bytes
+# (random ints of 64 bits are three-digit Python ints, which struct converts byte by byte).
+_ROOT = struct.Struct("<H16sH8sBQBQ")
+_CHILD = struct.Struct("<H16sH8sH8sBQBQ")
 
 
 def varint(n: int) -> bytes:
     if n < 0:
         n += 1 << 64  # int64: two's complement, ten bytes
+    # The lengths a span's numbers have (token counts, sizes) without a loop: this runs
+    # several times per request.
     if n < 0x80:
-        return bytes((n,))
+        return _ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -45,23 +50,89 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-def root_ids(trace_hi: int, trace_lo: int, span_id: int, start_ns: int, end_ns: int) -> bytes:
-    """A parentless span's trace_id, span_id and times (the request's span)."""
-    return _ROOT.pack(0x100A, trace_hi, trace_lo, 0x0812, span_id, 0x39, start_ns, 0x41, end_ns)
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
+def root_ids(trace_id: bytes, span_id: bytes, start_ns: int, end_ns: int) -> bytes:
+    """A parentless span's trace_id, span_id and times (the request's span). Ids longer than
+    their field are cut to it (struct's ``s``): a caller may pass a longer run of random bytes
+    that begins with the id."""
+    return _ROOT.pack(0x100A, trace_id, 0x0812, span_id, 0x39, start_ns, 0x41, end_ns)
 
 
 def child_ids(
-    trace_hi: int, trace_lo: int, span_id: int, parent_id: int, start_ns: int, end_ns: int
+    trace_id: bytes, span_id: bytes, parent_id: bytes, start_ns: int, end_ns: int
 ) -> bytes:
     return _CHILD.pack(
-        0x100A, trace_hi, trace_lo, 0x0812, span_id, 0x0822, parent_id, 0x39, start_ns, 0x41, end_ns
+        0x100A, trace_id, 0x0812, span_id, 0x0822, parent_id, 0x39, start_ns, 0x41, end_ns
     )
 
 
-def int_attribute(prefix: bytes, n: int) -> bytes:
-    """``attribute(prefix, int_value(n))`` for the common case, in fewer steps (hot path)."""
-    value = bytes((0x18, n)) if 0 <= n < 0x80 else b"\x18" + varint(n)
-    return bytes((0x4A, len(prefix) + 1 + len(value))) + prefix + bytes((len(value),)) + value
+def int_attribute(key: str) -> Callable[[int], bytes]:
+    """An encoder of one Span.attributes entry with an int value under ``key``.
+
+    Everything before the value's varint depends only on the varint's length: built once per
+    length, so an attribute costs one concatenation per request.
+    """
+    prefix = key_prefix(key)
+    heads = [b""] + [
+        b"\x4a" + varint(len(prefix) + 2 + size) + prefix + bytes((size + 1, 0x18))
+        for size in range(1, 11)
+    ]
+    # Whole attributes for 0..127 (flags, small counts), and the common two-byte case inline:
+    # a call to ``varint`` costs more than the rest.
+    small = [heads[1] + bytes((n,)) for n in range(0x80)]
+    two = heads[2]
+
+    def encode(n: int) -> bytes:
+        if 0 <= n < 0x80:
+            return small[n]
+        if 0 < n < 0x4000:
+            return two + bytes((n & 0x7F | 0x80, n >> 7))
+        value = varint(n)
+        return heads[len(value)] + value
+
+    return encode
+
+
+def double_attribute(key: str) -> Callable[[float], bytes]:
+    """An encoder of one Span.attributes entry with a double value under ``key`` (fixed size)."""
+    prefix = key_prefix(key)
+    head = b"\x4a" + varint(len(prefix) + 10) + prefix + b"\x09\x21"
+
+    def encode(x: float) -> bytes:
+        return head + _DOUBLE(x)
+
+    return encode
+
+
+def str_attribute(key: str) -> Callable[[str], bytes]:
+    """An encoder of one Span.attributes entry with a string value under ``key``; the part
+    before the text is kept per text length (request ids mostly have one length)."""
+    prefix = key_prefix(key)
+    heads: dict[int, bytes] = {}
+
+    def encode(text: str) -> bytes:
+        data = text.encode()
+        size = len(data)
+        head = heads.get(size)
+        if head is None:
+            value = b"\x0a" + varint(size)
+            kv = len(prefix) + len(varint(len(value) + size)) + len(value) + size
+            head = b"\x4a" + varint(kv) + prefix + varint(len(value) + size) + value
+            if len(heads) < 256:
+                heads[size] = head
+        return head + data
+
+    return encode
+
+
+def framed(span: bytes) -> bytes:
+    """A Span as an entry of ScopeSpans.spans, ready to be joined into an export request."""
+    size = len(span)
+    if 0x80 <= size < 0x4000:  # what a request's spans measure
+        return bytes((0x12, size & 0x7F | 0x80, size >> 7)) + span
+    return b"\x12" + varint(size) + span
 
 
 def field(tag: int, payload: bytes) -> bytes:
@@ -89,27 +160,7 @@ def key_value(key: str, value: AttributeValue) -> bytes:
 
 def key_prefix(key: str) -> bytes:
     """What precedes a value in a KeyValue: its key, then the value's tag. Built once per key."""
-    # int_attribute writes lengths as one byte: keys stay well below 100 bytes.
-    assert len(key) < 100, key
     return field(0x0A, key.encode()) + b"\x12"
-
-
-def attribute(prefix: bytes, value: bytes) -> bytes:
-    """One Span.attributes entry: ``key_prefix(key)`` and an encoded AnyValue (``*_value``)."""
-    kv = prefix + varint(len(value)) + value
-    return b"\x4a" + varint(len(kv)) + kv
-
-
-def int_value(n: int) -> bytes:
-    return b"\x18" + varint(n)
-
-
-def str_value(text: str) -> bytes:
-    return field(0x0A, text.encode())
-
-
-def double_value(x: float) -> bytes:
-    return b"\x21" + _DOUBLE(x)
 
 
 def attributes(tag: int, values: Mapping[str, AttributeValue]) -> bytes:
@@ -144,9 +195,10 @@ def span_head(name: str, kind: int, fixed: Mapping[str, AttributeValue]) -> byte
 def export_request(
     resource: Mapping[str, AttributeValue], scope: tuple[str, str], spans: Iterable[bytes]
 ) -> bytes:
-    """ExportTraceServiceRequest: one ResourceSpans holding one ScopeSpans of ``spans``."""
+    """ExportTraceServiceRequest: one ResourceSpans holding one ScopeSpans of ``spans``, each
+    already ``framed`` (so a batch is one join)."""
     scope_message = field(0x0A, scope[0].encode()) + field(0x12, scope[1].encode())
-    scope_spans = field(0x0A, scope_message) + b"".join(field(0x12, s) for s in spans)
+    scope_spans = field(0x0A, scope_message) + b"".join(spans)
     resource_message = attributes(0x0A, resource)
     resource_spans = field(0x0A, resource_message) + field(0x12, scope_spans)
     return field(0x0A, resource_spans)

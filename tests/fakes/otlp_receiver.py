@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import gzip
 import signal
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,10 +62,13 @@ def value_of(value: AnyValue) -> Any:
 
 
 class OtlpReceiver(LoopbackServer):
-    def __init__(self, keep: bool = True, port: int = 0) -> None:
+    def __init__(
+        self, keep: bool = True, port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         # keep=False (a long benchmark): decode and count, but keep nothing.
         self._keep = keep
         self._port = port
+        self._ssl = ssl_context
         self.span_count = 0
         self.export_count = 0
         self.exports: list[ExportTraceServiceRequest] = []
@@ -73,8 +77,8 @@ class OtlpReceiver(LoopbackServer):
         self.url = ""
 
     async def start(self) -> None:
-        self._runner, port = await serve(self._handle, port=self._port)
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, port = await serve(self._handle, port=self._port, ssl_context=self._ssl)
+        self.url = f"{'https' if self._ssl else 'http'}://127.0.0.1:{port}"
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -89,7 +93,9 @@ class OtlpReceiver(LoopbackServer):
         if request.content_type != PROTOBUF:
             return web.Response(status=415)
         data = await request.read()
-        if request.headers.get("Content-Encoding") == "gzip":
+        # aiohttp's server already undoes a Content-Encoding it knows; a body still gzip-framed
+        # was compressed without saying so, which a collector would refuse to parse as well.
+        if request.headers.get("Content-Encoding") == "gzip" and data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
         export = ExportTraceServiceRequest()
         export.ParseFromString(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -13,7 +14,11 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 async def serve(
-    handler: Handler, host: str = "127.0.0.1", port: int = 0, shutdown_timeout: float = 1.0
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_timeout: float = 1.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.ServerRunner, int]:
     """Serve ``handler`` on host:port (0: a free one): the runner to clean up, and its port.
 
@@ -24,7 +29,7 @@ async def serve(
     runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     except BaseException:
         await runner.cleanup()
         raise
