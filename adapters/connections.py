@@ -30,9 +30,6 @@ if TYPE_CHECKING:
     from aiohttp.connector import Connection
     from aiohttp.tracing import Trace
 
-# Kept below what local engines advertise (llama-server: 5 s), so the gateway drops an idle
-# connection before the engine does instead of racing it.
-ENGINE_KEEPALIVE_SECONDS = 3.0
 
 _reused: ContextVar[bool] = ContextVar("turnout_connection_reused", default=False)
 

@@ -20,13 +20,12 @@ import asyncio
 import socket
 import zlib
 from collections import deque
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import httptools
 
-from adapters.connections import ENGINE_KEEPALIVE_SECONDS
-from gateway.config.upstreams import Provider
+from adapters.keepalive import ENGINE_KEEPALIVE_SECONDS
 from gateway.errors import (
     StaleConnection,
     UpstreamConnectError,
@@ -34,6 +33,9 @@ from gateway.errors import (
     UpstreamHungUp,
     UpstreamProtocolError,
 )
+
+if TYPE_CHECKING:
+    from gateway.config.upstreams import Provider
 
 # Below what local engines advertise, as for aiohttp's engine pool (see there); a close the
 # server makes first is seen by the connection and it is dropped.

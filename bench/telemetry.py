@@ -6,6 +6,9 @@ Two turnout processes from the working tree in front of one fake upstream, both 
 - ``on``: the same plus ``telemetry.otlp.endpoint`` pointing at an OTLP/HTTP receiver process
   (tests/fakes/otlp_receiver.py, decoding every export with opentelemetry-proto as a collector
   would), with the default batching (as the SDK's BatchSpanProcessor: 5 s or 512 spans).
+  Spans are encoded and posted by the tracing worker, a child process of ``on``: "process CPU"
+  in the side-by-side rounds counts it (the whole process tree), callgrind's counts do not
+  (they are of the gateway's own process, its event loop first).
 
 Measured as bench/governance.py does (see its docstring and bench/pair.py): alternating wrk
 runs and side-by-side runs at c=64 for the ~2 KB chat request and the 20-chunk stream, then,

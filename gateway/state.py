@@ -27,7 +27,8 @@ from pathlib import Path
 import aiohttp
 
 from adapters.base import Adapter, AdapterRegistry, Probe
-from adapters.connections import ENGINE_KEEPALIVE_SECONDS, PoolConnector, sibling_session
+from adapters.connections import PoolConnector, sibling_session
+from adapters.keepalive import ENGINE_KEEPALIVE_SECONDS
 from gateway.auth import Authenticator
 from gateway.budget import Budgets
 from gateway.captures.ring import Captures

@@ -25,7 +25,8 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from adapters.base import Operation
-from adapters.connections import ENGINE_KEEPALIVE_SECONDS, PoolConnector, sibling_session
+from adapters.connections import PoolConnector, sibling_session
+from adapters.keepalive import ENGINE_KEEPALIVE_SECONDS
 from gateway.forwarder import Trace
 from gateway.state import GatewayState
 from gateway.wire import decode_request

@@ -37,6 +37,7 @@ ADAPTER_INFRASTRUCTURE = frozenset(
         "adapters.builtin",
         "adapters.http",
         "adapters.h1",
+        "adapters.keepalive",
         "adapters.connections",
         "adapters.streams",
     }

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from subprocess import DEVNULL
 from types import FrameType
@@ -318,6 +319,74 @@ async def test_a_collector_that_is_down_costs_spans_not_requests() -> None:
         spans.record("chat", finished_call(f"req-{n}"))
     await spans.close()
     assert spans.exporter.failed == 10 and spans.exporter.sent == 0
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_tracing_worker_that_dies_is_replaced(
+    receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Spans are encoded and posted by a worker process; killed, it is started again and the
+    requests after it are exported; the gateway logs it and never raises."""
+    export = Export(endpoint=traces_url(receiver.url), schedule_delay_seconds=0.05)
+    spans = RequestSpans(export, {})
+    spans.record("chat", finished_call("before"))
+    await eventually(lambda: receiver.span_count == 2)
+    first = spans.exporter.worker_pid
+    assert first is not None and first != os.getpid()
+    os.kill(first, signal.SIGKILL)
+    await eventually(lambda: spans.exporter.worker_pid is None)
+    await asyncio.sleep(1.1)  # RESTART_SECONDS
+    spans.record("chat", finished_call("after"))
+    await eventually(lambda: receiver.span_count == 4)
+    assert spans.exporter.worker_pid not in (None, first)
+    await spans.close()
+    ids = {s.attributes["turnout.request_id"] for s in receiver.spans() if s.name == "chat coder"}
+    assert ids == {"before", "after"}
+    assert any("tracing worker exited" in r.getMessage() for r in caplog.records)
+
+
+def test_the_worker_ends_with_the_gateway(tmp_path: Path) -> None:
+    """A gateway killed outright leaves no tracing worker behind: its pipe closes, the worker
+    sends what it holds and exits."""
+    script = f"""
+import asyncio, os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from gateway.telemetry.settings import Export
+from gateway.telemetry.spans import RequestSpans
+from tests.test_telemetry import finished_call
+
+async def main():
+    spans = RequestSpans(Export(endpoint="http://127.0.0.1:9/v1/traces"), {{}})
+    spans.record("chat", finished_call("r"))
+    while spans.exporter.worker_pid is None:
+        await asyncio.sleep(0.05)
+    print(spans.exporter.worker_pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+    gateway = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert gateway.stdout is not None
+    worker = int(gateway.stdout.readline())
+    gateway.kill()
+    gateway.wait()
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{worker}").exists() and "Z" not in _state(worker):
+        assert time.monotonic() < deadline, "the worker outlived the gateway"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][:1]
+    except (OSError, IndexError):
+        return "Z"
 
 
 def test_tracing_off_loads_no_tracing_code() -> None:

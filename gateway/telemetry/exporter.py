@@ -5,14 +5,12 @@ as ``max_batch`` spans wait; past ``max_queue`` waiting spans, new ones are drop
 and logged). A batch the endpoint refuses, or that fails to arrive, is dropped with a log line
 (at most one a minute): traces must never slow or stop the gateway.
 
-What waits is each request's raw values, not its bytes: the tracer's ``encode`` turns them into
-spans here, many at a time. Measured (issue 16): encoding a request's spans as it ended cost
-about 8.5 µs in the middle of the request path, against 3.7 µs for the same code run over a
-batch, whose instructions and data stay in the CPU's caches; on a gateway whose whole request
-costs ~160 µs of event-loop time that difference is most of the 5% tracing may cost. Encoding
-goes in slices with a turn of the loop between them, so a full batch never holds requests up
-for more than a slice. The post is one request per batch: over the lean HTTP/1.1 client
-(adapters/h1.py) to a plain-http endpoint, over aiohttp to an https one.
+It runs in the tracing worker (``worker.py``). What waits is each request's item, not its
+bytes: ``encode`` turns them into spans at flush time, many at a time, in slices with a turn of
+the loop between them (the worker also reads the gateway's pipe). The post is one request per
+batch: over the lean HTTP/1.1 client (adapters/h1.py) to a plain-http endpoint, the usual local
+collector (measured: 0.08 ms of CPU for 512 spans against aiohttp's 0.2-0.27 ms), over aiohttp
+to an https one.
 """
 
 from __future__ import annotations
@@ -24,15 +22,16 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from adapters.h1 import H1Pool
 from gateway.errors import UpstreamError
 from gateway.telemetry.protobuf import export_request
 from gateway.telemetry.settings import Export
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("turnout.telemetry")
 
@@ -76,7 +75,7 @@ class BatchExporter(Generic[Item]):
         self._queued = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # https only
         self._ssl = _ssl_context(export)
         self._headers = {**export.headers, "Content-Type": "application/x-protobuf"}
         if export.gzip:
@@ -118,7 +117,7 @@ class BatchExporter(Generic[Item]):
         fill a batch: draining until empty instead sent a stream of small posts under load
         (measured: 189 posts of ~13 spans where 5 would do), each costing a whole request.
         """
-        await self._encode_pending()
+        await self.encode_waiting()
         size = self._export.max_batch
         spans = self._spans
         owed = len(spans) if everything else 0
@@ -129,7 +128,7 @@ class BatchExporter(Generic[Item]):
             self._queued -= len(batch)
             await self._post(batch)
 
-    async def _encode_pending(self) -> None:
+    async def encode_waiting(self) -> None:
         pending = self._pending
         while pending:
             items = pending[:_ENCODE_SLICE]
@@ -150,16 +149,14 @@ class BatchExporter(Generic[Item]):
                 status = await self._send(body)
             if status >= 300:
                 raise OSError(f"{export.endpoint} answered {status}")
-        except (OSError, aiohttp.ClientError, UpstreamError, TimeoutError) as exc:
+        except (OSError, UpstreamError, TimeoutError) as exc:
             self.failed += len(spans)
             self._warn(f"{len(spans)} spans not exported ({self.failed} so far): {exc}")
             return
         self.sent += len(spans)
 
     async def _send_lean(self, lean: tuple[H1Pool, bytes], body: bytes) -> int:
-        """Over the lean HTTP/1.1 client (a plain-http endpoint, the usual local collector):
-        a post costs about a third of aiohttp's CPU (measured: 0.08 against 0.2-0.27 ms for
-        512 spans), which is CPU the event loop's requests get back."""
+        """Over the lean HTTP/1.1 client: a plain-http endpoint (the module says why)."""
         pool, head = lean
         async with asyncio.timeout(self._export.timeout_seconds):
             response = await pool.post(head, body, _ANSWER_LIMIT)
@@ -167,17 +164,23 @@ class BatchExporter(Generic[Item]):
         return response.status
 
     async def _send(self, body: bytes) -> int:
-        """Over aiohttp: https endpoints (TLS, client certificates)."""
+        """Over aiohttp: https endpoints (TLS, client certificates). Imported here: the worker
+        of a plain-http collector never loads it (it costs ~130 ms and ~15 MB)."""
+        import aiohttp
+
         export = self._export
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=export.timeout_seconds)
             )
-        async with self._session.post(
-            export.endpoint, data=body, headers=self._headers, ssl=self._ssl
-        ) as response:
-            await response.read()
-            return response.status
+        try:
+            async with self._session.post(
+                export.endpoint, data=body, headers=self._headers, ssl=self._ssl
+            ) as response:
+                await response.read()
+                return response.status
+        except aiohttp.ClientError as exc:
+            raise OSError(str(exc) or exc.__class__.__name__) from None
 
     def _warn(self, text: str) -> None:
         now = time.monotonic()

@@ -1,16 +1,19 @@
-"""One finished request's spans, built from its ``Call`` record after the answer.
+"""The gateway's tracer: what one finished request's spans need, taken from its ``Call``.
 
 Nothing is timed twice: the request path already keeps every time a span needs (the call's
 start, the upstream attempt, the engine queue's wait, time to first chunk, the agent loop's
-rounds), so the spans are made afterwards with explicit start and end times, encoded straight
-to OTLP protobuf (``protobuf.py`` says why not the SDK) by the batch exporter, many requests at
-a time (``exporter.py`` says why then).
+rounds), so the spans are made afterwards with explicit start and end times. Here, on the event
+loop, a request costs only its ids, its times and token counts copied into a short item
+(``encoding.Item``); the tracing worker process writes the protobuf and exports it
+(``worker.py`` says why a process).
 
 Names and attributes follow the OpenTelemetry GenAI semantic conventions: the request's span
 is ``{gen_ai.operation.name} {gen_ai.request.model}`` (kind SERVER); children cover the wait for
 a local engine (with its swap or load inside), the upstream call (CLIENT), and each agent-loop
-round. Per request: one dict lookup finds both spans' unchanging parts (names and the
-attributes fixed by route, model, target, status and caller), encoded the first time seen.
+round. What both spans share with many requests (names and the attributes fixed by route,
+model, target, status and caller) is encoded here once, numbered, and sent to the worker once;
+an item names it by number. Queue, load and agent-round spans (rare: only requests that had
+them) are encoded here as the request ends, because the engine events they read do not last.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from gateway.telemetry import protobuf as pb
-from gateway.telemetry.exporter import BatchExporter
+from gateway.telemetry.encoding import Heads
+from gateway.telemetry.link import WorkerLink
 
 if TYPE_CHECKING:
     from gateway.config.upstreams import Provider, Target
@@ -36,13 +40,6 @@ _LOADING = frozenset(("stopping", "starting", "loading", "restoring cache", "sle
 # Encoded span heads kept; past this many (models, targets and routes combined) start over.
 _HEADS = 4096
 _ALL = 1 << 64
-# Attributes that differ per request: encoders with their keys encoded once.
-_REQUEST_ID = pb.str_attribute("turnout.request_id")
-_TTFT = pb.double_attribute("gen_ai.response.time_to_first_chunk")
-_INPUT = pb.int_attribute("gen_ai.usage.input_tokens")
-_OUTPUT = pb.int_attribute("gen_ai.usage.output_tokens")
-_CACHED = pb.int_attribute("gen_ai.usage.cache_read.input_tokens")
-_REASONING = pb.int_attribute("gen_ai.usage.reasoning.output_tokens")
 _ERROR_STATUS = b"\x7a\x02\x18\x02"  # status {code: STATUS_CODE_ERROR}
 _ZERO_ID = bytes(8)
 
@@ -50,30 +47,6 @@ _ZERO_ID = bytes(8)
 # What the spans of requests sharing it have in common: route, model, stream, target answered,
 # target failed, status, agent id, key id. The cache of encoded heads is keyed by it.
 Shared = tuple[str, str, bool, "Target | None", "Target | None", int, str, "str | None"]
-# What ``record`` keeps of a finished request until its batch is encoded, copied out of its
-# Call so the Call is freed with the request as when tracing is off (held Calls survived into
-# the collector's older generations and made its full collections more frequent: measured
-# ~11k instructions per request): the Shared key; 32 random bytes (trace id, request span id,
-# upstream call span id); request id; start and end (ns since the epoch); time to first
-# chunk; input, output, cached and reasoning tokens (input None: no usage); the upstream
-# call's start and end (0: none); attempts and failures when it failed over; the spans of
-# queue, load and agent rounds, already encoded.
-Ended = tuple[
-    Shared,
-    bytes,
-    str,
-    int,
-    int,
-    "float | None",
-    "int | None",
-    int,
-    int,
-    "int | None",
-    int,
-    int,
-    "tuple[int, list[str]] | None",
-    "list[bytes] | None",
-]
 
 
 class RequestSpans:
@@ -85,17 +58,18 @@ class RequestSpans:
         providers: Mapping[str, Provider],
         events: EngineEvents | None = None,
     ) -> None:
-        self._exporter: BatchExporter[Ended] = BatchExporter(export, self.encode)
+        self._link = WorkerLink(export)
         self._providers = providers
         self._events = events
         self._random = random.Random().randbytes
         # Trace ids whose low 64 bits are below this are sampled (as TraceIdRatioBased does).
         self._sampled_below = int(export.sample_ratio * _ALL)
-        self._heads: dict[Shared, tuple[bytes, bytes]] = {}
+        # Each distinct Shared's heads are encoded once, numbered, and sent to the worker.
+        self._heads: dict[Shared, int] = {}
 
     @property
-    def exporter(self) -> BatchExporter[Ended]:
-        return self._exporter
+    def exporter(self) -> WorkerLink:
+        return self._link
 
     def record(self, route: str, call: Call) -> None:
         """The spans of ``call``, which ended now: what they need taken now, the bytes written
@@ -113,11 +87,9 @@ class RequestSpans:
         # From the request path's clock (perf_counter) to the epoch's.
         offset = ts - call.started
         end_ns = int((time.perf_counter() + offset) * 1e9)
-        spans = 1
         upstream_start = upstream_end = 0
         started = trace_.upstream_started
         if started:
-            spans = 2
             upstream_start = int((started + offset) * 1e9)
             # A stream's upstream call lasts until its last event was read: the end.
             upstream_end = (
@@ -141,7 +113,6 @@ class RequestSpans:
             # Encoded now: the engine events they are read from may be gone by the batch.
             rare = []
             self._rare(rare, ids[:16], ids[16:24], call)
-            spans += len(rare)
         shared: Shared = (
             route,
             call.model,
@@ -153,9 +124,12 @@ class RequestSpans:
             identity.key_id,
         )
         failed_over = (trace_.attempts, list(trace_.failures)) if trace_.attempts > 1 else None
-        self._exporter.add(
+        heads_id = self._heads.get(shared)
+        if heads_id is None:
+            heads_id = self._new_heads(shared)
+        self._link.add(
             (
-                shared,
+                heads_id,
                 ids,
                 call.request_id,
                 int(ts * 1e9),
@@ -169,51 +143,8 @@ class RequestSpans:
                 upstream_end,
                 failed_over,
                 rare,
-            ),
-            spans,
+            )
         )
-
-    def encode(self, ended: list[Ended]) -> list[bytes]:
-        """The spans of requests that ended, each framed for an export request."""
-        spans: list[bytes] = []
-        add = spans.append
-        known = self._heads.get
-        root_ids, child_ids, framed = pb.root_ids, pb.child_ids, pb.framed
-        for (
-            shared,
-            ids,
-            request_id,
-            start_ns,
-            end_ns,
-            ttft,
-            prompt,
-            completion,
-            cached,
-            reasoning,
-            upstream_start,
-            upstream_end,
-            failed_over,
-            rare,
-        ) in ended:
-            root_head, upstream_head = known(shared) or self._heads_of(shared)
-            root_id = ids[16:24]
-            # ``ids`` begins with the trace id: root_ids and child_ids take its first 16 bytes.
-            root = [root_ids(ids, root_id, start_ns, end_ns), root_head, _REQUEST_ID(request_id)]
-            if ttft is not None:
-                root.append(_TTFT(ttft))
-            if prompt is not None:
-                root += (_INPUT(prompt), _OUTPUT(completion), _CACHED(cached))
-                if reasoning is not None:
-                    root.append(_REASONING(reasoning))
-            if failed_over is not None:
-                root.append(_failed_over(*failed_over))
-            add(framed(b"".join(root)))
-            if upstream_start:
-                ids_ = child_ids(ids, ids[24:], root_id, upstream_start, upstream_end)
-                add(framed(ids_ + upstream_head))
-            if rare:
-                spans += rare
-        return spans
 
     def _span_id(self) -> bytes:
         random_id = self._random(8)
@@ -221,10 +152,19 @@ class RequestSpans:
             random_id = self._random(8)
         return random_id
 
-    def _heads_of(self, shared: Shared) -> tuple[bytes, bytes]:
-        """What many requests' spans share, encoded once for them all: the request span's
-        name, kind and attributes fixed by route, model, target, status and caller (and its
-        error status), and the upstream call span's name, kind and attributes."""
+    def _new_heads(self, shared: Shared) -> int:
+        """Numbers and encodes what many requests' spans share, once for them all, and gives it
+        to the worker: the request span's name, kind and attributes fixed by route, model,
+        target, status and caller (and its error status), and the upstream call span's."""
+        if len(self._heads) >= _HEADS:
+            self._heads.clear()
+            self._link.reset_heads()
+        heads_id = len(self._heads)
+        self._heads[shared] = heads_id
+        self._link.heads(heads_id, self._encode_heads(shared))
+        return heads_id
+
+    def _encode_heads(self, shared: Shared) -> Heads:
         route, model, stream, answered, failed, status, agent_id, key_id = shared
         target = answered or failed
         op = OPERATIONS.get(route, "chat")
@@ -252,11 +192,7 @@ class RequestSpans:
         root = pb.span_head(f"{op} {model}", pb.SERVER, fixed) + pb.attributes(0x4A, caller)
         if status >= 400:
             root += _ERROR_STATUS
-        heads = (root, pb.span_head("upstream call", pb.CLIENT, upstream))
-        if len(self._heads) >= _HEADS:
-            self._heads.clear()
-        self._heads[shared] = heads
-        return heads
+        return root, pb.span_head("upstream call", pb.CLIENT, upstream)
 
     def _rare(self, spans: list[bytes], trace_id: bytes, root_id: bytes, call: Call) -> None:
         """Engine queue and load, agent-loop rounds: only requests that had them."""
@@ -321,13 +257,9 @@ class RequestSpans:
         return int(start * 1e9), int(end * 1e9), head
 
     async def close(self) -> None:
-        await self._exporter.close()
+        await self._link.close()
 
 
 def _has_zero_id(ids: bytes) -> bool:
     """Whether the trace id or a span id in ``ids`` is all zeros (which the spec makes invalid)."""
     return ids[:16] == bytes(16) or ids[16:24] == _ZERO_ID or ids[24:] == _ZERO_ID
-
-
-def _failed_over(attempts: int, failures: list[str]) -> bytes:
-    return pb.attributes(0x4A, {"turnout.attempts": attempts, "turnout.failures": failures})
