@@ -85,13 +85,14 @@ class BatchExporter(Generic[Item]):
         self._closing = False
         self.sent = self.dropped = self.failed = 0
 
-    def add(self, item: Item, spans: int) -> None:
-        """One request's raw values, which ``encode`` makes into ``spans`` spans."""
+    def add(self, items: list[Item], spans: int) -> None:
+        """Requests' raw values, which ``encode`` makes into ``spans`` spans in all (a batch
+        at a time: one call for what the gateway shipped together)."""
         if self._queued >= self._export.max_queue:
             self.dropped += spans
             self._warn(f"{self.dropped} spans dropped so far: the export queue is full")
             return
-        self._pending.append(item)
+        self._pending += items
         self._queued += spans
         if self._task is None:
             if not self._closing:

@@ -126,8 +126,9 @@ class WorkerLink:
         if process is None or process.stdin is None:
             self._start()
             return  # shipped once the worker is up
-        items, self._items, self._queued = self._items, [], 0
-        self._send(frame(SPANS, _encode(items)), dropping=sum(map(span_count, items)))
+        items, spans = self._items, self._queued
+        self._items, self._queued = [], 0
+        self._send(frame(SPANS, _encode((spans, items))), dropping=spans)
 
     def _send(self, data: bytes, dropping: int = 0) -> None:
         process = self._process

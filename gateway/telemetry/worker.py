@@ -11,7 +11,7 @@ the batching exporter (``exporter.py``).
 Protocol, gateway to worker on stdin: frames of a 4-byte big-endian length, then a kind byte
 and a msgpack body: ``E`` the export settings (first, once), ``H`` a heads pair
 ``[id, request head, upstream head]``, ``R`` forget the heads (the gateway started over), ``S``
-a list of items. End of input: send what waits and exit. Worker to gateway on stdout: JSON
+``[spans, items]``, items and the spans they make. End of input: send what waits and exit. Worker to gateway on stdout: JSON
 lines of running totals ``{"sent": n, "failed": n, "dropped": n}`` and ``{"warning": text}``,
 which the gateway logs as its own.
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.telemetry.encoding import Heads, Item, encode, span_count
+from gateway.telemetry.encoding import Heads, Item, encode
 from gateway.telemetry.exporter import BatchExporter
 from gateway.telemetry.settings import Export
 
@@ -42,7 +42,7 @@ _REPORT_SECONDS = 0.5
 
 _decode_export = msgspec.msgpack.Decoder(dict[str, Any])
 _decode_heads = msgspec.msgpack.Decoder(tuple[int, bytes, bytes])
-_decode_items = msgspec.msgpack.Decoder(list[Item])
+_decode_items = msgspec.msgpack.Decoder(tuple[int, list[Item]])
 
 
 def frame(kind: bytes, body: bytes) -> bytes:
@@ -89,8 +89,8 @@ async def serve() -> None:
         while (received := await _read_frame(reader)) is not None:
             kind, body = received
             if kind == SPANS:
-                for item in _decode_items.decode(body):
-                    exporter.add(item, span_count(item))
+                spans, items = _decode_items.decode(body)
+                exporter.add(items, spans)
             elif kind == HEADS:
                 heads_id, root, upstream = _decode_heads.decode(body)
                 heads[heads_id] = (root, upstream)
@@ -126,7 +126,12 @@ def main() -> None:
     # Ctrl-C in a terminal reaches the whole process group: the gateway's shutdown closes the
     # pipe, and that (not the signal) is when the worker sends what it holds and exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(serve())
+    try:
+        import uvloop  # as the gateway serves (not on Windows)
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
 
 
 if __name__ == "__main__":
