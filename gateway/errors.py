@@ -22,7 +22,7 @@ The hierarchy (the status a client sees in brackets)::
     ├── ServerBusy [503] ── answered by the transport (gateway/connections.py)
     ├── NoTargetAvailable [503]
     ├── PluginUnavailable [503] ── what a plugin loads in the background failed to load
-    ├── StoreUnavailable [503] ── the shared database holding stored responses cannot be read
+    ├── StoreUnavailable [503] ── the shared database holding stored responses or memories is down
     │   └── Unfetched ── not in memory yet: the caller awaits ``fetch`` and tries again
     └── UpstreamError [502] ── one upstream failed; ``retryable`` decides whether to fall back
         ├── UpstreamConnectError [502]
@@ -187,7 +187,8 @@ class PluginUnavailable(GatewayError):
 
 
 class StoreUnavailable(GatewayError):
-    """A stored response this replica has not cached, while the shared database is down."""
+    """A stored response this replica has not cached, or an agent's memories, while the shared
+    database is down."""
 
     status = 503
     type = "server_error"

@@ -187,6 +187,40 @@ async def m007_budget_spend(db: Schema) -> None:
     )
 
 
+async def m008_shared_memory(db: Schema) -> None:
+    # The memory plugin's items when memory.backend is postgresql (gateway/plugins/memory/
+    # postgres_store.py), shared by replicas. Unused on SQLite, where the sqlite-vec backend
+    # keeps its own file with its own history (plugins/memory/store.py). The unit float32
+    # vector is stored whole; each replica searches a copy of an agent's vectors in memory.
+    # The id is an identity column on PostgreSQL, whose sequence never hands a number out twice.
+    await db.execute(
+        """
+        CREATE TABLE memory_items (
+            id INTEGER PRIMARY KEY,
+            agent_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            project TEXT NOT NULL DEFAULT '',
+            channel TEXT NOT NULL DEFAULT '',
+            session_id TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            embedding BLOB NOT NULL,
+            content TEXT NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    # Newest-first listings: an agent's items, a channel's (summaries), a session's turns.
+    await db.execute("CREATE INDEX memory_items_agent ON memory_items (agent_id, created_at)")
+    await db.execute(
+        "CREATE INDEX memory_items_channel ON memory_items (agent_id, project, channel, created_at)"
+    )
+    await db.execute(
+        "CREATE INDEX memory_items_session ON memory_items (agent_id, session_id, created_at)"
+    )
+    # The embedder the vectors came from and their size: every replica must agree on both.
+    await db.execute("CREATE TABLE memory_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
 # Append only. Position n (from 1) is migration number n.
 MIGRATIONS: tuple[Portable, ...] = (
     m001_usage,
@@ -196,6 +230,7 @@ MIGRATIONS: tuple[Portable, ...] = (
     m005_stored_responses,
     m006_reasoning_tokens,
     m007_budget_spend,
+    m008_shared_memory,
 )
 
 

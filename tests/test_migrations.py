@@ -70,6 +70,7 @@ RELEASED = [
     (5, "m005_stored_responses"),
     (6, "m006_reasoning_tokens"),
     (7, "m007_budget_spend"),
+    (8, "m008_shared_memory"),
 ]
 # The number a test's extra migration gets: after every released one.
 NEXT = len(MIGRATIONS) + 1
@@ -114,6 +115,18 @@ STORED_RESPONSES_SCHEMA = [
     ("input", "BLOB", True),
     ("response", "BLOB", True),
     ("bytes", "INTEGER", True),
+]
+SHARED_MEMORY_SCHEMA = [
+    ("id", "INTEGER", False),
+    ("agent_id", "TEXT", True),
+    ("kind", "TEXT", True),
+    ("project", "TEXT", True),
+    ("channel", "TEXT", True),
+    ("session_id", "TEXT", True),
+    ("created_at", "REAL", True),
+    ("embedding", "BLOB", True),
+    ("content", "TEXT", True),
+    ("meta", "TEXT", True),
 ]
 PROJECT_BUDGETS_SCHEMA = [
     ("project", "TEXT", False),
@@ -160,6 +173,13 @@ async def test_a_new_database_gets_the_usage_table_its_indexes_and_wal(tmp_path:
     with sqlite3.connect(path) as conn:
         spend = [(r[1], r[2], bool(r[3])) for r in conn.execute("PRAGMA table_info(budget_spend)")]
     assert spend == BUDGET_SPEND_SCHEMA
+    with sqlite3.connect(path) as conn:
+        shared = [(r[1], r[2], bool(r[3])) for r in conn.execute("PRAGMA table_info(memory_items)")]
+        shared_indexes = {r[1] for r in conn.execute("PRAGMA index_list(memory_items)")}
+        meta = [r[1] for r in conn.execute("PRAGMA table_info(memory_meta)")]
+    assert shared == SHARED_MEMORY_SCHEMA
+    assert {"memory_items_agent", "memory_items_channel", "memory_items_session"} <= shared_indexes
+    assert meta == ["key", "value"]
 
 
 async def test_running_the_migrations_again_changes_nothing(tmp_path: Path) -> None:

@@ -187,7 +187,9 @@ def test_check_names_an_unknown_memory_backend_as_serve_does() -> None:
     check = turnout("check", case.path, env=case.env)
     assert check.returncode == 1, check.stdout
     line = _error_line(check.stderr)
-    assert line.endswith("memory.backend: unknown backend 'no-such-backend' (known: sqlite-vec)")
+    assert line.endswith(
+        "memory.backend: unknown backend 'no-such-backend' (known: postgresql, sqlite-vec)"
+    )
     served = serve(case)
     assert not served.started and served.returncode == 2, served.output
     assert _error_line(served.output) == line

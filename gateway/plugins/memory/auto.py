@@ -11,12 +11,14 @@ carries over when the client switches models (seed 001).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
 import msgspec
 
+from gateway.errors import StoreUnavailable
 from gateway.plugins.context import Exchanged, RequestContext
 from gateway.plugins.memory.items import Hit, MemoryItem, NewItem, Scope
 from gateway.plugins.memory.service import MemoryService
@@ -28,6 +30,7 @@ TURNS_HEADER = "Earlier in this conversation:"
 # The latest user message as the client sent it, before the memory block went in front of it.
 USER_TEXT = "memory.user_text"
 _metadata = msgspec.json.Decoder(dict[str, Any])
+log = logging.getLogger("turnout.memory")
 
 
 def applies(auto: MemoryAuto, model: str, agent: str) -> bool:
@@ -125,6 +128,15 @@ async def recall(service: MemoryService, request: RequestContext) -> None:
     if not applies(auto, request.model, identity.agent_id):
         return
     request.capture_reply = True
+    try:
+        await _recall(service, request, auto)
+    except StoreUnavailable as exc:
+        # The shared database is down: the request goes on without memories, not failed.
+        log.warning("%s; recall skipped for request %s", exc.message, request.request_id)
+
+
+async def _recall(service: MemoryService, request: RequestContext, auto: MemoryAuto) -> None:
+    identity = request.identity
     text = request.last_user_text()
     session = session_of(request)
     messages = request.messages()

@@ -1,16 +1,16 @@
 """The memory plugin (entry point ``memory = gateway.plugins.memory.plugin:MemoryPlugin``).
 
 One instance per gateway owns the service. ``register_memory_backends`` adds the
-``sqlite-vec`` backend; ``startup`` lets every plugin register its backends, then opens the
-backend ``memory.backend`` names and the embedder; the HTTP API (``register_routes``) and the
-request hooks use the service from here.
+``sqlite-vec`` and ``postgresql`` backends; ``startup`` lets every plugin register its
+backends, then opens the backend ``memory.backend`` names (``auto``: settings.py's
+``backend_of``) and the embedder; the HTTP API (``register_routes``) and the request hooks use
+the service from here.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from litestar import Router
 from litestar.di import Provide
@@ -18,7 +18,7 @@ from litestar.types import ControllerRouterHandler
 
 from gateway.config.schema import Config
 from gateway.db import creation_problem
-from gateway.dialect import is_postgres
+from gateway.dialect import is_postgres, redacted
 from gateway.errors import DriverError, NotFound
 from gateway.plugins.context import Exchanged, PluginContext, RequestContext
 from gateway.plugins.hookspecs import hookimpl
@@ -28,26 +28,20 @@ from gateway.plugins.memory.auto import recall, remember
 from gateway.plugins.memory.backends import MemoryBackends
 from gateway.plugins.memory.driver import extension_path
 from gateway.plugins.memory.embeddings import embedder_for, missing_parts
+from gateway.plugins.memory.postgres_store import PostgresStore
 from gateway.plugins.memory.service import MemoryMetrics, MemoryService
-from gateway.plugins.memory.settings import section_problems, settings_of
+from gateway.plugins.memory.settings import (
+    POSTGRESQL,
+    SQLITE_VEC,
+    backend_of,
+    database_path,
+    section_problems,
+    settings_of,
+)
 from gateway.plugins.memory.store import SqliteVecStore
 from gateway.plugins.memory.summary import GatewayChat
 
 log = logging.getLogger("turnout.memory")
-
-
-def database_path(config: Config) -> str:
-    """``memory.database``, else a file beside ``server.database`` (turnout-memory.db)."""
-    settings = settings_of(config)
-    if settings.database:
-        return settings.database
-    server = config.server.database
-    if server == ":memory:" or server.startswith("file:"):
-        return ":memory:"
-    if is_postgres(server):
-        return "turnout-memory.db"  # memories are not stored in PostgreSQL (yet)
-    path = Path(server)
-    return str(path.with_name(f"{path.stem}-memory{path.suffix or '.db'}"))
 
 
 class MemoryPlugin:
@@ -72,8 +66,8 @@ class MemoryPlugin:
         # registers only with the running gateway (context), an unknown name is left to startup.
         backends = MemoryBackends()
         if collect("register_memory_backends", backends=backends):
-            problems.append(backends.problem(settings.backend))
-        if settings.backend == "sqlite-vec":
+            problems.append(backends.problem(backend_of(config)))
+        if backend_of(config) == SQLITE_VEC:
             try:
                 extension_path()
             except DriverError as exc:
@@ -94,18 +88,26 @@ class MemoryPlugin:
 
     @hookimpl
     def register_memory_backends(self, backends: MemoryBackends) -> None:
-        backends.add("sqlite-vec", SqliteVecStore.create)
+        backends.add(SQLITE_VEC, SqliteVecStore.create)
+        backends.add(POSTGRESQL, PostgresStore.create)
 
     @hookimpl
     async def startup(self, context: PluginContext) -> None:
         state = context.state
         settings = settings_of(state.config)
-        database = database_path(state.config)
+        backend, database = backend_of(state.config), database_path(state.config)
+        if backend == SQLITE_VEC and is_postgres(state.config.server.database):
+            log.warning(
+                "memory: memory.backend is sqlite-vec while server.database is PostgreSQL: "
+                "this replica keeps its own memories in %s, which other replicas do not see "
+                "(memory.backend: auto or postgresql shares them)",
+                database,
+            )
         backends = MemoryBackends()
         context.collect("register_memory_backends", backends=backends)
         service = MemoryService(
             settings,
-            backends.create(settings.backend, settings, database),
+            backends.create(backend, settings, database),
             embedder_for(state, settings.embeddings),
             GatewayChat(state),
             MemoryMetrics(state.metrics.registry),
@@ -114,8 +116,8 @@ class MemoryPlugin:
         self.service = service
         log.info(
             "memory: %s backend at %s, embeddings from %s",
-            settings.backend,
-            database,
+            backend,
+            redacted(database),
             service.embedder.name,
         )
 

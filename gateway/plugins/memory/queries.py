@@ -1,4 +1,5 @@
-"""The SQL of the ``sqlite-vec`` memory backend (``store.py``): filters, the KNN search, hashes.
+"""The SQL of the memory backends (``store.py``, ``postgres_store.py``): filters, rows, the KNN
+search and hashes (``sqlite-vec`` only).
 
 Pure: each function builds a statement or its parameters from a scope; nothing here opens a
 connection.
@@ -10,12 +11,31 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gateway.plugins.memory.items import KINDS, Scope
+import msgspec
+
+from gateway.plugins.memory.items import KINDS, MemoryItem, Scope
 
 if TYPE_CHECKING:
     from gateway.plugins.memory.backends import Vectors
 
 COLUMNS = "id, agent_id, kind, content, project, channel, session_id, meta, created_at"
+_decode_meta = msgspec.json.Decoder(dict[str, Any])
+
+
+def item_of(row: Sequence[Any]) -> MemoryItem:
+    """An item from a row of ``COLUMNS`` (either backend's)."""
+    id_, agent, kind, content, project, channel, session, meta, created_at = row
+    return MemoryItem(
+        id=id_,
+        agent_id=agent,
+        kind=kind,
+        content=content,
+        project=project,
+        channel=channel,
+        session_id=session,
+        meta=_decode_meta.decode(meta),
+        created_at=created_at,
+    )
 
 
 def code(text: str) -> int:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, NotFound, StoreUnavailable
 from gateway.plugins.memory.backends import MemoryBackend
 from gateway.plugins.memory.items import KINDS, Hit, MemoryItem, NewItem, Scope
 from gateway.plugins.memory.ranking import rank
@@ -228,6 +228,9 @@ class MemoryService:
                 batch.append(self._queue.get_nowait())
             try:
                 await self.store(batch)
+            except StoreUnavailable as exc:  # the shared database is down: no traceback
+                self._metrics.dropped.inc(len(batch))
+                log.warning("%s; %d remembered item(s) dropped", exc.message, len(batch))
             except Exception:
                 self._metrics.dropped.inc(len(batch))
                 log.exception("memory: could not store %d remembered item(s)", len(batch))

@@ -6,12 +6,18 @@ gateway's own config knows nothing of memory.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 
 from gateway.config.schema import Config
 from gateway.config.sections import section
+from gateway.dialect import is_postgres
 
 SECTION = "memory"
+AUTO = "auto"
+SQLITE_VEC = "sqlite-vec"
+POSTGRESQL = "postgresql"
 
 
 class MemoryEmbeddings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -60,9 +66,12 @@ class MemoryAuto(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Memory(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The memory plugin (``plugins.enabled: [memory]``)."""
 
-    # A backend registered through register_memory_backends.
-    backend: str = "sqlite-vec"
-    # SQLite file for memories; default: beside server.database (turnout.db: turnout-memory.db).
+    # A backend registered through register_memory_backends: sqlite-vec (a file per machine)
+    # or postgresql (shared by replicas); auto: postgresql when memory.database, or else
+    # server.database, is a postgresql:// URL, sqlite-vec otherwise.
+    backend: str = "auto"
+    # Where memories live; default: sqlite-vec, a file beside server.database (turnout.db:
+    # turnout-memory.db); postgresql, server.database.
     database: str = ""
     embeddings: MemoryEmbeddings = MemoryEmbeddings()
     summarize: MemorySummarize = MemorySummarize()
@@ -72,6 +81,13 @@ class Memory(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     recency_half_life_hours: float = 72.0
     # Items per query when the caller does not say.
     default_limit: int = 5
+    # postgresql: the rows all the per-agent copies of vectors one replica searches may hold
+    # together (about 1.5 KB each at 384 dimensions); past it, the agents searched least
+    # recently are dropped and load again when next searched. 200,000 (about 300 MB, up to
+    # 1.5 times that with the arrays' room to grow) fits beside a gateway on a small box and
+    # holds, say, 200 agents of 1,000 items; an agent bigger than this is read and ranked
+    # (and not kept) at each search.
+    mirror_max_items: int = 200_000
 
 
 def settings_of(config: Config) -> Memory:
@@ -79,9 +95,52 @@ def settings_of(config: Config) -> Memory:
     return section(config, SECTION, Memory)
 
 
+def backend_of(config: Config) -> str:
+    """The backend ``memory.backend`` means, ``auto`` resolved. Replicas on PostgreSQL share
+    their memories unless told otherwise: an agent's memory must not depend on which replica
+    a load balancer picked."""
+    memory = settings_of(config)
+    if memory.backend != AUTO:
+        return memory.backend
+    return POSTGRESQL if is_postgres(memory.database or config.server.database) else SQLITE_VEC
+
+
+def database_path(config: Config) -> str:
+    """``memory.database``, else, for postgresql, ``server.database``, else a file beside
+    ``server.database`` (turnout.db: turnout-memory.db)."""
+    memory = settings_of(config)
+    if memory.database:
+        return memory.database
+    server = config.server.database
+    if server == ":memory:" or server.startswith("file:"):
+        return ":memory:"
+    if is_postgres(server):
+        # sqlite-vec chosen by name beside a PostgreSQL server.database: per machine.
+        return server if backend_of(config) == POSTGRESQL else "turnout-memory.db"
+    if backend_of(config) == POSTGRESQL:
+        return server  # refused by section_problems: not a URL
+    path = Path(server)
+    return str(path.with_name(f"{path.stem}-memory{path.suffix or '.db'}"))
+
+
+def _placement_problems(config: Config, memory: Memory) -> list[str]:
+    backend, database = backend_of(config), database_path(config)
+    if backend == POSTGRESQL and not is_postgres(database):
+        return [
+            "memory.backend: postgresql needs a postgresql:// URL in memory.database "
+            f"(or server.database), got {database!r}"
+        ]
+    if backend == SQLITE_VEC and is_postgres(memory.database):
+        return [
+            "memory.database: sqlite-vec keeps memories in a SQLite file, not at a "
+            "postgresql:// URL; set memory.backend: postgresql (or auto) to keep them there"
+        ]
+    return []
+
+
 def section_problems(config: Config, memory: Memory) -> list[str]:
-    """What msgspec cannot check in ``memory``: model names, ranges."""
-    problems: list[str] = []
+    """What msgspec cannot check in ``memory``: model names, ranges, where it is stored."""
+    problems = _placement_problems(config, memory)
     models = {m.name for m in config.models}
     known = ", ".join(sorted(models)) or "none defined"
     for key, name in (
@@ -95,6 +154,7 @@ def section_problems(config: Config, memory: Memory) -> list[str]:
         ("memory.embeddings.batch_size", memory.embeddings.batch_size),
         ("memory.summarize.items", memory.summarize.items),
         ("memory.default_limit", memory.default_limit),
+        ("memory.mirror_max_items", memory.mirror_max_items),
     ):
         if value < 1:
             problems.append(f"{key}: expected a number >= 1")

@@ -40,6 +40,7 @@ from gateway.plugins.memory.queries import (
     KIND_CODES,
     bit_codes,
     code,
+    item_of,
     items_where,
     knn_params,
     knn_sql,
@@ -58,7 +59,6 @@ log = logging.getLogger("turnout.memory")
 SHARD_SIZE = 2048
 # SQLite's default limit on bound parameters is 32766; stay well under it.
 _CHUNK = 500
-_decode_meta = msgspec.json.Decoder(dict[str, Any])
 _encode = msgspec.json.Encoder().encode
 
 
@@ -350,7 +350,7 @@ class SqliteVecStore:
             return []
         params = knn_params(scope, query, candidates_per_shard(limit), rerank_pool(limit))
         rows = await self._conn.execute_fetchall(knn_sql(scope, shards), params)
-        return [Hit(_item(row[:-1]), 1.0 - row[-1], 1.0 - row[-1]) for row in rows]
+        return [Hit(item_of(row[:-1]), 1.0 - row[-1], 1.0 - row[-1]) for row in rows]
 
     async def _shard_count(self, scope: Scope) -> int:
         if scope.agent_id is not None:
@@ -368,7 +368,7 @@ class SqliteVecStore:
             f"SELECT {COLUMNS} FROM memory_items {where} ORDER BY created_at DESC, id DESC LIMIT ?",
             [*params, limit],
         )
-        return [_item(row) for row in rows]
+        return [item_of(row) for row in rows]
 
     async def get(self, ids: Sequence[int]) -> list[MemoryItem]:
         items: list[MemoryItem] = []
@@ -377,7 +377,7 @@ class SqliteVecStore:
                 f"SELECT {COLUMNS} FROM memory_items WHERE id IN ({', '.join('?' * len(chunk))})",
                 chunk,
             )
-            items.extend(_item(row) for row in rows)
+            items.extend(item_of(row) for row in rows)
         return sorted(items, key=lambda item: item.id)
 
     async def count(self, scope: Scope) -> int:
@@ -386,21 +386,6 @@ class SqliteVecStore:
             f"SELECT COUNT(*) FROM memory_items {where}", params
         )
         return int(next(iter(rows))[0])
-
-
-def _item(row: Sequence[Any]) -> MemoryItem:
-    id_, agent, kind, content, project, channel, session, meta, created_at = row
-    return MemoryItem(
-        id=id_,
-        agent_id=agent,
-        kind=kind,
-        content=content,
-        project=project,
-        channel=channel,
-        session_id=session,
-        meta=_decode_meta.decode(meta),
-        created_at=created_at,
-    )
 
 
 def _chunks(values: Sequence[Any]) -> Iterable[list[Any]]:
