@@ -12,10 +12,9 @@ from gateway.plugins.memory.auto import (
     with_memory,
 )
 from gateway.plugins.memory.items import Hit, MemoryItem, Scope, kind_of
-from gateway.plugins.memory.plugin import database_path
 from gateway.plugins.memory.queries import code, items_where, knn_sql
 from gateway.plugins.memory.ranking import candidates_per_shard, place, rank, recency
-from gateway.plugins.memory.settings import MemoryAuto
+from gateway.plugins.memory.settings import MemoryAuto, database_path
 
 
 def item(id: int, content: str = "x", created_at: float = 0.0, **meta: str) -> MemoryItem:
