@@ -255,7 +255,7 @@ async def _build(wiring: Wiring) -> GatewayState:
         config.routing, providers, adapters, book, metrics, random.Random(), gate, shapers, fleet
     )
     events = supervisor.events if supervisor is not None else None
-    tracer = open_tracer(config.telemetry, os.environ, providers, events)
+    tracer = open_tracer(config.telemetry, os.environ, providers, events, os.cpu_count())
     return GatewayState(
         config=config,
         metrics=metrics,

@@ -21,12 +21,16 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from gateway.config import from_mapping
 from gateway.config.observability import Otlp, Telemetry
 from gateway.engines.events import EngineEvents, event
 from gateway.engines.inbox import Lease
+from gateway.errors import ConfigError
 from gateway.pipeline.call import Call
+from gateway.telemetry import spans as spans_module
 from gateway.telemetry.settings import Export, export_of, problems, traces_url
 from gateway.telemetry.spans import RequestSpans
+from gateway.telemetry.tracer import in_worker
 from gateway.wire import CompletionDetails, PromptDetails, Usage
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -259,13 +263,14 @@ def finished_call(request_id: str, prompt_tokens: int = 300) -> Call:
     return call
 
 
+@pytest.mark.parametrize("in_worker", [True, False], ids=["worker", "inline"])
 async def test_many_requests_go_out_in_full_batches_each_span_once(
-    receiver: OtlpReceiver,
+    receiver: OtlpReceiver, in_worker: bool
 ) -> None:
     """Encoded in batches after the fact: every request's two spans arrive, in posts of at most
     max_batch spans, with the values each request had (token counts of every varint size)."""
     export = Export(endpoint=traces_url(receiver.url), max_batch=64, schedule_delay_seconds=60)
-    spans = RequestSpans(export, {})
+    spans = RequestSpans(export, {}, in_worker=in_worker)
     sizes = [0, 1, 127, 128, 16383, 16384, 2_000_000]
     for n in range(300):
         spans.record("chat", finished_call(f"req-{n}", sizes[n % len(sizes)]))
@@ -279,6 +284,39 @@ async def test_many_requests_go_out_in_full_batches_each_span_once(
         assert roots[f"req-{n}"].attributes["gen_ai.usage.input_tokens"] == sizes[n % len(sizes)]
     assert len({s.span_id for s in received}) == 600
     assert all(s.trace_id != bytes(16) and s.span_id != bytes(8) for s in received)
+
+
+@pytest.mark.parametrize("in_worker", [True, False], ids=["worker", "inline"])
+async def test_heads_started_over_still_name_each_request_right(
+    receiver: OtlpReceiver, in_worker: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the cache of shared heads the tracer starts over; items already waiting keep the
+    heads they were recorded with (numbers are never reused)."""
+    monkeypatch.setattr(spans_module, "_HEADS", 3)
+    spans = RequestSpans(Export(endpoint=traces_url(receiver.url)), {}, in_worker=in_worker)
+    for n in range(20):
+        call = finished_call(f"req-{n}")
+        call.model = f"model-{n % 7}"
+        spans.record("chat", call)
+    await spans.close()
+    roots = [s for s in receiver.spans() if s.name.startswith("chat ")]
+    assert len(roots) == 20
+    for root in roots:
+        n = int(root.attributes["turnout.request_id"].removeprefix("req-"))
+        assert root.name == f"chat model-{n % 7}"
+        assert root.attributes["gen_ai.request.model"] == f"model-{n % 7}"
+
+
+def test_worker_auto_uses_a_process_only_with_a_core_to_spare() -> None:
+    assert not in_worker(Telemetry(), 2)
+    assert in_worker(Telemetry(), 4)
+    assert in_worker(Telemetry(worker="process"), 1)
+    assert not in_worker(Telemetry(worker="inline"), 64)
+
+
+def test_an_unknown_worker_mode_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"telemetry\.worker"):
+        from_mapping({"telemetry": {"worker": "thread"}})
 
 
 async def test_gzip_export_reaches_the_collector(receiver: OtlpReceiver) -> None:
@@ -358,7 +396,9 @@ def test_the_worker_ends_with_the_gateway(tmp_path: Path) -> None:
 import asyncio, os, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from gateway.telemetry.settings import Export
+from gateway.telemetry import spans as spans_module
 from gateway.telemetry.spans import RequestSpans
+from gateway.telemetry.tracer import in_worker
 from tests.test_telemetry import finished_call
 
 async def main():

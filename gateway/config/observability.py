@@ -5,6 +5,8 @@ Both are off by default and cost a request nothing then (one attribute test each
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 
@@ -31,6 +33,12 @@ class Telemetry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     otlp: Otlp = Otlp()
     # The service.name resource attribute (OTEL_SERVICE_NAME wins).
     service_name: str = "turnout"
+    # Where spans are encoded and exported: "process", a worker process beside the gateway
+    # (its event loop only notes a few values per request); "inline", on the event loop,
+    # batched (no second process, but the work competes with requests); "auto", process on a
+    # machine with 4 or more CPUs, where a core is free for it, else inline (measured on 2
+    # cores, the worker took the CPU the load itself needed: bench/telemetry.py).
+    worker: Literal["auto", "process", "inline"] = "auto"
 
 
 class Capture(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

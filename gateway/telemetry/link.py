@@ -1,4 +1,5 @@
-"""The gateway's side of the tracing worker (``worker.py``): items shipped over a pipe.
+"""The gateway's side of the tracing worker (``worker.py``): items shipped over a pipe; or,
+with ``telemetry.worker: inline``, the same calls served on the event loop (``InlineLink``).
 
 ``add`` costs an append: items wait in a list and go out together, msgpack-encoded in one
 call, every ``SHIP_SECONDS`` or as soon as ``SHIP_ITEMS`` wait. The worker is started on the
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.telemetry.encoding import Heads, Item, span_count
+from gateway.telemetry.encoding import Heads, Item, encode, span_count
+from gateway.telemetry.exporter import BatchExporter
 from gateway.telemetry.settings import Export
 from gateway.telemetry.worker import EXPORT, HEADS, RESET, SPANS, frame
 
@@ -98,7 +100,12 @@ class WorkerLink:
         self._send(frame(HEADS, _encode((heads_id, *heads))))
 
     def reset_heads(self) -> None:
+        """The tracer started its heads over (numbers are never reused)."""
         self._ship()
+        if self._items:
+            # Not shipped (the worker is starting): they need the heads held now, all of
+            # which go to the worker when it is up; forget them at a later start-over.
+            return
         self._heads.clear()
         self._send(frame(RESET, b""))
 
@@ -239,3 +246,55 @@ class WorkerLink:
         if now - self._last_warning >= _WARN_EVERY_SECONDS or not self._last_warning:
             self._last_warning = now
             log.warning("traces: %s", text)
+
+
+class InlineLink:
+    """The same calls as ``WorkerLink``, encoded and exported on the gateway's own event loop
+    (``telemetry.worker: inline``): no second process; the batch exporter encodes at flush
+    time, many requests at a time, in slices with a turn of the loop between them."""
+
+    __slots__ = ("_exporter", "_heads")
+
+    def __init__(self, export: Export) -> None:
+        self._heads: dict[int, Heads] = {}
+        heads = self._heads
+        self._exporter: BatchExporter[Item] = BatchExporter(export, lambda i: encode(i, heads))
+
+    @property
+    def sent(self) -> int:
+        return self._exporter.sent
+
+    @property
+    def failed(self) -> int:
+        return self._exporter.failed
+
+    @property
+    def dropped(self) -> int:
+        return self._exporter.dropped
+
+    @property
+    def worker_pid(self) -> int | None:
+        return None
+
+    def heads(self, heads_id: int, heads: Heads) -> None:
+        self._heads[heads_id] = heads
+
+    def reset_heads(self) -> None:
+        # Items waiting still name the old heads (numbers are never reused): forget those
+        # once the items are encoded.
+        retired = list(self._heads)
+        asyncio.get_running_loop().create_task(self._forget(retired))
+
+    async def _forget(self, retired: list[int]) -> None:
+        await self._exporter.encode_waiting()
+        for heads_id in retired:
+            self._heads.pop(heads_id, None)
+
+    def add(self, item: Item) -> None:
+        self._exporter.add([item], span_count(item))
+
+    async def close(self) -> None:
+        await self._exporter.close()
+
+
+Link = WorkerLink | InlineLink

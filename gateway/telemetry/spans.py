@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from gateway.telemetry import protobuf as pb
 from gateway.telemetry.encoding import Heads
-from gateway.telemetry.link import WorkerLink
+from gateway.telemetry.link import InlineLink, Link, WorkerLink
 
 if TYPE_CHECKING:
     from gateway.config.upstreams import Provider, Target
@@ -57,8 +57,9 @@ class RequestSpans:
         export: Export,
         providers: Mapping[str, Provider],
         events: EngineEvents | None = None,
+        in_worker: bool = True,
     ) -> None:
-        self._link = WorkerLink(export)
+        self._link: Link = WorkerLink(export) if in_worker else InlineLink(export)
         self._providers = providers
         self._events = events
         self._random = random.Random().randbytes
@@ -66,9 +67,10 @@ class RequestSpans:
         self._sampled_below = int(export.sample_ratio * _ALL)
         # Each distinct Shared's heads are encoded once, numbered, and sent to the worker.
         self._heads: dict[Shared, int] = {}
+        self._next_heads = 0
 
     @property
-    def exporter(self) -> WorkerLink:
+    def exporter(self) -> Link:
         return self._link
 
     def record(self, route: str, call: Call) -> None:
@@ -159,7 +161,9 @@ class RequestSpans:
         if len(self._heads) >= _HEADS:
             self._heads.clear()
             self._link.reset_heads()
-        heads_id = len(self._heads)
+        # Never reused: items already shipped may still name an earlier number.
+        heads_id = self._next_heads
+        self._next_heads += 1
         self._heads[shared] = heads_id
         self._link.heads(heads_id, self._encode_heads(shared))
         return heads_id

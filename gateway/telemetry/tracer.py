@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Protocol
 from gateway.config.observability import Telemetry
 from gateway.telemetry.settings import export_of
 
+# CPUs from which ``telemetry.worker: auto`` runs the tracing worker process.
+WORKER_CPUS = 4
+
 if TYPE_CHECKING:
     from gateway.config.upstreams import Provider
     from gateway.engines.events import EngineEvents
@@ -31,6 +34,7 @@ def open_tracer(
     env: Mapping[str, str],
     providers: Mapping[str, Provider],
     events: EngineEvents | None,
+    cpus: int | None = None,
 ) -> Tracer | None:
     """The tracer routing.yaml and the OTEL_* variables ask for; None when off."""
     export = export_of(section, env)
@@ -39,4 +43,11 @@ def open_tracer(
     # Imported only now: a gateway that does not trace never loads the span builder or exporter.
     from gateway.telemetry.spans import RequestSpans
 
-    return RequestSpans(export, providers, events)
+    return RequestSpans(export, providers, events, in_worker=in_worker(section, cpus))
+
+
+def in_worker(section: Telemetry, cpus: int | None) -> bool:
+    """``telemetry.worker``: auto means a worker process where a core is free for it."""
+    if section.worker == "auto":
+        return (cpus or 1) >= WORKER_CPUS
+    return section.worker == "process"
