@@ -16,6 +16,9 @@ opened: it is an optional extra (``turnout[postgres]``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     import psycopg
 
 T = TypeVar("T")
+log = logging.getLogger("turnout.postgres")
 
 # How long a connection attempt may take: a database that is down must fail fast, so the
 # callers (the key refresher, the usage writer) get on with retrying.
@@ -167,3 +171,54 @@ async def prepare(url: str, migrations: Sequence[Migration]) -> list[str]:
         raise
     except Exception as exc:
         raise MigrationError(f"server.database {redacted(url)}: {exc}") from exc
+
+
+# A listener that lost its connection tries again this long after (and after each failure).
+RECONNECT_SECONDS = 1.0
+# How long a listener waits for notifications before it looks whether it should stop.
+_POLL_SECONDS = 0.5
+
+
+def listen(
+    url: str,
+    channel: str,
+    stopping: threading.Event,
+    *,
+    heard: Callable[[str], object],
+    connected: Callable[[psycopg.Connection[Any]], object],
+    lost: Callable[[], object] = lambda: None,
+    subject: str,
+) -> None:
+    """``LISTEN channel`` on a thread of its own, until ``stopping`` is set: each notification's
+    payload goes to ``heard`` (on this thread), and the connection is made again whenever it
+    is lost. ``connected`` runs after each LISTEN: what was sent meanwhile went unheard, so
+    the caller catches up there; ``lost`` runs when a connection drops. ``subject`` names
+    what is listened for in log lines ("memory: other replicas' changes")."""
+    failing = False
+    while not stopping.is_set():
+        try:
+            connection = open_raw(url, autocommit=True)
+        except Exception as exc:
+            if not failing:
+                log.warning("%s: cannot listen (%s); retrying", subject, exc)
+            failing = True
+            stopping.wait(RECONNECT_SECONDS)
+            continue
+        try:
+            connection.execute(f"LISTEN {channel}")
+            connected(connection)
+            if failing:
+                log.info("%s: listening again", subject)
+            failing = False
+            while not stopping.is_set():
+                for notice in connection.notifies(timeout=_POLL_SECONDS):
+                    heard(notice.payload)
+        except Exception as exc:
+            if not stopping.is_set():
+                log.warning("%s: notifications lost (%s); listening again", subject, exc)
+                failing = True
+                lost()
+                stopping.wait(RECONNECT_SECONDS)
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()

@@ -10,8 +10,8 @@ deleting transaction, and each replica drops the ids from memory as the notifica
 A listener that lost its connection may have missed some, so once it is back the replica
 asks which of the ids it holds in memory still exist and forgets the others: a delete through
 one replica is a 404 on every other within the time the notification takes, or, across an
-outage, by the time the listener reconnects (``RECONNECT_SECONDS`` after the database answers
-again).
+outage, by the time the listener reconnects (gateway/postgres.py's ``RECONNECT_SECONDS``
+after the database answers again).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.dialect import postgres_params
 from gateway.migrations import MIGRATIONS
-from gateway.postgres import open_raw, prepare
+from gateway.postgres import listen, open_raw, prepare
 from gateway.responses_store.backend import Listener, Read
 from gateway.responses_store.records import StoredResponse
 from gateway.responses_store.sqlite import COLUMNS, record_of, row_of
@@ -40,9 +40,6 @@ T = TypeVar("T")
 CHANNEL = "turnout_stored_responses_deleted"
 # A NOTIFY payload must stay under 8000 bytes: ids go space-separated in pieces this long.
 _PAYLOAD_BYTES = 7000
-RECONNECT_SECONDS = 1.0
-# How long a listener waits for notifications before it looks whether it should stop.
-_POLL_SECONDS = 0.5
 _SNAPSHOT_SECONDS = 5.0
 
 # Ids never repeat; a conflict is a batch that committed though its acknowledgement was lost.
@@ -168,34 +165,15 @@ class PostgresBackend:
     # --- on the listener's thread ----------------------------------------------------------------
 
     def _listen(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> None:
-        failing = False
-        while not self._stopping.is_set():
-            try:
-                connection = open_raw(self._url, autocommit=True)
-            except Exception as exc:
-                if not failing:
-                    log.warning("stored responses: cannot listen for deletes (%s); retrying", exc)
-                failing = True
-                self._stopping.wait(RECONNECT_SECONDS)
-                continue
-            try:
-                connection.execute(f"LISTEN {CHANNEL}")
-                # Deletes before this moment went unheard: what memory holds may be stale.
-                _revalidate(connection, loop, listener)
-                if failing:
-                    log.info("stored responses: listening for deletes again")
-                failing = False
-                while not self._stopping.is_set():
-                    for notice in connection.notifies(timeout=_POLL_SECONDS):
-                        loop.call_soon_threadsafe(listener.forget, notice.payload.split())
-            except Exception as exc:
-                if not self._stopping.is_set():
-                    log.warning("stored responses: lost the deletes' notifications (%s)", exc)
-                    failing = True
-                    self._stopping.wait(RECONNECT_SECONDS)
-            finally:
-                with contextlib.suppress(Exception):
-                    connection.close()
+        listen(
+            self._url,
+            CHANNEL,
+            self._stopping,
+            heard=lambda payload: loop.call_soon_threadsafe(listener.forget, payload.split()),
+            # Deletes before this moment went unheard: what memory holds may be stale.
+            connected=lambda connection: _revalidate(connection, loop, listener),
+            subject="stored responses: deletes",
+        )
 
 
 def _revalidate(

@@ -15,7 +15,7 @@ from gateway.dialect import postgres_params
 from gateway.errors import ConfigError
 from gateway.plugins.memory.items import MemoryItem, NewItem, Scope
 from gateway.plugins.memory.mirror import Row
-from gateway.plugins.memory.queries import COLUMNS, item_of, items_where
+from gateway.plugins.memory.queries import COLUMNS, item_of, items_where, row_of
 
 if TYPE_CHECKING:
     import psycopg
@@ -133,20 +133,7 @@ def insert(
         cursor.copy(f"COPY memory_items ({COLUMNS}, embedding) FROM STDIN") as copy,
     ):
         for i, item in enumerate(items):
-            copy.write_row(
-                (
-                    ids[i],
-                    item.agent_id,
-                    item.kind,
-                    item.content,
-                    item.project,
-                    item.channel,
-                    item.session_id,
-                    _encode(item.meta).decode(),
-                    item.created_at or now,
-                    vectors[i].tobytes(),
-                )
-            )
+            copy.write_row((*row_of(ids[i], item, now), vectors[i].tobytes()))
     by_agent: dict[str, list[int]] = {}
     for item, id_ in zip(items, ids, strict=True):
         by_agent.setdefault(item.agent_id, []).append(id_)

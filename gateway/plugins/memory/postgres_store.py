@@ -58,8 +58,9 @@ from gateway.plugins.memory.postgres_sql import (
     rows_by_id,
     scope_rows,
 )
+from gateway.plugins.memory.queries import unit_vectors
 from gateway.plugins.memory.ranking import rerank_pool
-from gateway.postgres import migrate, open_raw
+from gateway.postgres import listen, migrate, open_raw
 
 if TYPE_CHECKING:
     import psycopg
@@ -73,9 +74,6 @@ T = TypeVar("T")
 # How long one memory call waits for the database before it fails (503). A server that is
 # down is refused within gateway/postgres.py's CONNECT_TIMEOUT; this bounds one that hangs.
 CALL_SECONDS = 10.0
-RECONNECT_SECONDS = 1.0
-# How long the listener waits for notifications before it looks whether it should stop.
-_POLL_SECONDS = 0.5
 _decode_note = msgspec.json.Decoder(Note)
 
 
@@ -197,11 +195,7 @@ class PostgresStore:
     async def add(self, items: Sequence[NewItem], vectors: Vectors) -> list[int]:
         if not items:
             return []
-        import numpy as np
-
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(items):
-            raise ValueError(f"expected {len(items)} vectors, got an array of {vectors.shape}")
+        vectors = unit_vectors(items, vectors)
         dims, now = int(vectors.shape[1]), time.time()
         if self._dims is not None and dims != self._dims:
             raise ValueError(f"vectors have {dims} dimensions; this memory holds {self._dims}")
@@ -369,35 +363,13 @@ class PostgresStore:
     # --- on the listener's thread ----------------------------------------------------------
 
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
-        failing = False
-        while not self._stopping.is_set():
-            try:
-                connection = open_raw(self._url, autocommit=True)
-            except Exception as exc:
-                if not failing:
-                    log.warning("memory: cannot listen for other replicas' changes (%s)", exc)
-                failing = True
-                self._stopping.wait(RECONNECT_SECONDS)
-                continue
-            try:
-                self._heed(connection, loop)
-                if failing:
-                    log.info("memory: listening for other replicas' changes again")
-                failing = False
-                while not self._stopping.is_set():
-                    for notice in connection.notifies(timeout=_POLL_SECONDS):
-                        loop.call_soon_threadsafe(self._heard, notice.payload)
-            except Exception as exc:
-                if not self._stopping.is_set():
-                    log.warning("memory: lost other replicas' change notifications (%s)", exc)
-                    failing = True
-                    loop.call_soon_threadsafe(self.listening.clear)
-                    self._stopping.wait(RECONNECT_SECONDS)
-            finally:
-                with contextlib.suppress(Exception):
-                    connection.close()
-
-    def _heed(self, connection: psycopg.Connection[Any], loop: asyncio.AbstractEventLoop) -> None:
-        connection.execute(f"LISTEN {CHANNEL}")
-        # Changes before this moment went unheard: every copy held may be behind.
-        loop.call_soon_threadsafe(self._mark_stale)
+        listen(
+            self._url,
+            CHANNEL,
+            self._stopping,
+            heard=lambda payload: loop.call_soon_threadsafe(self._heard, payload),
+            # Changes before this moment went unheard: every copy held may be behind.
+            connected=lambda _: loop.call_soon_threadsafe(self._mark_stale),
+            lost=lambda: loop.call_soon_threadsafe(self.listening.clear),
+            subject="memory: other replicas' changes",
+        )

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from gateway.plugins.memory.items import KINDS, MemoryItem, Scope
+from gateway.plugins.memory.items import KINDS, MemoryItem, NewItem, Scope
 
 if TYPE_CHECKING:
     from gateway.plugins.memory.backends import Vectors
 
 COLUMNS = "id, agent_id, kind, content, project, channel, session_id, meta, created_at"
 _decode_meta = msgspec.json.Decoder(dict[str, Any])
+_encode_meta = msgspec.json.Encoder().encode
 
 
 def item_of(row: Sequence[Any]) -> MemoryItem:
@@ -36,6 +37,32 @@ def item_of(row: Sequence[Any]) -> MemoryItem:
         meta=_decode_meta.decode(meta),
         created_at=created_at,
     )
+
+
+def row_of(item_id: int, item: NewItem, now: float) -> tuple[Any, ...]:
+    """A new item's values for ``COLUMNS``, in order (either backend's insert, before the
+    columns of its own); ``now`` when the item does not say when it was made."""
+    return (
+        item_id,
+        item.agent_id,
+        item.kind,
+        item.content,
+        item.project,
+        item.channel,
+        item.session_id,
+        _encode_meta(item.meta).decode(),
+        item.created_at or now,
+    )
+
+
+def unit_vectors(items: Sequence[NewItem], vectors: Vectors) -> Vectors:
+    """``vectors`` as one contiguous float32 row per item, or a ValueError."""
+    import numpy as np
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(items):
+        raise ValueError(f"expected {len(items)} vectors, got an array of {vectors.shape}")
+    return vectors
 
 
 def code(text: str) -> int:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
-import msgspec
 
 from gateway.errors import ConfigError
 from gateway.migrations import migrate
@@ -44,6 +43,8 @@ from gateway.plugins.memory.queries import (
     items_where,
     knn_params,
     knn_sql,
+    row_of,
+    unit_vectors,
 )
 from gateway.plugins.memory.ranking import candidates_per_shard, place, rerank_pool
 
@@ -59,7 +60,6 @@ log = logging.getLogger("turnout.memory")
 SHARD_SIZE = 2048
 # SQLite's default limit on bound parameters is 32766; stay well under it.
 _CHUNK = 500
-_encode = msgspec.json.Encoder().encode
 
 
 async def m001_memory(db: aiosqlite.Connection) -> None:
@@ -207,11 +207,7 @@ class SqliteVecStore:
     async def add(self, items: Sequence[NewItem], vectors: Vectors) -> list[int]:
         if not items:
             return []
-        import numpy as np
-
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(items):
-            raise ValueError(f"expected {len(items)} vectors, got an array of {vectors.shape}")
+        vectors = unit_vectors(items, vectors)
         db = self._conn
         async with self._writing:
             if self._dims is None:
@@ -245,19 +241,7 @@ class SqliteVecStore:
             f"INSERT INTO memory_items ({COLUMNS}, shard, embedding)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (
-                    ids[i],
-                    item.agent_id,
-                    item.kind,
-                    item.content,
-                    item.project,
-                    item.channel,
-                    item.session_id,
-                    _encode(item.meta).decode(),
-                    item.created_at or now,
-                    shards[i],
-                    vectors[i].tobytes(),
-                )
+                (*row_of(ids[i], item, now), shards[i], vectors[i].tobytes())
                 for i, item in enumerate(items)
             ],
         )
