@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.dialect import postgres_ddl, postgres_params, redacted
@@ -222,3 +223,55 @@ def listen(
         finally:
             with contextlib.suppress(Exception):
                 connection.close()
+
+
+class ConnectionThread:
+    """One connection on one thread of its own: ``run(call)`` runs ``call(connection)`` there,
+    in a transaction. A broken connection is dropped, so the next call opens a new one
+    (failing fast, ``CONNECT_TIMEOUT``, while the server is down). A ``read`` that finds its
+    kept connection broken (the server restarted since) tries once more on a new
+    one, so the first read after an outage does not fail for nothing; writes do not retry (a
+    write may have landed before the connection broke)."""
+
+    def __init__(self, url: str, name: str) -> None:
+        import psycopg
+
+        self._url = url
+        self.unreachable = (psycopg.OperationalError, psycopg.InterfaceError)
+        self._connection: psycopg.Connection[Any] | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=name)
+
+    async def run(self, call: Callable[[psycopg.Connection[Any]], T], *, read: bool = False) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._call, call, read
+        )
+
+    def _call(self, call: Callable[[psycopg.Connection[Any]], T], read: bool) -> T:
+        kept = self._connection is not None and not self._connection.closed
+        try:
+            return self._once(call)
+        except self.unreachable:
+            self._drop()
+            if not (read and kept):
+                raise
+        try:
+            return self._once(call)
+        except self.unreachable:
+            self._drop()
+            raise
+
+    def _once(self, call: Callable[[psycopg.Connection[Any]], T]) -> T:
+        if self._connection is None or self._connection.closed:
+            self._connection = open_raw(self._url)
+        with self._connection.transaction():
+            return call(self._connection)
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._drop)
+        self._thread.shutdown(wait=False)

@@ -17,16 +17,14 @@ after the database answers again).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.dialect import postgres_params
 from gateway.migrations import MIGRATIONS
-from gateway.postgres import listen, open_raw, prepare
+from gateway.postgres import ConnectionThread, listen, prepare
 from gateway.responses_store.backend import Listener, Read
 from gateway.responses_store.records import StoredResponse
 from gateway.responses_store.sqlite import COLUMNS, record_of, row_of
@@ -85,41 +83,6 @@ def payloads(response_ids: list[str]) -> list[str]:
     return pieces
 
 
-class _Worker:
-    """One connection on one thread; a broken connection is dropped, so the next call opens
-    a new one (failing fast, ``CONNECT_TIMEOUT``, while the server is down)."""
-
-    def __init__(self, url: str, name: str, unreachable: tuple[type[BaseException], ...]) -> None:
-        self._url = url
-        self._unreachable = unreachable
-        self._connection: psycopg.Connection[Any] | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=name)
-
-    async def run(self, call: Callable[[psycopg.Connection[Any]], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._call, call)
-
-    def _call(self, call: Callable[[psycopg.Connection[Any]], T]) -> T:
-        try:
-            if self._connection is None or self._connection.closed:
-                self._connection = open_raw(self._url)
-            connection = self._connection
-            with connection.transaction():
-                return call(connection)
-        except self._unreachable:
-            self._drop()
-            raise
-
-    def _drop(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.close()
-
-    async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._drop)
-        self._thread.shutdown(wait=False)
-
-
 class PostgresBackend:
     # Shared by replicas, so never read on the loop: a miss goes through ``chain``.
     read_inline: Read | None = None
@@ -129,9 +92,8 @@ class PostgresBackend:
 
         self._url = url
         self.errors: tuple[type[BaseException], ...] = (psycopg.Error,)
-        unreachable = (psycopg.OperationalError, psycopg.InterfaceError)
-        self._writer = _Worker(url, "turnout-responses-pg-write", unreachable)
-        self._reader = _Worker(url, "turnout-responses-pg-read", unreachable)
+        self._writer = ConnectionThread(url, "turnout-responses-pg-write")
+        self._reader = ConnectionThread(url, "turnout-responses-pg-read")
         self._stopping = threading.Event()
         self._listening: threading.Thread | None = None
 

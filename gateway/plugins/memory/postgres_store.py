@@ -27,13 +27,11 @@ backend (gateway/responses_store/postgres.py): a writer, a reader and the listen
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -60,7 +58,7 @@ from gateway.plugins.memory.postgres_sql import (
 )
 from gateway.plugins.memory.queries import unit_vectors
 from gateway.plugins.memory.ranking import rerank_pool
-from gateway.postgres import listen, migrate, open_raw
+from gateway.postgres import ConnectionThread, listen, migrate
 
 if TYPE_CHECKING:
     import psycopg
@@ -77,57 +75,19 @@ CALL_SECONDS = 10.0
 _decode_note = msgspec.json.Decoder(Note)
 
 
-class _Session:
-    """One connection on one thread. A broken connection is dropped, so the next call opens a
-    new one; a read that finds its kept connection broken (the server restarted since) tries
-    once more on a new one, so the first search after an outage does not fail for nothing."""
-
-    def __init__(self, url: str, name: str) -> None:
-        import psycopg
-
-        self._url = url
-        self._unreachable = (psycopg.OperationalError, psycopg.InterfaceError)
-        self._connection: psycopg.Connection[Any] | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=name)
+class _Session(ConnectionThread):
+    """A connection thread whose calls answer within ``CALL_SECONDS`` or fail as the memory
+    API's 503; reads retry once after an outage (``ConnectionThread``)."""
 
     async def run(self, call: Callable[[psycopg.Connection[Any]], T], *, read: bool = True) -> T:
-        future = asyncio.get_running_loop().run_in_executor(self._thread, self._call, call, read)
         try:
-            return await asyncio.wait_for(future, CALL_SECONDS)
+            return await asyncio.wait_for(super().run(call, read=read), CALL_SECONDS)
         except TimeoutError:
             raise StoreUnavailable(
                 f"memory: the database did not answer within {CALL_SECONDS:g}s"
             ) from None
-
-    def _call(self, call: Callable[[psycopg.Connection[Any]], T], read: bool) -> T:
-        kept = self._connection is not None and not self._connection.closed
-        try:
-            return self._once(call)
-        except self._unreachable as exc:
-            self._drop()
-            if not (read and kept):
-                raise _unavailable(exc) from None
-        try:
-            return self._once(call)
-        except self._unreachable as exc:
-            self._drop()
+        except self.unreachable as exc:
             raise _unavailable(exc) from None
-
-    def _once(self, call: Callable[[psycopg.Connection[Any]], T]) -> T:
-        if self._connection is None or self._connection.closed:
-            self._connection = open_raw(self._url)
-        with self._connection.transaction():
-            return call(self._connection)
-
-    def _drop(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.close()
-
-    async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._drop)
-        self._thread.shutdown(wait=False)
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
