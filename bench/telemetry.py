@@ -16,6 +16,7 @@ with ``--instructions N``, each mode under callgrind (instructions per request o
 event-loop thread, where the spans are built and exported, and in the whole process).
 
     .venv/bin/python -m bench.telemetry [--seconds 4] [--rounds 10] [--instructions 1000 | 0]
+        [--worker auto | process | inline]
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ KINDS = ("json", "stream")
 MODES = ("off", "on")
 
 
-def config(upstream: Stack, database: Path, receiver: str | None) -> str:
+def config(upstream: Stack, database: Path, receiver: str | None, worker: str = "auto") -> str:
     text = f"""\
 server:
   log_level: warning
@@ -56,7 +57,7 @@ models:
 usage: {{enabled: false}}
 """
     if receiver is not None:
-        text += f"telemetry:\n  otlp:\n    endpoint: {receiver}\n"
+        text += f"telemetry:\n  worker: {worker}\n  otlp:\n    endpoint: {receiver}\n"
     return text
 
 
@@ -69,10 +70,12 @@ def start_receiver(procs: Processes) -> str:
     return origin
 
 
-def start(procs: Processes, upstream: Stack, work: Path, receiver: str | None) -> Stack:
+def start(
+    procs: Processes, upstream: Stack, work: Path, receiver: str | None, worker: str
+) -> Stack:
     name = "on" if receiver else "off"
     path = work / f"{name}.yaml"
-    path.write_text(config(upstream, work / f"{name}.db", receiver))
+    path.write_text(config(upstream, work / f"{name}.db", receiver, worker))
     port = free_port()
     proc = procs.spawn(f"turnout-{name}", working_tree_build().argv(path, port), cwd=work)
     origin = f"http://127.0.0.1:{port}"
@@ -83,7 +86,7 @@ def start(procs: Processes, upstream: Stack, work: Path, receiver: str | None) -
 
 
 def instructions(
-    procs: Processes, upstream: Stack, receiver: str, work: Path, requests: int
+    procs: Processes, upstream: Stack, receiver: str, work: Path, requests: int, worker: str
 ) -> dict[str, dict[str, dict[str, float]]]:
     counts: dict[str, dict[str, dict[str, float]]] = {}
     for kind in KINDS:
@@ -92,7 +95,7 @@ def instructions(
             where.mkdir(exist_ok=True)
             path = where / f"{mode}.yaml"
             path.write_text(
-                config(upstream, where / "turnout.db", receiver if mode == "on" else None)
+                config(upstream, where / "turnout.db", receiver if mode == "on" else None, worker)
             )
             port = free_port()
             log(f"instructions: {mode} {kind}, {requests} requests under callgrind")
@@ -118,8 +121,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         upstream = start_upstream(procs)
         receiver = start_receiver(procs)
         stacks = {
-            "off": start(procs, upstream, work, None),
-            "on": start(procs, upstream, work, receiver),
+            "off": start(procs, upstream, work, None, args.worker),
+            "on": start(procs, upstream, work, receiver, args.worker),
         }
         bench = Pair(MODES, stacks, {m: write_scripts(s, work) for m, s in stacks.items()})
         bench.warm(KINDS)
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for stack in stacks.values():
             procs.stop(stack.proc)
         counts = (
-            instructions(procs, upstream, receiver, work, args.instructions)
+            instructions(procs, upstream, receiver, work, args.instructions, args.worker)
             if args.instructions
             else {}
         )
@@ -169,6 +172,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4, help="per wrk run")
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds per kind")
     parser.add_argument("--together-rounds", type=int, default=6, help="side-by-side rounds")
+    parser.add_argument(
+        "--worker",
+        choices=("auto", "process", "inline"),
+        default="auto",
+        help="telemetry.worker of the tracing turnout (auto: a process with 4+ CPUs)",
+    )
     parser.add_argument(
         "--instructions", type=int, default=1000, help="requests counted under callgrind; 0: skip"
     )
