@@ -180,49 +180,71 @@ RECONNECT_SECONDS = 1.0
 _POLL_SECONDS = 0.5
 
 
-def listen(
-    url: str,
-    channel: str,
-    stopping: threading.Event,
-    *,
-    heard: Callable[[str], object],
-    connected: Callable[[psycopg.Connection[Any]], object],
-    lost: Callable[[], object] = lambda: None,
-    subject: str,
-) -> None:
-    """``LISTEN channel`` on a thread of its own, until ``stopping`` is set: each notification's
-    payload goes to ``heard`` (on this thread), and the connection is made again whenever it
-    is lost. ``connected`` runs after each LISTEN: what was sent meanwhile went unheard, so
-    the caller catches up there; ``lost`` runs when a connection drops. ``subject`` names
-    what is listened for in log lines ("memory: other replicas' changes")."""
-    failing = False
-    while not stopping.is_set():
-        try:
-            connection = open_raw(url, autocommit=True)
-        except Exception as exc:
-            if not failing:
-                log.warning("%s: cannot listen (%s); retrying", subject, exc)
-            failing = True
-            stopping.wait(RECONNECT_SECONDS)
-            continue
-        try:
-            connection.execute(f"LISTEN {channel}")
-            connected(connection)
-            if failing:
-                log.info("%s: listening again", subject)
-            failing = False
-            while not stopping.is_set():
-                for notice in connection.notifies(timeout=_POLL_SECONDS):
-                    heard(notice.payload)
-        except Exception as exc:
-            if not stopping.is_set():
-                log.warning("%s: notifications lost (%s); listening again", subject, exc)
+class Listening:
+    """``LISTEN channel`` on a thread of its own, from ``start`` to ``stop``: each
+    notification's payload goes to ``heard`` (on that thread), and the connection is made
+    again whenever it is lost. ``connected`` runs after each LISTEN: what was sent meanwhile
+    went unheard, so the caller catches up there; ``lost`` runs when a connection drops.
+    ``subject`` names what is listened for in log lines ("memory: other replicas' changes")."""
+
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        *,
+        heard: Callable[[str], object],
+        connected: Callable[[psycopg.Connection[Any]], object],
+        lost: Callable[[], object] = lambda: None,
+        subject: str,
+        name: str,
+    ) -> None:
+        self._url = url
+        self._channel = channel
+        self._heard = heard
+        self._connected = connected
+        self._lost = lost
+        self._subject = subject
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join, 5.0)
+
+    def _run(self) -> None:
+        stopping, subject = self._stopping, self._subject
+        failing = False
+        while not stopping.is_set():
+            try:
+                connection = open_raw(self._url, autocommit=True)
+            except Exception as exc:
+                if not failing:
+                    log.warning("%s: cannot listen (%s); retrying", subject, exc)
                 failing = True
-                lost()
                 stopping.wait(RECONNECT_SECONDS)
-        finally:
-            with contextlib.suppress(Exception):
-                connection.close()
+                continue
+            try:
+                connection.execute(f"LISTEN {self._channel}")
+                self._connected(connection)
+                if failing:
+                    log.info("%s: listening again", subject)
+                failing = False
+                while not stopping.is_set():
+                    for notice in connection.notifies(timeout=_POLL_SECONDS):
+                        self._heard(notice.payload)
+            except Exception as exc:
+                if not stopping.is_set():
+                    log.warning("%s: notifications lost (%s); listening again", subject, exc)
+                    failing = True
+                    self._lost()
+                    stopping.wait(RECONNECT_SECONDS)
+            finally:
+                with contextlib.suppress(Exception):
+                    connection.close()
 
 
 class ConnectionThread:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.dialect import postgres_params
 from gateway.migrations import MIGRATIONS
-from gateway.postgres import ConnectionThread, listen, prepare
+from gateway.postgres import ConnectionThread, Listening, prepare
 from gateway.responses_store.backend import Listener, Read
 from gateway.responses_store.records import StoredResponse
 from gateway.responses_store.sqlite import COLUMNS, record_of, row_of
@@ -94,17 +93,19 @@ class PostgresBackend:
         self.errors: tuple[type[BaseException], ...] = (psycopg.Error,)
         self._writer = ConnectionThread(url, "turnout-responses-pg-write")
         self._reader = ConnectionThread(url, "turnout-responses-pg-read")
-        self._stopping = threading.Event()
-        self._listening: threading.Thread | None = None
+        self._listening: Listening | None = None
 
     async def open(self, listener: Listener) -> None:
         await prepare(self._url, MIGRATIONS)
         loop = asyncio.get_running_loop()
-        self._listening = threading.Thread(
-            target=self._listen,
-            args=(loop, listener),
+        self._listening = Listening(
+            self._url,
+            CHANNEL,
+            heard=lambda payload: loop.call_soon_threadsafe(listener.forget, payload.split()),
+            # Deletes before this moment went unheard: what memory holds may be stale.
+            connected=lambda connection: _revalidate(connection, loop, listener),
+            subject="stored responses: deletes",
             name="turnout-responses-pg-listen",
-            daemon=True,
         )
         self._listening.start()
 
@@ -118,24 +119,13 @@ class PostgresBackend:
         await self._writer.run(lambda c: _prune(c, cutoff, max_bytes))
 
     async def close(self) -> None:
-        self._stopping.set()
+        if self._listening is not None:
+            await self._listening.stop()
         await self._writer.close()
         await self._reader.close()
-        if self._listening is not None:
-            await asyncio.to_thread(self._listening.join, 5.0)
 
-    # --- on the listener's thread ----------------------------------------------------------------
 
-    def _listen(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> None:
-        listen(
-            self._url,
-            CHANNEL,
-            self._stopping,
-            heard=lambda payload: loop.call_soon_threadsafe(listener.forget, payload.split()),
-            # Deletes before this moment went unheard: what memory holds may be stale.
-            connected=lambda connection: _revalidate(connection, loop, listener),
-            subject="stored responses: deletes",
-        )
+# --- on the listener's thread --------------------------------------------------------------------
 
 
 def _revalidate(

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -58,7 +57,7 @@ from gateway.plugins.memory.postgres_sql import (
 )
 from gateway.plugins.memory.queries import unit_vectors
 from gateway.plugins.memory.ranking import rerank_pool
-from gateway.postgres import ConnectionThread, listen, migrate
+from gateway.postgres import ConnectionThread, Listening, migrate
 
 if TYPE_CHECKING:
     import psycopg
@@ -107,8 +106,7 @@ class PostgresStore:
         self._mirrors: OrderedDict[str, AgentVectors] = OrderedDict()
         self._tally = Tally()
         self._max_items = max_items
-        self._stopping = threading.Event()
-        self._listening: threading.Thread | None = None
+        self._listening: Listening | None = None
         # Set while the listener listens. Until it does (and once it lost its connection)
         # every search asks the database what other replicas changed.
         self.listening = asyncio.Event()
@@ -134,19 +132,25 @@ class PostgresStore:
             lambda c: claim_embedder(c, where, embedder, dims), read=False
         )
         loop = asyncio.get_running_loop()
-        self._listening = threading.Thread(
-            target=self._listen, args=(loop,), name="turnout-memory-pg-listen", daemon=True
+        self._listening = Listening(
+            self._url,
+            CHANNEL,
+            heard=lambda payload: loop.call_soon_threadsafe(self._heard, payload),
+            # Changes before this moment went unheard: every copy held may be behind.
+            connected=lambda _: loop.call_soon_threadsafe(self._mark_stale),
+            lost=lambda: loop.call_soon_threadsafe(self.listening.clear),
+            subject="memory: other replicas' changes",
+            name="turnout-memory-pg-listen",
         )
         self._listening.start()
         log.info("memory: PostgreSQL at %s, vectors searched in memory", redacted(self._url))
 
     async def close(self) -> None:
-        self._stopping.set()
+        if self._listening is not None:
+            await self._listening.stop()
+            self._listening = None
         await self._writer.close()
         await self._reader.close()
-        if self._listening is not None:
-            await asyncio.to_thread(self._listening.join, 5.0)
-            self._listening = None
         while self._mirrors:
             self._mirrors.popitem()[1].detach()
 
@@ -319,17 +323,3 @@ class PostgresStore:
         for mirror in self._mirrors.values():
             mirror.stale = True
         self.listening.set()
-
-    # --- on the listener's thread ----------------------------------------------------------
-
-    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
-        listen(
-            self._url,
-            CHANNEL,
-            self._stopping,
-            heard=lambda payload: loop.call_soon_threadsafe(self._heard, payload),
-            # Changes before this moment went unheard: every copy held may be behind.
-            connected=lambda _: loop.call_soon_threadsafe(self._mark_stale),
-            lost=lambda: loop.call_soon_threadsafe(self.listening.clear),
-            subject="memory: other replicas' changes",
-        )
