@@ -45,13 +45,27 @@ _ANSWER_LIMIT = 1 << 20
 Item = TypeVar("Item")
 
 
+class Warnings:
+    """Logs a tracing problem at most once a minute: traces must never flood the log."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def __call__(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last >= _WARN_EVERY_SECONDS or not self._last:
+            self._last = now
+            log.warning("traces: %s", text)
+
+
 class BatchExporter(Generic[Item]):
     __slots__ = (
         "_closing",
         "_encode",
         "_export",
         "_headers",
-        "_last_warning",
         "_lean",
         "_pending",
         "_queued",
@@ -60,6 +74,7 @@ class BatchExporter(Generic[Item]):
         "_ssl",
         "_task",
         "_wake",
+        "_warn",
         "dropped",
         "failed",
         "sent",
@@ -81,7 +96,7 @@ class BatchExporter(Generic[Item]):
         if export.gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._lean = _lean_client(export.endpoint, self._headers)
-        self._last_warning = 0.0
+        self._warn = Warnings()
         self._closing = False
         self.sent = self.dropped = self.failed = 0
 
@@ -182,12 +197,6 @@ class BatchExporter(Generic[Item]):
                 return response.status
         except aiohttp.ClientError as exc:
             raise OSError(str(exc) or exc.__class__.__name__) from None
-
-    def _warn(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_EVERY_SECONDS or not self._last_warning:
-            self._last_warning = now
-            log.warning("traces: %s", text)
 
     async def close(self) -> None:
         """Sends what waits, then lets go of the connection."""

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import sys
 import time
@@ -25,17 +24,14 @@ from pathlib import Path
 import msgspec
 
 from gateway.telemetry.encoding import Heads, Item, encode, span_count
-from gateway.telemetry.exporter import BatchExporter
+from gateway.telemetry.exporter import BatchExporter, Warnings
 from gateway.telemetry.settings import Export
 from gateway.telemetry.worker import EXPORT, HEADS, RESET, SPANS, frame
-
-log = logging.getLogger("turnout.telemetry")
 
 SHIP_SECONDS = 0.05
 SHIP_ITEMS = 256
 PIPE_LIMIT = 8 << 20
 RESTART_SECONDS = 1.0
-_WARN_EVERY_SECONDS = 60.0
 _encode = msgspec.msgpack.Encoder().encode
 # The worker imports gateway.telemetry from the same tree as the gateway, installed or not.
 _ROOT = str(Path(__file__).resolve().parents[2])
@@ -48,13 +44,13 @@ class WorkerLink:
         "_export",
         "_heads",
         "_items",
-        "_last_warning",
         "_process",
         "_queued",
         "_reader",
         "_restart_after",
         "_starting",
         "_timer",
+        "_warn",
         "_worker_totals",
     )
 
@@ -71,7 +67,7 @@ class WorkerLink:
         self._closing = False
         self._dropped = 0
         self._worker_totals = {"sent": 0, "failed": 0, "dropped": 0}
-        self._last_warning = 0.0
+        self._warn = Warnings()
 
     # --- what the exporter used to count, now the worker's totals -----------------------------
 
@@ -240,12 +236,6 @@ class WorkerLink:
     def _drop(self, spans: int, why: str) -> None:
         self._dropped += spans
         self._warn(f"{self.dropped} spans dropped so far: {why}")
-
-    def _warn(self, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_EVERY_SECONDS or not self._last_warning:
-            self._last_warning = now
-            log.warning("traces: %s", text)
 
 
 class InlineLink:

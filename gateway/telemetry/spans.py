@@ -40,7 +40,7 @@ _LOADING = frozenset(("stopping", "starting", "loading", "restoring cache", "sle
 # Encoded span heads kept; past this many (models, targets and routes combined) start over.
 _HEADS = 4096
 _ALL = 1 << 64
-_ERROR_STATUS = b"\x7a\x02\x18\x02"  # status {code: STATUS_CODE_ERROR}
+_ERROR_STATUS = pb.field(0x7A, b"\x18" + pb.varint(pb.STATUS_ERROR))  # Span.status
 _ZERO_ID = bytes(8)
 
 
