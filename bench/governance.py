@@ -45,7 +45,7 @@ from typing import Any
 
 from bench import instructions as callgrind
 from bench.cells import log, write_scripts
-from bench.pair import CONNECTIONS, Pair, side_by_side_line, summary
+from bench.pair import Pair, add_arguments, pair_lines, summary
 from bench.payloads import chat_body
 from bench.procs import Processes, wait_ready
 from bench.report import RESULTS, machine
@@ -241,12 +241,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     lines = []
     for kind in KINDS:
-        a = result["alternating"][kind]["median"]
-        lines.append(
-            f"{kind}@{CONNECTIONS}: alternating off {a['off']:,.0f} req/s, on {a['on']:,.0f} "
-            f"req/s, on/off {a['ratio']:.3f}"
-        )
-        lines.append(side_by_side_line(MODES, kind, result["side_by_side"][kind]["median"]))
+        lines += pair_lines(MODES, kind, result)
     for kind, count in result["instructions_per_request"].items():
         lines.append(callgrind.report_line(MODES, kind, count))
     usage = result["usage_log"]
@@ -261,9 +256,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=4, help="per wrk run")
-    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds per kind")
-    parser.add_argument("--together-rounds", type=int, default=6, help="side-by-side rounds")
+    add_arguments(parser, rounds=10, together=6)
     parser.add_argument("--headers", choices=("refusals", "always"), default="refusals")
     parser.add_argument(
         "--instructions",

@@ -15,9 +15,11 @@ side by side both servers loaded at once, each by its own wrk: whatever the mach
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from bench import wrk
 from bench.cells import NOISY, log
@@ -104,6 +106,29 @@ class Pair:
 def summary(rounds: list[dict[str, float]]) -> dict[str, float]:
     keys = rounds[0].keys() if rounds else ()
     return {k: round(statistics.median(r[k] for r in rounds), 3) for k in keys}
+
+
+def pair_lines(
+    modes: tuple[str, str], kind: str, result: dict[str, Any], note: str = ""
+) -> list[str]:
+    """The report's lines for one kind: the alternating medians (``note`` after them), then
+    the side-by-side medians when that measure ran."""
+    a, b = modes
+    m = result["alternating"][kind]["median"]
+    lines = [
+        f"{kind}@{CONNECTIONS}: alternating {a} {m[a]:,.0f} req/s, {b} {m[b]:,.0f} req/s, "
+        f"{b}/{a} {m['ratio']:.3f}{note}"
+    ]
+    if kind in result["side_by_side"]:
+        lines.append(side_by_side_line(modes, kind, result["side_by_side"][kind]["median"]))
+    return lines
+
+
+def add_arguments(parser: argparse.ArgumentParser, rounds: int, together: int) -> None:
+    """``--seconds``, ``--rounds`` and ``--together-rounds``, as every paired benchmark takes."""
+    parser.add_argument("--seconds", type=float, default=4, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=rounds, help="alternating rounds per kind")
+    parser.add_argument("--together-rounds", type=int, default=together, help="side-by-side rounds")
 
 
 def side_by_side_line(modes: tuple[str, str], kind: str, median: dict[str, float]) -> str:

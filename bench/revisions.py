@@ -27,7 +27,7 @@ from typing import Any
 from bench import instructions as callgrind
 from bench import ttft, wrk
 from bench.cells import log, write_scripts
-from bench.pair import CONNECTIONS, Pair, side_by_side_line, summary
+from bench.pair import Pair, add_arguments, pair_lines, summary
 from bench.payloads import chat_body
 from bench.procs import Processes, exit_on_sigterm
 from bench.report import RESULTS, machine, write_results
@@ -184,13 +184,7 @@ def report(result: dict[str, Any]) -> str:
             + json.dumps(one["after_over_before"])
         )
     for kind in KINDS:
-        a = result["alternating"][kind]["median"]
-        lines.append(
-            f"{kind}@{CONNECTIONS}: alternating before {a['before']:,.0f} req/s, after "
-            f"{a['after']:,.0f} req/s, after/before {a['ratio']:.3f}"
-        )
-        if kind in result["side_by_side"]:
-            lines.append(side_by_side_line(MODES, kind, result["side_by_side"][kind]["median"]))
+        lines += pair_lines(MODES, kind, result)
     for name, first in result["ttft"].items():
         added = f", adds {first['added_ms']:.3f} ms to direct" if name != "direct" else ""
         lines.append(f"TTFT {name}: p50 {first['p50_ms']:.3f} ms{added}")
@@ -208,9 +202,7 @@ def main() -> int:
     parser.add_argument(
         "--after", default=None, help="a git ref to run as 'after' (default: the working tree)"
     )
-    parser.add_argument("--seconds", type=float, default=4, help="per wrk run")
-    parser.add_argument("--rounds", type=int, default=8, help="alternating rounds per kind")
-    parser.add_argument("--together-rounds", type=int, default=6, help="side-by-side rounds")
+    add_arguments(parser, rounds=8, together=6)
     parser.add_argument(
         "--instructions", type=int, default=0, help="requests counted under callgrind; 0: skip"
     )

@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import governance
 from bench.cells import write_scripts
-from bench.pair import CONNECTIONS, Pair, side_by_side_line, summary
+from bench.pair import Pair, add_arguments, pair_lines, summary
 from bench.procs import Processes, wait_ready
 from bench.report import RESULTS, machine
 from bench.runner import run_benchmark
@@ -122,13 +122,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     lines = []
     for kind in KINDS:
-        a = result["alternating"][kind]["median"]
-        lines.append(
-            f"{kind}@{CONNECTIONS}: alternating sqlite {a['sqlite']:,.0f} req/s, postgres "
-            f"{a['postgres']:,.0f} req/s, postgres/sqlite {a['ratio']:.3f} (target >= {TARGET})"
-        )
-        if kind in result["side_by_side"]:
-            lines.append(side_by_side_line(MODES, kind, result["side_by_side"][kind]["median"]))
+        lines += pair_lines(MODES, kind, result, f" (target >= {TARGET})")
     for mode, usage in result["usage_log"].items():
         lines.append(f"usage log {mode}: {usage['rows']:,} rows for {usage['answered']:,} answers")
     lines.append("targets: " + json.dumps(result["targets"]))
@@ -139,9 +133,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=4, help="per wrk run")
-    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per kind")
-    parser.add_argument("--together-rounds", type=int, default=4, help="side-by-side rounds")
+    add_arguments(parser, rounds=6, together=4)
     args = parser.parse_args()
     return run_benchmark("usage_store", args, run, report)
 
