@@ -14,9 +14,23 @@ from types import FrameType
 import pytest
 
 from tests.engines.engines import LlamaServer, ensure_models, llama_server_binary
+from tests.postgres_server import PostgresServer
 
 # Bugs are loud in tests: an illegal engine state move raises (gateway/engines/states.py).
 os.environ.setdefault("TURNOUT_DEBUG", "1")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster on a loopback port, for one test module."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def database(cluster: PostgresServer) -> str:
+    """A new, empty database on the module's cluster: its ``postgresql://`` URL."""
+    return cluster.new_database()
 
 
 @pytest.fixture(scope="session")

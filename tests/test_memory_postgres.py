@@ -10,7 +10,7 @@ gone on the other, and the database down is a 503 for memory calls, never a fail
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
@@ -36,7 +36,6 @@ from gateway.plugins.memory.settings import (
 )
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.gateway_server import RunningGateway, running_gateway
-from tests.postgres_server import PostgresServer
 from tests.test_memory_store import (  # noqa: F401  the same cases, on this module's fixture
     FACTS,
     contents,
@@ -49,17 +48,6 @@ from tests.test_memory_store import (  # noqa: F401  the same cases, on this mod
 )
 from tests.test_postgres import call, chat, gateway_config
 from tests.test_usage import wait_until
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresServer]:
-    with PostgresServer() as server:
-        yield server
-
-
-@pytest.fixture
-def database(cluster: PostgresServer) -> str:
-    return cluster.new_database()
 
 
 async def open_service(database: str, **settings: object) -> MemoryService:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -35,17 +35,6 @@ from tests.postgres_server import PostgresServer
 from tests.test_usage import record, sample_records, wait_until
 
 ADMIN = "admin-secret"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresServer]:
-    with PostgresServer() as server:
-        yield server
-
-
-@pytest.fixture
-def database(cluster: PostgresServer) -> str:
-    return cluster.new_database()
 
 
 @pytest.fixture

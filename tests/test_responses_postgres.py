@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -29,17 +29,6 @@ from tests.postgres_server import PostgresServer
 from tests.test_postgres import call, chat, gateway_config, pg_rows
 from tests.test_responses_store_db import ALICE, record
 from tests.test_usage import wait_until
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresServer]:
-    with PostgresServer() as server:
-        yield server
-
-
-@pytest.fixture
-def database(cluster: PostgresServer) -> str:
-    return cluster.new_database()
 
 
 @pytest.fixture
