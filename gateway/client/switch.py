@@ -122,7 +122,9 @@ def _switch(
             stages.show()
         asking.join(POLL_SECONDS)
     if stages is not None:
-        stages.show()  # the stages that arrived with the verdict ("ready")
+        # The verdict and the role's last stage ("ready") come over two connections: the
+        # stage may still be on its way when the verdict is in.
+        stages.settle(SETTLE_SECONDS)
     if problem:
         raise problem[0]
     status, body = answer[0]
@@ -133,6 +135,10 @@ def _switch(
 
 # How long `turnout switch` waits for the event stream's first state before asking.
 SUBSCRIBE_SECONDS = 2.0
+# How long, once the verdict is in, it waits for the role's last stage to arrive too.
+SETTLE_SECONDS = 2.0
+# Stages after which a role's switch has nothing more to say.
+_FINAL = frozenset(("ready", "failed"))
 
 
 class _Stages:
@@ -174,15 +180,33 @@ class _Stages:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item.get("role") != self.role:
-                continue
-            if item.get("stage") == "falling back" and item.get("subject"):
-                # From here on, the stages of the role that is loaded in its place.
-                self.role = str(item["subject"])
-            self.text = str(item.get("text") or item.get("stage") or "")
-            self._say()
+            self._take(item)
         if self.text:
             self._say()
+
+    def settle(self, seconds: float) -> None:
+        """Reports what is left, waiting up to ``seconds`` for the role's final stage."""
+        deadline = time.monotonic() + seconds
+        while self._stream is not None and (left := deadline - time.monotonic()) > 0:
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if self._take(item) in _FINAL:
+                break
+        self.show()
+
+    def _take(self, item: dict[str, Any]) -> str | None:
+        """Reports ``item`` if it is a stage of the role followed; returns that stage."""
+        if item.get("role") != self.role:
+            return None
+        stage = item.get("stage")
+        if stage == "falling back" and item.get("subject"):
+            # From here on, the stages of the role that is loaded in its place.
+            self.role = str(item["subject"])
+        self.text = str(item.get("text") or stage or "")
+        self._say()
+        return str(stage) if stage is not None else None
 
     def _say(self) -> None:
         self._report(time.monotonic() - self._started, self.text)
