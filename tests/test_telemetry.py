@@ -123,12 +123,16 @@ async def test_stream_span_carries_time_to_first_chunk(
         )
         async for _ in stream:
             pass
-    root = by_name(receiver.spans(), "chat chat-model")
+    spans = receiver.spans()
+    root = by_name(spans, "chat chat-model")
     ttft = root.attributes["gen_ai.response.time_to_first_chunk"]
     duration = (root.end_ns - root.start_ns) / 1e9
     assert 0 < ttft <= duration
     assert root.attributes["gen_ai.request.stream"] is True
     assert root.attributes["gen_ai.usage.output_tokens"] > 0
+    # A stream's upstream call lasts until its last event was read: the request's end.
+    upstream = by_name(spans, "upstream call")
+    assert root.start_ns <= upstream.start_ns < upstream.end_ns == root.end_ns
 
 
 async def test_failed_request_span_is_an_error(
@@ -251,6 +255,16 @@ async def test_a_sampler_that_keeps_none_sends_nothing(receiver: OtlpReceiver) -
         spans.record("chat", Call(f"r{n}"))
     await spans.close()
     assert receiver.span_count == 0 and spans.exporter.sent == 0
+
+
+async def test_a_sampler_keeps_its_share_of_requests(receiver: OtlpReceiver) -> None:
+    spans = RequestSpans(Export(endpoint=traces_url(receiver.url), sample_ratio=0.25), {})
+    for n in range(800):
+        spans.record("chat", Call(f"r{n}"))
+    await spans.close()
+    # 200 expected; outside 120..280 is a chance below one in a billion.
+    assert 120 <= receiver.span_count <= 280
+    assert spans.exporter.sent == receiver.span_count
 
 
 def finished_call(request_id: str, prompt_tokens: int = 300) -> Call:

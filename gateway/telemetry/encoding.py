@@ -9,33 +9,37 @@ once, as a numbered ``Heads`` pair the item names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 
 from gateway.telemetry import protobuf as pb
+from gateway.wire import Usage
 
-# An item as the tracer ships it: heads id; 32 random bytes (trace id, request span id,
-# upstream call span id); request id; start and end (ns since the epoch); time to first chunk
-# (s); input, output, cached and reasoning tokens (input None: no usage; reasoning None: not
-# reported); the upstream call's start and end (0: none); (attempts, failures) when it failed
-# over; the spans of engine queue, load and agent rounds, already encoded and framed.
+# An item as the tracer ships it, the request's values as the request path keeps them (the
+# arithmetic that turns them into a span is done here, off the event loop): heads id; 32
+# random bytes (trace id, request span id, upstream call span id), or None for "draw them
+# here" (the tracer draws them only when it encodes rare spans that need them); request id;
+# the request's start on the epoch's clock, its start and end on ``time.perf_counter()``'s;
+# time to first chunk (s); the upstream call's start (perf_counter, 0: none) and seconds; the
+# usage the reply reported; (attempts, failures) when it failed over; the spans of engine
+# queue, load and agent rounds, already encoded and framed.
 Item = tuple[
     int,
-    bytes,
+    bytes | None,
     str,
-    int,
-    int,
+    float,
+    float,
+    float,
     float | None,
-    int | None,
-    int,
-    int,
-    int | None,
-    int,
-    int,
+    float,
+    float,
+    Usage | None,
     tuple[int, list[str]] | None,
     list[bytes] | None,
 ]
-# The request span's head and the upstream call span's head.
-Heads = tuple[bytes, bytes]
+# The request span's head, the upstream call span's head, and whether the upstream call lasts
+# until the request ends (a stream's, whose last event is read at the end).
+Heads = tuple[bytes, bytes, bool]
 
 # Attributes that differ per request: encoders with their keys encoded once.
 _REQUEST_ID = pb.str_attribute("turnout.request_id")
@@ -44,63 +48,98 @@ _INPUT = pb.int_attribute("gen_ai.usage.input_tokens")
 _OUTPUT = pb.int_attribute("gen_ai.usage.output_tokens")
 _CACHED = pb.int_attribute("gen_ai.usage.cache_read.input_tokens")
 _REASONING = pb.int_attribute("gen_ai.usage.reasoning.output_tokens")
+_ZERO_ID = bytes(8)
+# Random bytes for the ids of items that come without (most): a generator of this process.
+_DRAW = random.Random().randbytes
 
 
-def span_count(item: Item) -> int:
-    """How many spans ``encode`` makes of ``item``."""
-    rare = item[13]
-    return 1 + (item[10] != 0) + (len(rare) if rare else 0)
+def span_ids(draw: Callable[[int], bytes]) -> bytes:
+    """A trace id, the request span's id and the upstream call span's, in one draw of 32
+    random bytes; drawn again if one is all zeros (invalid: once in 2**62 draws)."""
+    ids = draw(32)
+    while ids.count(0) >= 8 and (
+        ids[:16] == bytes(16) or ids[16:24] == _ZERO_ID or ids[24:] == _ZERO_ID
+    ):
+        ids = draw(32)
+    return ids
 
 
-def encode(items: Sequence[Item], heads: Mapping[int, Heads]) -> list[bytes]:
+def encode(
+    items: Sequence[Item],
+    heads: Mapping[int, Heads],
+    draw: Callable[[int], bytes] = _DRAW,
+) -> list[bytes]:
     """The spans of ``items``, each framed for an export request. An item whose heads are
     unknown (a worker restarted between a heads message and its items) is left out."""
     spans: list[bytes] = []
     add = spans.append
     root_ids, child_ids, framed = pb.root_ids, pb.child_ids, pb.framed
+    # The ids of every item in one draw; if any eight bytes in a row are zeros (once in 2**59
+    # batches), each item draws its own instead.
+    pool = draw(32 * len(items))
+    if _ZERO_ID in pool:
+        pool = b""
+    at = 0
     for item in items:
         (
             heads_id,
             ids,
             request_id,
-            start_ns,
-            end_ns,
+            ts,
+            started,
+            ended,
             ttft,
-            prompt,
-            completion,
-            cached,
-            reasoning,
-            upstream_start,
-            upstream_end,
+            upstream_started,
+            upstream_seconds,
+            usage,
             failed_over,
             rare,
         ) = item
         pair = heads.get(heads_id)
         if pair is None:
             continue
-        root_head, upstream_head = pair
+        root_head, upstream_head, stream = pair
+        if ids is None:
+            if pool:
+                ids = pool[at : at + 32]
+                at += 32
+            else:
+                ids = span_ids(draw)
+        # From the request path's clock (perf_counter) to the epoch's.
+        offset = ts - started
+        end_ns = int((ended + offset) * 1e9)
         root_id = ids[16:24]
         # ``ids`` begins with the trace id: root_ids and child_ids take its first 16 bytes.
         root = [
-            root_ids(ids, root_id, start_ns, end_ns),
+            root_ids(ids, root_id, int(ts * 1e9), end_ns),
             root_head,
             _REQUEST_ID(request_id),
         ]
         if ttft is not None:
             root.append(_TTFT(ttft))
-        if prompt is not None:
-            root += (_INPUT(prompt), _OUTPUT(completion), _CACHED(cached))
-            if reasoning is not None:
-                root.append(_REASONING(reasoning))
+        if usage is not None:
+            prompt_details = usage.prompt_tokens_details
+            root += (
+                _INPUT(usage.prompt_tokens),
+                _OUTPUT(usage.completion_tokens),
+                _CACHED((prompt_details.cached_tokens or 0) if prompt_details is not None else 0),
+            )
+            details = usage.completion_tokens_details
+            if details is not None and details.reasoning_tokens is not None:
+                root.append(_REASONING(details.reasoning_tokens))
         if failed_over is not None:
             attempts, failures = failed_over
             root.append(
                 pb.attributes(0x4A, {"turnout.attempts": attempts, "turnout.failures": failures})
             )
         add(framed(b"".join(root)))
-        if upstream_start:
-            span_ids = child_ids(ids, ids[24:], root_id, upstream_start, upstream_end)
-            add(framed(span_ids + upstream_head))
+        if upstream_started:
+            upstream_start = int((upstream_started + offset) * 1e9)
+            upstream_end = (
+                end_ns if stream else int((upstream_started + upstream_seconds + offset) * 1e9)
+            )
+            call_ids = child_ids(ids, ids[24:], root_id, upstream_start, upstream_end)
+            add(framed(call_ids + upstream_head))
         if rare:
             spans += rare
     return spans

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.telemetry.encoding import Heads, Item, encode, span_count
+from gateway.telemetry.encoding import Heads, Item, encode
 from gateway.telemetry.exporter import BatchExporter, Warnings
 from gateway.telemetry.settings import Export
 from gateway.telemetry.worker import EXPORT, HEADS, RESET, SPANS, frame
@@ -91,7 +91,7 @@ class WorkerLink:
     # --- the tracer's calls ---------------------------------------------------------------------
 
     def heads(self, heads_id: int, heads: Heads) -> None:
-        """A new heads pair, sent before any item that names it."""
+        """New numbered heads, sent before any item that names them."""
         self._heads[heads_id] = heads
         self._send(frame(HEADS, _encode((heads_id, *heads))))
 
@@ -105,8 +105,8 @@ class WorkerLink:
         self._heads.clear()
         self._send(frame(RESET, b""))
 
-    def add(self, item: Item) -> None:
-        spans = span_count(item)
+    def add(self, item: Item, spans: int) -> None:
+        """``item``, which makes ``spans`` spans."""
         if self._queued + spans > self._export.max_queue:
             self._drop(spans, "the export queue is full")
             return
@@ -141,7 +141,7 @@ class WorkerLink:
         if transport.is_closing():
             return  # the worker is gone: its reader starts another
         if dropping and transport.get_write_buffer_size() > PIPE_LIMIT:
-            # Items only: a heads pair is a few hundred bytes, and items to come name it.
+            # Items only: heads are a few hundred bytes, and items to come name them.
             self._drop(dropping, "the tracing worker does not keep up")
             return
         process.stdin.write(data)
@@ -280,8 +280,8 @@ class InlineLink:
         for heads_id in retired:
             self._heads.pop(heads_id, None)
 
-    def add(self, item: Item) -> None:
-        self._exporter.add([item], span_count(item))
+    def add(self, item: Item, spans: int) -> None:
+        self._exporter.add([item], spans)
 
     async def close(self) -> None:
         await self._exporter.close()
