@@ -169,7 +169,7 @@ def main() -> int:
         "--worker",
         choices=("auto", "process", "inline"),
         default="auto",
-        help="telemetry.worker of the tracing turnout (auto: a process with 4+ CPUs)",
+        help="telemetry.worker of the tracing turnout (auto: a process with 2+ CPUs)",
     )
     parser.add_argument(
         "--instructions", type=int, default=1000, help="requests counted under callgrind; 0: skip"

@@ -322,8 +322,8 @@ async def test_heads_started_over_still_name_each_request_right(
 
 
 def test_worker_auto_uses_a_process_only_with_a_core_to_spare() -> None:
-    assert not in_worker(Telemetry(), 2)
-    assert in_worker(Telemetry(), 4)
+    assert not in_worker(Telemetry(), 1)
+    assert in_worker(Telemetry(), 2)
     assert in_worker(Telemetry(worker="process"), 1)
     assert not in_worker(Telemetry(worker="inline"), 64)
 

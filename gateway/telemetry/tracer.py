@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Protocol
 from gateway.config.observability import Telemetry
 from gateway.telemetry.settings import export_of
 
-# CPUs from which ``telemetry.worker: auto`` runs the tracing worker process.
-WORKER_CPUS = 4
+# CPUs from which ``telemetry.worker: auto`` runs the tracing worker process: with one, the
+# worker would only take turns with the event loop it is meant to relieve.
+WORKER_CPUS = 2
 
 if TYPE_CHECKING:
     from gateway.config.upstreams import Provider
