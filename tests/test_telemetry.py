@@ -300,6 +300,20 @@ async def test_many_requests_go_out_in_full_batches_each_span_once(
     assert all(s.trace_id != bytes(16) and s.span_id != bytes(8) for s in received)
 
 
+async def test_a_span_too_large_for_a_two_byte_size_is_framed_right(
+    receiver: OtlpReceiver,
+) -> None:
+    """A request span is framed in the same pack as its ids when its size takes two bytes; one
+    past that (a client's 20,000-character request id) takes the general path, and both decode."""
+    spans = RequestSpans(Export(endpoint=traces_url(receiver.url)), {})
+    long_id = "x" * 20_000
+    spans.record("chat", finished_call(long_id))
+    spans.record("chat", finished_call("short"))
+    await spans.close()
+    roots = {s.attributes["turnout.request_id"] for s in receiver.spans() if s.name == "chat coder"}
+    assert roots == {long_id, "short"} and receiver.span_count == 4
+
+
 @pytest.mark.parametrize("in_worker", [True, False], ids=["worker", "inline"])
 async def test_heads_started_over_still_name_each_request_right(
     receiver: OtlpReceiver, in_worker: bool, monkeypatch: pytest.MonkeyPatch

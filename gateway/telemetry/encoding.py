@@ -40,6 +40,10 @@ Item = tuple[
 # The request span's head, the upstream call span's head, and whether the upstream call lasts
 # until the request ends (a stream's, whose last event is read at the end).
 Heads = tuple[bytes, bytes, bool]
+# Heads made ready for ``encode`` (``prepare``): the request span's head and its size with the
+# ids and times; the upstream call span's pack (``pb.child_template``) and frame prefix, its
+# head; stream as in Heads.
+Templates = tuple[bytes, int, Callable[..., bytes], bytes, bytes, bool]
 
 # Attributes that differ per request: encoders with their keys encoded once.
 _REQUEST_ID = pb.str_attribute("turnout.request_id")
@@ -64,16 +68,22 @@ def span_ids(draw: Callable[[int], bytes]) -> bytes:
     return ids
 
 
+def prepare(heads: Heads) -> Templates:
+    root_head, upstream_head, stream = heads
+    pack, prefix = pb.child_template(upstream_head)
+    return root_head, pb.ROOT_FIXED + len(root_head), pack, prefix, upstream_head, stream
+
+
 def encode(
     items: Sequence[Item],
-    heads: Mapping[int, Heads],
+    heads: Mapping[int, Templates],
     draw: Callable[[int], bytes] = _DRAW,
 ) -> list[bytes]:
     """The spans of ``items``, each framed for an export request. An item whose heads are
     unknown (a worker restarted between a heads message and its items) is left out."""
     spans: list[bytes] = []
     add = spans.append
-    root_ids, child_ids, framed = pb.root_ids, pb.child_ids, pb.framed
+    root_framed = pb.ROOT_FRAMED.pack
     # The ids of every item in one draw; if any eight bytes in a row are zeros (once in 2**59
     # batches), each item draws its own instead.
     pool = draw(32 * len(items))
@@ -95,10 +105,10 @@ def encode(
             failed_over,
             rare,
         ) = item
-        pair = heads.get(heads_id)
-        if pair is None:
+        templates = heads.get(heads_id)
+        if templates is None:
             continue
-        root_head, upstream_head, stream = pair
+        root_head, root_fixed, upstream_pack, upstream_prefix, upstream_head, stream = templates
         if ids is None:
             if pool:
                 ids = pool[at : at + 32]
@@ -107,39 +117,48 @@ def encode(
                 ids = span_ids(draw)
         # From the request path's clock (perf_counter) to the epoch's.
         offset = ts - started
+        start_ns = int(ts * 1e9)
         end_ns = int((ended + offset) * 1e9)
         root_id = ids[16:24]
-        # ``ids`` begins with the trace id: root_ids and child_ids take its first 16 bytes.
-        root = [
-            root_ids(ids, root_id, int(ts * 1e9), end_ns),
-            root_head,
-            _REQUEST_ID(request_id),
-        ]
+        # The request span's attributes of this request alone, after its head.
+        tail = _REQUEST_ID(request_id)
         if ttft is not None:
-            root.append(_TTFT(ttft))
+            tail += _TTFT(ttft)
         if usage is not None:
             prompt_details = usage.prompt_tokens_details
-            root += (
-                _INPUT(usage.prompt_tokens),
-                _OUTPUT(usage.completion_tokens),
-                _CACHED((prompt_details.cached_tokens or 0) if prompt_details is not None else 0),
+            tail += (
+                _INPUT(usage.prompt_tokens)
+                + _OUTPUT(usage.completion_tokens)
+                + _CACHED((prompt_details.cached_tokens or 0) if prompt_details is not None else 0)
             )
             details = usage.completion_tokens_details
             if details is not None and details.reasoning_tokens is not None:
-                root.append(_REASONING(details.reasoning_tokens))
+                tail += _REASONING(details.reasoning_tokens)
         if failed_over is not None:
             attempts, failures = failed_over
-            root.append(
-                pb.attributes(0x4A, {"turnout.attempts": attempts, "turnout.failures": failures})
+            tail += pb.attributes(
+                0x4A, {"turnout.attempts": attempts, "turnout.failures": failures}
             )
-        add(framed(b"".join(root)))
+        # ``ids`` begins with the trace id: the packs take its first 16 bytes.
+        size = root_fixed + len(tail)
+        if 0x80 <= size < 0x4000:
+            head = root_framed(
+                0x12, size & 0x7F | 0x80, size >> 7, 0x100A, ids, 0x0812, root_id, 0x39,
+                start_ns, 0x41, end_ns,
+            )  # fmt: skip
+            add(head + root_head + tail)
+        else:
+            add(pb.framed(pb.root_ids(ids, root_id, start_ns, end_ns) + root_head + tail))
         if upstream_started:
             upstream_start = int((upstream_started + offset) * 1e9)
             upstream_end = (
                 end_ns if stream else int((upstream_started + upstream_seconds + offset) * 1e9)
             )
-            call_ids = child_ids(ids, ids[24:], root_id, upstream_start, upstream_end)
-            add(framed(call_ids + upstream_head))
+            span = upstream_pack(
+                upstream_prefix, 0x100A, ids, 0x0812, ids[24:], 0x0822, root_id, 0x39,
+                upstream_start, 0x41, upstream_end, upstream_head,
+            )  # fmt: skip
+            add(span)
         if rare:
             spans += rare
     return spans

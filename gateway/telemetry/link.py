@@ -26,7 +26,7 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.telemetry.encoding import Heads, Item, encode
+from gateway.telemetry.encoding import Heads, Item, Templates, encode, prepare
 from gateway.telemetry.exporter import BatchExporter, Warnings
 from gateway.telemetry.settings import Export
 from gateway.telemetry.worker import EXPORT, HEADS, RESET, SPANS, frame
@@ -251,7 +251,7 @@ class InlineLink:
     __slots__ = ("_exporter", "_heads")
 
     def __init__(self, export: Export) -> None:
-        self._heads: dict[int, Heads] = {}
+        self._heads: dict[int, Templates] = {}
         heads = self._heads
         self._exporter: BatchExporter[Item] = BatchExporter(export, lambda i: encode(i, heads))
 
@@ -272,7 +272,7 @@ class InlineLink:
         return None
 
     def heads(self, heads_id: int, heads: Heads) -> None:
-        self._heads[heads_id] = heads
+        self._heads[heads_id] = prepare(heads)
 
     def reset_heads(self) -> None:
         # Items waiting still name the old heads (numbers are never reused): forget those

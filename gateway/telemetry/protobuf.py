@@ -15,7 +15,7 @@ the official generated messages.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 # Span.kind (trace.proto SpanKind)
 INTERNAL, SERVER, CLIENT = 1, 2, 3
@@ -31,6 +31,11 @@ _DOUBLE = struct.Struct("<d").pack
 # (random ints of 64 bits are three-digit Python ints, which struct converts byte by byte).
 _ROOT = struct.Struct("<H16sH8sBQBQ")
 _CHILD = struct.Struct("<H16sH8sH8sBQBQ")
+# The request span framed for an export request in the same pack, when its size takes a
+# two-byte varint (as a request's span does): the ScopeSpans.spans tag and the size's two
+# bytes, then as _ROOT.
+ROOT_FRAMED = struct.Struct("<BBB" + _ROOT.format[1:])
+ROOT_FIXED = _ROOT.size
 
 
 def varint(n: int) -> bytes:
@@ -60,12 +65,13 @@ def root_ids(trace_id: bytes, span_id: bytes, start_ns: int, end_ns: int) -> byt
     return _ROOT.pack(0x100A, trace_id, 0x0812, span_id, 0x39, start_ns, 0x41, end_ns)
 
 
-def child_ids(
-    trace_id: bytes, span_id: bytes, parent_id: bytes, start_ns: int, end_ns: int
-) -> bytes:
-    return _CHILD.pack(
-        0x100A, trace_id, 0x0812, span_id, 0x0822, parent_id, 0x39, start_ns, 0x41, end_ns
-    )
+def child_template(head: bytes) -> tuple[Callable[..., bytes], bytes]:
+    """A framed child span with ``head`` whose ids and times are all that vary: its size is
+    known now, so the frame's prefix is too. Returns the pack of prefix, ids, times and head
+    (arguments as ``_CHILD.pack``'s between the prefix and the head) and the prefix."""
+    prefix = b"\x12" + varint(_CHILD.size + len(head))
+    layout = f"<{len(prefix)}s{_CHILD.format[1:]}{len(head)}s"
+    return struct.Struct(layout).pack, prefix
 
 
 def int_attribute(key: str) -> Callable[[int], bytes]:
@@ -193,12 +199,16 @@ def span_head(name: str, kind: int, fixed: Mapping[str, AttributeValue]) -> byte
 
 
 def export_request(
-    resource: Mapping[str, AttributeValue], scope: tuple[str, str], spans: Iterable[bytes]
+    resource: Mapping[str, AttributeValue], scope: tuple[str, str], spans: Sequence[bytes]
 ) -> bytes:
     """ExportTraceServiceRequest: one ResourceSpans holding one ScopeSpans of ``spans``, each
-    already ``framed`` (so a batch is one join)."""
+    already ``framed``. The messages' sizes are added up first, so the batch is copied once
+    (a join), not once per enclosing message."""
     scope_message = field(0x0A, scope[0].encode()) + field(0x12, scope[1].encode())
-    scope_spans = field(0x0A, scope_message) + b"".join(spans)
-    resource_message = attributes(0x0A, resource)
-    resource_spans = field(0x0A, resource_message) + field(0x12, scope_spans)
-    return field(0x0A, resource_spans)
+    scope_head = field(0x0A, scope_message)
+    scope_size = len(scope_head) + sum(map(len, spans))
+    resource_message = field(0x0A, attributes(0x0A, resource))
+    scope_field = b"\x12" + varint(scope_size)
+    resource_size = len(resource_message) + len(scope_field) + scope_size
+    head = b"\x0a" + varint(resource_size) + resource_message + scope_field + scope_head
+    return b"".join((head, *spans))
