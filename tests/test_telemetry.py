@@ -5,8 +5,11 @@ receiver on loopback that decodes each export with the official opentelemetry-pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -37,6 +40,8 @@ from tests.fakes.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.gateway_server import RunningGateway, config_of, free_port, running_gateway
 from tests.test_agent_loop import WEATHER, tools_section
 from tests.test_engines import role
+
+ROOT = Path(__file__).resolve().parents[1]
 
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "ping"}]
 SERVER, CLIENT = 2, 3  # OTLP's SpanKind numbers
@@ -448,6 +453,67 @@ asyncio.run(main())
     while Path(f"/proc/{worker}").exists() and "Z" not in _state(worker):
         assert time.monotonic() < deadline, "the worker outlived the gateway"
         time.sleep(0.05)
+
+
+async def test_sigterm_to_the_whole_group_loses_no_spans(
+    receiver: OtlpReceiver, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """systemd stops a unit by sending SIGTERM to every process in it, the tracing worker too
+    (which has a process group of its own, so a signal to the gateway's group misses it): the
+    worker waits for the gateway's shutdown to close its pipe, then sends what it holds
+    (here, every span: the export's schedule delay has not come) and exits."""
+    path = tmp_path / "routing.yaml"
+    sections = {"server": {"database": str(tmp_path / "t.db")}, "telemetry": {"worker": "process"}}
+    path.write_text(json.dumps(routing(fake, **sections)))
+    port = free_port()
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",
+    }
+    gateway = _serve_in_a_group_of_its_own(path, port, env, tmp_path / "gateway.log")
+    try:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
+        await eventually(lambda: _answers(port), 60)
+        for _ in range(3):
+            await client.chat.completions.create(model="chat-model", messages=USER)
+        await client.close()
+        # The worker starts with the first shipment and holds the spans (schedule delay 60 s).
+        await eventually(lambda: _children(gateway.pid) != [])
+        worker = _children(gateway.pid)[0]
+        await asyncio.sleep(1.0)  # past the worker's imports, to its own signal settings
+        # As systemd stops a unit: SIGTERM to every process in it; the gateway's group first.
+        os.killpg(gateway.pid, signal.SIGTERM)
+        os.kill(worker, signal.SIGTERM)
+        await eventually(lambda: gateway.poll() is not None, 30)
+    finally:
+        if gateway.poll() is None:
+            os.killpg(gateway.pid, signal.SIGKILL)
+    log = (tmp_path / "gateway.log").read_text()
+    assert gateway.returncode == 0, log
+    assert "tracing worker exited" not in log
+    assert receiver.span_count == 6
+
+
+def _serve_in_a_group_of_its_own(
+    config: Path, port: int, env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+    with log.open("wb") as stderr:
+        return subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=DEVNULL, stderr=stderr, start_new_session=True
+        )
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    return False
 
 
 def _state(pid: int) -> str:

@@ -173,6 +173,9 @@ class WorkerLink:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 env=env,
+                # Out of the gateway's process group: Ctrl-C or a signal to the group stops the
+                # gateway, whose shutdown then ends the worker (worker.py's main says why).
+                start_new_session=True,
             )
         except OSError as exc:
             self._restart_after = time.monotonic() + RESTART_SECONDS

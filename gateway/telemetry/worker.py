@@ -123,9 +123,12 @@ async def _report(exporter: BatchExporter[Item], out: asyncio.WriteTransport) ->
 
 
 def main() -> None:
-    # Ctrl-C in a terminal reaches the whole process group: the gateway's shutdown closes the
-    # pipe, and that (not the signal) is when the worker sends what it holds and exits.
+    # The worker ends when the gateway's shutdown closes the pipe, after sending what it
+    # holds: ended by a signal, it would lose up to a schedule delay of spans. Its own session
+    # keeps it out of the gateway's process group (Ctrl-C, ``kill -- -PGID``); SIGTERM to
+    # each process, as systemd stops a unit's cgroup, is ignored here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         import uvloop  # as the gateway serves (not on Windows)
     except ImportError:
