@@ -13,10 +13,17 @@ Two turnout processes from the working tree in front of one fake upstream, both 
 Measured as bench/governance.py does (see its docstring and bench/pair.py): alternating wrk
 runs and side-by-side runs at c=64 for the ~2 KB chat request and the 20-chunk stream, then,
 with ``--instructions N``, each mode under callgrind (instructions per request on the
-event-loop thread, where the spans are built and exported, and in the whole process).
+event-loop thread, where the spans are built and exported, and in the whole process), and
+with ``--worker-instructions N`` the tracing worker's own instructions per request
+(bench/worker_instructions.py), so that the whole cost of tracing is counted.
+
+Which measure to trust for a few per cent: run against two identical servers (tracing off in
+both), the alternating median came out 1.081 (json) and 1.075 (stream), rounds spread 0.90 to
+1.26, while side by side gave 1.005 and 1.007: on this shared machine the speed drifts between
+one wrk run and the next, and side by side both servers see the same drift.
 
     .venv/bin/python -m bench.telemetry [--seconds 4] [--rounds 10] [--instructions 1000 | 0]
-        [--worker auto | process | inline]
+        [--worker-instructions 5000 | 0] [--worker auto | process | inline]
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import instructions as callgrind
+from bench import worker_instructions
 from bench.cells import log, write_scripts
 from bench.pair import Pair, add_arguments, pair_lines, summary
 from bench.payloads import chat_body
@@ -138,6 +146,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if args.instructions
             else {}
         )
+        worker: dict[str, float] = {}
+        for kind in KINDS if args.worker_instructions else ():
+            log(f"instructions: the tracing worker, {kind}, under callgrind")
+            worker[kind] = worker_instructions.per_request(
+                args.worker_instructions, kind == "stream", receiver, work
+            )
     ratios = {kind: alternating[kind]["median"]["ratio"] for kind in KINDS}
     return {
         "machine": machine(),
@@ -145,6 +159,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "alternating": alternating,
         "side_by_side": together,
         "instructions_per_request": counts,
+        "worker_instructions_per_request": worker,
         "on_over_off": ratios,
         "targets": {"within_5_percent": all(r >= 0.95 for r in ratios.values())},
     }
@@ -154,8 +169,15 @@ def report(result: dict[str, Any]) -> str:
     lines = []
     for kind in KINDS:
         lines += pair_lines(MODES, kind, result)
-    for kind, count in result["instructions_per_request"].items():
+    counts = result["instructions_per_request"]
+    for kind, count in counts.items():
         lines.append(callgrind.report_line(("on", "off"), kind, count))
+    for kind, worker in result["worker_instructions_per_request"].items():
+        line = f"{kind} tracing worker (callgrind): {worker:,.0f} instructions per request"
+        if kind in counts:
+            on, off = counts[kind]["on"]["process"], counts[kind]["off"]["process"]
+            line += f"; gateway and worker on / gateway off {(on + worker) / off:.3f}"
+        lines.append(line)
     lines.append("targets: " + json.dumps(result["targets"]))
     return "\n".join(lines)
 
@@ -174,8 +196,15 @@ def main() -> int:
     parser.add_argument(
         "--instructions", type=int, default=1000, help="requests counted under callgrind; 0: skip"
     )
+    parser.add_argument(
+        "--worker-instructions",
+        type=int,
+        default=5000,
+        help="requests fed to the tracing worker under callgrind; 0: skip",
+    )
     args = parser.parse_args()
-    return run_benchmark("telemetry", args, run, report, valgrind=bool(args.instructions))
+    valgrind = bool(args.instructions or args.worker_instructions)
+    return run_benchmark("telemetry", args, run, report, valgrind=valgrind)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -295,4 +296,26 @@ class InlineLink:
         await self._exporter.close()
 
 
-Link = WorkerLink | InlineLink
+class Link(Protocol):
+    """Where the tracer's items go: ``WorkerLink`` or ``InlineLink`` (a benchmark records the
+    frames a worker would get with a third)."""
+
+    @property
+    def sent(self) -> int: ...
+
+    @property
+    def failed(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def worker_pid(self) -> int | None: ...
+
+    def heads(self, heads_id: int, heads: Heads) -> None: ...
+
+    def reset_heads(self) -> None: ...
+
+    def add(self, item: Item, spans: int) -> None: ...
+
+    async def close(self) -> None: ...

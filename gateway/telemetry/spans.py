@@ -59,8 +59,11 @@ class RequestSpans:
         providers: Mapping[str, Provider],
         events: EngineEvents | None = None,
         in_worker: bool = True,
+        link: Link | None = None,
     ) -> None:
-        self._link: Link = WorkerLink(export) if in_worker else InlineLink(export)
+        if link is None:
+            link = WorkerLink(export) if in_worker else InlineLink(export)
+        self._link = link
         self._providers = providers
         self._events = events
         generator = random.Random()
