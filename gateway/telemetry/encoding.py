@@ -13,7 +13,6 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 
 from gateway.telemetry import protobuf as pb
-from gateway.wire import Usage
 
 # An item as the tracer ships it, the request's values as the request path keeps them (the
 # arithmetic that turns them into a span is done here, off the event loop): heads id; 32
@@ -21,8 +20,9 @@ from gateway.wire import Usage
 # here" (the tracer draws them only when it encodes rare spans that need them); request id;
 # the request's start on the epoch's clock, its start and end on ``time.perf_counter()``'s;
 # time to first chunk (s); the upstream call's start (perf_counter, 0: none) and seconds; the
-# usage the reply reported; (attempts, failures) when it failed over; the spans of engine
-# queue, load and agent rounds, already encoded and framed.
+# input, output, cached and reasoning tokens (input None: no usage reported; reasoning None:
+# not reported); (attempts, failures) when it failed over; the spans of engine queue, load
+# and agent rounds, already encoded and framed.
 Item = tuple[
     int,
     bytes | None,
@@ -33,7 +33,10 @@ Item = tuple[
     float | None,
     float,
     float,
-    Usage | None,
+    int | None,
+    int | None,
+    int | None,
+    int | None,
     tuple[int, list[str]] | None,
     list[bytes] | None,
 ]
@@ -101,7 +104,10 @@ def encode(
             ttft,
             upstream_started,
             upstream_seconds,
-            usage,
+            prompt,
+            completion,
+            cached,
+            reasoning,
             failed_over,
             rare,
         ) = item
@@ -124,16 +130,10 @@ def encode(
         tail = _REQUEST_ID(request_id)
         if ttft is not None:
             tail += _TTFT(ttft)
-        if usage is not None:
-            prompt_details = usage.prompt_tokens_details
-            tail += (
-                _INPUT(usage.prompt_tokens)
-                + _OUTPUT(usage.completion_tokens)
-                + _CACHED((prompt_details.cached_tokens or 0) if prompt_details is not None else 0)
-            )
-            details = usage.completion_tokens_details
-            if details is not None and details.reasoning_tokens is not None:
-                tail += _REASONING(details.reasoning_tokens)
+        if prompt is not None:
+            tail += _INPUT(prompt) + _OUTPUT(completion or 0) + _CACHED(cached or 0)
+            if reasoning is not None:
+                tail += _REASONING(reasoning)
         if failed_over is not None:
             attempts, failures = failed_over
             tail += pb.attributes(
