@@ -11,13 +11,10 @@ start-up and its last flush out.
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import msgspec
 
 from bench.instructions import require_valgrind
 from bench.stacks import ROOT, UPSTREAM_MODEL
@@ -27,10 +24,15 @@ from gateway.telemetry.encoding import Heads, Item
 from gateway.telemetry.link import SHIP_SPANS
 from gateway.telemetry.settings import Export, traces_url
 from gateway.telemetry.spans import RequestSpans
-from gateway.telemetry.worker import EXPORT, HEADS, RESET, SPANS, frame
+from gateway.telemetry.worker import (
+    RESET_FRAME,
+    SPANS,
+    export_frame,
+    heads_frame,
+    spans_frame,
+)
 from gateway.wire import Usage
 
-_encode = msgspec.msgpack.Encoder().encode
 # Between two shipments: the worker reads each on its own, as it does behind a gateway.
 _PACE_SECONDS = 0.1
 
@@ -42,16 +44,16 @@ class FrameRecorder:
     worker_pid: int | None = None
 
     def __init__(self, export: Export) -> None:
-        self.frames = [frame(EXPORT, _encode(dataclasses.asdict(export)))]
+        self.frames = [export_frame(export)]
         self._items: list[Item] = []
         self._spans = 0
 
     def heads(self, heads_id: int, heads: Heads) -> None:
-        self.frames.append(frame(HEADS, _encode((heads_id, *heads))))
+        self.frames.append(heads_frame(heads_id, heads))
 
     def reset_heads(self) -> None:
         self.ship()
-        self.frames.append(frame(RESET, b""))
+        self.frames.append(RESET_FRAME)
 
     def add(self, item: Item, spans: int) -> None:
         self._items.append(item)
@@ -61,7 +63,7 @@ class FrameRecorder:
 
     def ship(self) -> None:
         if self._items:
-            self.frames.append(frame(SPANS, _encode((self._spans, self._items))))
+            self.frames.append(spans_frame(self._spans, self._items))
             self._items, self._spans = [], 0
 
     async def close(self) -> None:

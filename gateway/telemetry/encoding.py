@@ -77,11 +77,7 @@ def prepare(heads: Heads) -> Templates:
     return root_head, pb.ROOT_FIXED + len(root_head), pack, prefix, upstream_head, stream
 
 
-def encode(
-    items: Sequence[Item],
-    heads: Mapping[int, Templates],
-    draw: Callable[[int], bytes] = _DRAW,
-) -> list[bytes]:
+def encode(items: Sequence[Item], heads: Mapping[int, Templates]) -> list[bytes]:
     """The spans of ``items``, each framed for an export request. An item whose heads are
     unknown (a worker restarted between a heads message and its items) is left out."""
     spans: list[bytes] = []
@@ -89,6 +85,7 @@ def encode(
     root_framed = pb.ROOT_FRAMED.pack
     # The ids of every item in one draw; if any eight bytes in a row are zeros (once in 2**59
     # batches), each item draws its own instead.
+    draw = _DRAW
     pool = draw(32 * len(items))
     if _ZERO_ID in pool:
         pool = b""

@@ -5,11 +5,11 @@ with ``telemetry.worker: inline``, the same calls served on the event loop (``In
 call, every ``SHIP_SECONDS`` or as soon as they make ``SHIP_SPANS`` spans (half the export
 queue if that is less). Fewer, larger shipments cost both processes less: measured under load
 (six runs each, alternated), the worker's CPU per request was 4.3% of the event loop's when
-shipped every 0.2 s, 5.0% every 0.05 s (it wakes less often, and stays warm through a batch). The worker is started on the
-first shipment (not at start-up, which it would slow) and again, after ``RESTART_SECONDS``, if
-it exits; the heads it knew are sent again. Nothing here waits on the worker: while it is
-starting, items wait up to the export's ``max_queue`` spans; a pipe the worker does not drain
-(more than ``PIPE_LIMIT`` bytes unsent) drops new items. Drops are counted and logged, as the
+shipped every 0.2 s, 5.0% every 0.05 s (it wakes less often, and stays warm through a batch).
+The worker is started on the first shipment (not at start-up, which it would slow) and again,
+after ``RESTART_SECONDS``, if it exits; the heads it knew are sent again. Nothing here waits
+on the worker: while it is starting, items wait up to the export's ``max_queue`` spans; a pipe
+the worker does not drain (more than ``PIPE_LIMIT`` bytes unsent) drops new items. Drops are counted and logged, as the
 exporter's own are; traces must never slow or stop the gateway.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import sys
@@ -25,18 +24,15 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-import msgspec
-
 from gateway.telemetry.encoding import Heads, Item, Templates, encode, prepare
 from gateway.telemetry.exporter import BatchExporter, Warnings
 from gateway.telemetry.settings import Export
-from gateway.telemetry.worker import EXPORT, HEADS, RESET, SPANS, frame
+from gateway.telemetry.worker import RESET_FRAME, export_frame, heads_frame, spans_frame
 
 SHIP_SECONDS = 0.2
 SHIP_SPANS = 1024
 PIPE_LIMIT = 8 << 20
 RESTART_SECONDS = 1.0
-_encode = msgspec.msgpack.Encoder().encode
 # The worker imports gateway.telemetry from the same tree as the gateway, installed or not.
 _ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -99,7 +95,7 @@ class WorkerLink:
     def heads(self, heads_id: int, heads: Heads) -> None:
         """New numbered heads, sent before any item that names them."""
         self._heads[heads_id] = heads
-        self._send(frame(HEADS, _encode((heads_id, *heads))))
+        self._send(heads_frame(heads_id, heads))
 
     def reset_heads(self) -> None:
         """The tracer started its heads over (numbers are never reused)."""
@@ -109,7 +105,7 @@ class WorkerLink:
             # which go to the worker when it is up; forget them at a later start-over.
             return
         self._heads.clear()
-        self._send(frame(RESET, b""))
+        self._send(RESET_FRAME)
 
     def add(self, item: Item, spans: int) -> None:
         """``item``, which makes ``spans`` spans."""
@@ -137,7 +133,7 @@ class WorkerLink:
             return  # shipped once the worker is up
         items, spans = self._items, self._queued
         self._items, self._queued = [], 0
-        self._send(frame(SPANS, _encode((spans, items))), dropping=spans)
+        self._send(spans_frame(spans, items), dropping=spans)
 
     def _send(self, data: bytes, dropping: int = 0) -> None:
         process = self._process
@@ -185,9 +181,9 @@ class WorkerLink:
         finally:
             self._starting = None
         assert process.stdin is not None
-        process.stdin.write(frame(EXPORT, _encode(dataclasses.asdict(self._export))))
+        process.stdin.write(export_frame(self._export))
         for heads_id, heads in self._heads.items():
-            process.stdin.write(frame(HEADS, _encode((heads_id, *heads))))
+            process.stdin.write(heads_frame(heads_id, heads))
         self._process = process
         self._reader = asyncio.get_running_loop().create_task(self._read(process))
         self._ship()

@@ -117,9 +117,11 @@ class RequestSpans:
         usage = call.usage
         prompt = completion = cached = reasoning = None
         if usage is not None:
-            prompt, completion = usage.prompt_tokens, usage.completion_tokens
-            details = usage.prompt_tokens_details
-            cached = (details.cached_tokens or 0) if details is not None else 0
+            prompt, completion, cached = (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+            )
             reported = usage.completion_tokens_details
             if reported is not None:
                 reasoning = reported.reasoning_tokens

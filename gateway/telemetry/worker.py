@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -31,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.telemetry.encoding import Item, Templates, encode, prepare
+from gateway.telemetry.encoding import Heads, Item, Templates, encode, prepare
 from gateway.telemetry.exporter import BatchExporter
 from gateway.telemetry.settings import Export
 
@@ -45,8 +46,27 @@ _decode_heads = msgspec.msgpack.Decoder(tuple[int, bytes, bytes, bool])
 _decode_items = msgspec.msgpack.Decoder(tuple[int, list[Item]])
 
 
+_encode = msgspec.msgpack.Encoder().encode
+
+
 def frame(kind: bytes, body: bytes) -> bytes:
     return LENGTH.pack(len(body) + 1) + kind + body
+
+
+# The gateway's frames, written by its link (link.py) and by the benchmark that feeds a worker.
+def export_frame(export: Export) -> bytes:
+    return frame(EXPORT, _encode(dataclasses.asdict(export)))
+
+
+def heads_frame(heads_id: int, heads: Heads) -> bytes:
+    return frame(HEADS, _encode((heads_id, *heads)))
+
+
+def spans_frame(spans: int, items: list[Item]) -> bytes:
+    return frame(SPANS, _encode((spans, items)))
+
+
+RESET_FRAME = frame(RESET, b"")
 
 
 class _Report(logging.Handler):
