@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.memory import ms
 from gateway.plugins.memory.items import NewItem, Scope
 from gateway.plugins.memory.postgres_store import PostgresStore
 from gateway.plugins.memory.store import SqliteVecStore
@@ -43,14 +43,6 @@ def vectors(count: int, seed: int) -> Any:
     found = found.astype(np.float32)
     found /= np.linalg.norm(found, axis=1, keepdims=True)
     return found
-
-
-def ms(seconds: list[float]) -> dict[str, float]:
-    ordered = sorted(seconds)
-    return {
-        "p50_ms": round(statistics.median(ordered) * 1000, 3),
-        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))] * 1000, 3),
-    }
 
 
 async def searches(store: Any, queries: Any) -> list[float]:
