@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
@@ -46,14 +47,19 @@ def run(
     # (exit status 0 for SIGTERM, so service managers see a normal stop) or a traceback.
     signal.signal(signal.SIGTERM, _exit_with(0))
     signal.signal(signal.SIGINT, _exit_with(130))
+    # Listening before anything starts: a port in use is one line before any engine or worker
+    # starts, and the engines' ports (picked free at start) can never be the gateway's own.
+    host = host or config.server.host
+    port = port if port is not None else config.server.port
+    listeners = listen(host, port)
     app = create_app(config, wiring=wiring)
     startup = StartupReport(cast(ASGIApp, app))
-    try:
-        uvicorn.run(
+    server = uvicorn.Server(
+        uvicorn.Config(
             # The protocol below cancels a request whose connection is lost.
             serving_app(app, cancels_on_disconnect=True, rest=startup),
-            host=host or config.server.host,
-            port=port if port is not None else config.server.port,
+            host=host,  # served on ``listeners``; uvicorn names it in its "running on" line
+            port=port,
             # uvloop + httptools: the fastest pair measured here; access logs cost ~10% at
             # load, and the gateway keeps its own per-request metrics. The httptools protocol
             # carries client deadlines and the connection cap (gateway/connections.py), and
@@ -65,12 +71,58 @@ def run(
             lifespan="on",
             timeout_graceful_shutdown=10,
         )
+    )
+    try:
+        server.run(sockets=listeners)
     except SystemExit:
         # uvicorn exits (status 3) when the start fails.
         if startup.problem is not None:
             raise startup.problem from None
         raise
+    except KeyboardInterrupt:
+        pass
     return 0
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """The gateway's listening sockets, bound now: one per address ``host`` names, as uvicorn
+    (asyncio's ``create_server``) would bind them (``localhost`` is 127.0.0.1 and ::1).
+    ConfigError naming the address if one cannot be (in use, not an address of this machine)."""
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise ConfigError(f"server.host: cannot resolve {host!r}: {exc.strerror or exc}") from None
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, proto, address in dict.fromkeys(
+            (a[0], a[1], a[2], a[4]) for a in addresses
+        ):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            # As asyncio binds: a restart does not wait for the last run's connections in
+            # TIME_WAIT, and an IPv6 socket leaves IPv4 to its own (no dual stack).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Port 0: every address on the port the first one was given.
+            sock.bind((address[0], port or _port_of(bound[0]), *address[2:]))
+            sock.listen(2048)
+    except OSError as exc:
+        for sock in bound:
+            sock.close()
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"server.port: cannot listen on {host}:{port}: {reason}") from None
+    return bound
+
+
+def _port_of(sock: socket.socket) -> int:
+    try:
+        port: int = sock.getsockname()[1]
+    except OSError:
+        return 0
+    return port
 
 
 class StartupReport:

@@ -19,6 +19,7 @@ from gateway.app import create_app, serving_app
 from gateway.config import Config, from_mapping
 from gateway.connections import guarded_protocol
 from gateway.draining import draining
+from gateway.server import listen
 
 
 def free_port() -> int:
@@ -68,8 +69,12 @@ def config_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> Config:
 async def running_gateway(config: Config, port: int = 0) -> AsyncIterator[RunningGateway]:
     """``port``: 0 for a free one (tests that must know it first, such as peers naming each
     other, pick it with ``free_port``)."""
+    # Bound before the app picks its engines' ports, as ``turnout serve`` does: a port picked
+    # free and released here could otherwise be handed to an engine, which then found the
+    # gateway listening on it and proxied the gateway to itself.
+    [listener] = listen("127.0.0.1", port)
+    port = listener.getsockname()[1]
     app = create_app(config)
-    port = port or free_port()
     # As gateway/server.py serves it: the hot paths before Litestar, and the protocol with
     # client deadlines, the connection cap and cancel-on-disconnect.
     server = uvicorn.Server(
@@ -84,13 +89,14 @@ async def running_gateway(config: Config, port: int = 0) -> AsyncIterator[Runnin
             access_log=False,
         )
     )
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[listener]))
     for _ in range(500):
         if server.started or task.done():
             break
         await asyncio.sleep(0.01)
     if not server.started:
         task.cancel()
+        listener.close()
         raise RuntimeError("turnout did not start")
     running = RunningGateway(f"http://127.0.0.1:{port}", app, config)
     try:
@@ -99,7 +105,10 @@ async def running_gateway(config: Config, port: int = 0) -> AsyncIterator[Runnin
         for client in running.clients:
             await client.close()
         server.should_exit = True
-        await asyncio.wait_for(task, 15)
+        try:
+            await asyncio.wait_for(task, 15)
+        finally:
+            listener.close()
 
 
 @asynccontextmanager

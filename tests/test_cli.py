@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.server import listen
 from tests.gateway_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +53,45 @@ def test_serve_with_the_default_routing_yaml_and_stop_cleanly_on_sigterm() -> No
     assert process.returncode == 0, output
     assert "OPENAI_API_KEY is not set" in output
     assert "Traceback" not in output
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_anything_starts() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [
+        f"error: server.port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_listening_sockets_are_those_uvicorn_would_bind() -> None:
+    """``localhost`` is every address it names, all on one port even when the port is 0."""
+    sockets = listen("localhost", 0)
+    try:
+        names = {sock.getsockname()[0] for sock in sockets}
+        ports = {sock.getsockname()[1] for sock in sockets}
+        expected = {
+            info[4][0] for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)
+        }
+        assert names == expected and len(ports) == 1 and 0 not in ports
+    finally:
+        for sock in sockets:
+            sock.close()
+    with pytest.raises(ConfigError, match=r"^server.port: cannot listen on 192.0.2.1:"):
+        listen("192.0.2.1", 0)  # TEST-NET-1: an address of no machine here
 
 
 def test_check_command_from_the_console_script(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.engines.builtin import LLAMACPP_COMMAND
@@ -276,6 +277,46 @@ async def test_engine_that_never_becomes_healthy_fails_with_a_clear_reason(tmp_p
         assert engine["engines"]["missing"]["state"] == "failed"
         assert engine["engines"]["missing"]["exit_code"] not in (None, 0)
         assert (await get(gw, "/engine/health"))[1]["state"] == "failed"
+
+
+async def test_a_port_another_server_holds_fails_the_start_and_gets_no_request(
+    tmp_path: Path,
+) -> None:
+    """A healthy server already on the role's port: its /health must not pass for the engine's
+    (the role's requests would go to it); the start fails, naming the port and its key."""
+    seen: list[str] = []
+
+    async def anything(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.json_response({"status": "ok"})
+
+    other = web.Application()
+    other.router.add_route("*", "/{tail:.*}", anything)
+    runner = web.AppRunner(other)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    squatted = {
+        "engine": "llamacpp",
+        "model": "unused",
+        "port": port,
+        "start_timeout_seconds": 5,
+        "command": [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "${PORT}"],
+    }
+    try:
+        async with engines_config({"squatted": squatted}, log_dir=str(tmp_path)) as gw:
+            with pytest.raises(openai.APIStatusError) as caught:
+                await gw.openai().chat.completions.create(model="squatted", messages=USER)
+            assert caught.value.status_code == 503
+            message = str(caught.value.body)
+            assert f"cannot listen on 127.0.0.1:{port} (roles.squatted.port)" in message
+            _, engine = await get(gw, "/engine/status")
+            assert engine["engines"]["squatted"]["state"] == "failed"
+            assert engine["engines"]["squatted"]["pid"] is None
+    finally:
+        await runner.cleanup()
+    assert seen == []
 
 
 async def test_stop_during_start_aborts_the_start(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,7 +107,7 @@ class ProcessDriver:
         launch: Callable[[], Awaitable[Launch]] | None = None,
         poll_seconds: float = POLL_SECONDS,
     ) -> None:
-        self._role = role
+        self._role, self._role_name = role, role_name
         self._poll_seconds = poll_seconds
         # Rendered by the engine kind, with what its capabilities add (a KV cache directory).
         self._command = list(command)
@@ -137,6 +138,7 @@ class ProcessDriver:
 
     async def start(self) -> int | None:
         await self.stop()
+        self._check_port()
         launch = await self._launch() if self._launch is not None else Launch()
         command = [*self._command, *launch.args]
         placed = "".join(f"{k}={v} " for k, v in launch.env.items())
@@ -161,6 +163,22 @@ class ProcessDriver:
             await self.stop()
             raise
         return self._process.pid
+
+    def _check_port(self) -> None:
+        """Refuse to start where another server already listens: the engine would fail to bind
+        (or not, with SO_REUSEPORT) and the health checks would find the other server healthy,
+        so the role's requests would go to it."""
+        try:
+            with socket.socket() as probe:
+                # As servers bind: connections of a last run in TIME_WAIT are no conflict.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((self._host, self._port))
+        except OSError as exc:
+            where = f"roles.{self._role_name}.port" if self._role.port else "picked at start"
+            raise EngineStartError(
+                f"cannot listen on {self._host}:{self._port} ({where}): "
+                f"{exc.strerror or exc}; another process holds it"
+            ) from None
 
     async def _warm_up(self) -> None:
         """Make the engine load its model now, so "ready" means a request will be served."""
