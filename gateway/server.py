@@ -79,14 +79,12 @@ def run(
         if startup.problem is not None:
             raise startup.problem from None
         raise
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
 def listen(host: str, port: int) -> list[socket.socket]:
     """The gateway's listening sockets, bound now: one per address ``host`` names, as uvicorn
-    (asyncio's ``create_server``) would bind them (``localhost`` is 127.0.0.1 and ::1).
+    (asyncio's ``create_server``) would bind them (``localhost``: 127.0.0.1, and ::1 where named).
     ConfigError naming the address if one cannot be (in use, not an address of this machine)."""
     try:
         addresses = socket.getaddrinfo(
@@ -107,7 +105,7 @@ def listen(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             # Port 0: every address on the port the first one was given.
-            sock.bind((address[0], port or _port_of(bound[0]), *address[2:]))
+            sock.bind((address[0], port or bound[0].getsockname()[1], *address[2:]))
             sock.listen(2048)
     except OSError as exc:
         for sock in bound:
@@ -115,14 +113,6 @@ def listen(host: str, port: int) -> list[socket.socket]:
         reason = exc.strerror or str(exc)
         raise ConfigError(f"server.port: cannot listen on {host}:{port}: {reason}") from None
     return bound
-
-
-def _port_of(sock: socket.socket) -> int:
-    try:
-        port: int = sock.getsockname()[1]
-    except OSError:
-        return 0
-    return port
 
 
 class StartupReport:
