@@ -49,9 +49,15 @@ def preflight(config: Config, bind: str | None = None) -> Preflight:
         paths.append(("engines.log_dir", config.engines.log_dir))
     verdict.errors += [problem for key, path in paths if (problem := creation_problem(key, path))]
     # Imported here: it reads the keys table, which this module does not otherwise need.
-    from gateway.server import open_network_refusal
+    from gateway.server import addresses, open_network_refusal
 
-    refusal = open_network_refusal(config, bind or config.server.host)
+    host = bind or config.server.host
+    try:
+        # Resolved only, as serve resolves it before it binds; the port stays unopened.
+        addresses(host)
+    except ConfigError as exc:
+        verdict.errors.append(str(exc))
+    refusal = open_network_refusal(config, host)
     if refusal:
         verdict.errors.append(refusal)
     if verdict.errors:

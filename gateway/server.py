@@ -8,7 +8,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from gateway.asgi import Message, Receive, Scope, Send
 from gateway.config.schema import Config
@@ -82,21 +82,28 @@ def run(
     return 0
 
 
-def listen(host: str, port: int) -> list[socket.socket]:
-    """The gateway's listening sockets, bound now: one per address ``host`` names, as uvicorn
-    (asyncio's ``create_server``) would bind them (``localhost``: 127.0.0.1, and ::1 where named).
-    ConfigError naming the address if one cannot be (in use, not an address of this machine)."""
+Address = tuple[int, int, int, tuple[Any, ...]]  # family, type, protocol, socket address
+
+
+def addresses(host: str, port: int = 0) -> list[Address]:
+    """Where serving on ``host`` listens: each address it resolves to, as asyncio's
+    ``create_server`` (so uvicorn) would bind (``localhost``: 127.0.0.1, and ::1 where named).
+    ConfigError naming ``server.host`` if it resolves to none (``turnout check`` asks too)."""
     try:
-        addresses = socket.getaddrinfo(
+        found = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except OSError as exc:
         raise ConfigError(f"server.host: cannot resolve {host!r}: {exc.strerror or exc}") from None
+    return list(dict.fromkeys((a[0], a[1], a[2], a[4]) for a in found))
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """The gateway's listening sockets (``addresses``), bound now; ConfigError naming the
+    address if one cannot be (in use, not an address of this machine)."""
     bound: list[socket.socket] = []
     try:
-        for family, kind, proto, address in dict.fromkeys(
-            (a[0], a[1], a[2], a[4]) for a in addresses
-        ):
+        for family, kind, proto, address in addresses(host, port):
             sock = socket.socket(family, kind, proto)
             bound.append(sock)
             # As asyncio binds: a restart does not wait for the last run's connections in
